@@ -1,0 +1,10 @@
+# Sourced by every script (not run): makes sure .venv is set up (runs setup.sh when it is missing
+# or its requirements changed), activates it, puts src/ on PYTHONPATH and keeps OneFlow quiet on
+# CPU-only machines. DISTIL_SETUP_ARGS=--test also installs the test requirements.
+DISTIL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DISTIL_VENV=${DISTIL_VENV:-$DISTIL_ROOT/.venv}
+bash "$DISTIL_ROOT/scripts/setup.sh" -q ${DISTIL_SETUP_ARGS:-}
+export VIRTUAL_ENV=$DISTIL_VENV
+export PATH="$DISTIL_VENV/bin:$PATH"
+export PYTHONPATH="$DISTIL_ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+export GLOG_minloglevel=${GLOG_minloglevel:-3}

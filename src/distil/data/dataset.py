@@ -1,0 +1,162 @@
+"""Reading converted splits the OneFlow way: `OFRecordReader` + `OFRecordRawDecoder`, eager or in nn.Graph.
+
+The reader loops over its files forever; `EvalStream` turns that stream into evaluation passes
+that see every example exactly once (original: the last batch wrapped around, duplicating dev
+examples). Files are checked in Python first, because OneFlow aborts the whole process on a
+missing part file or a length mismatch instead of raising.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from distil.data import ofrecord
+from distil.errors import UsageError
+from distil.runtime import import_oneflow
+
+flow = import_oneflow()
+
+_DTYPES = {"int32": flow.int32, "int64": flow.int64, "float32": flow.float32}
+MAX_SHUFFLE_BUFFER = 20000
+
+
+def _count_frames(path: Path) -> int:
+    """Walk the length prefixes of a part file; raise if a record is cut short."""
+    size, count, offset = path.stat().st_size, 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            head = f.read(8)
+            (length,) = struct.unpack("<q", head) if len(head) == 8 else (-1,)
+            if length < 0 or offset + 8 + length > size:
+                raise UsageError(f"{path}: truncated or corrupt record at byte {offset} "
+                                 f"(file has {size} bytes); re-run scripts/glue_process.sh")
+            offset += 8 + length
+            f.seek(offset)
+            count += 1
+    return count
+
+
+def _check_first_record(path: Path, features: Dict[str, Dict]) -> None:
+    """The decoder shapes come from meta.json: make sure the records really have them."""
+    from oneflow.core.record import record_pb2
+
+    body = next(ofrecord.iter_frames(path), None)
+    if body is None:
+        return
+    record = record_pb2.OFRecord()
+    try:
+        record.ParseFromString(body)
+    except Exception as e:  # protobuf raises its own DecodeError type
+        raise UsageError(f"{path}: first record is not a valid OFRecord ({e})") from None
+    for name, spec in features.items():
+        if name not in record.feature:
+            raise UsageError(f"{path}: records have no feature '{name}' that meta.json lists "
+                             f"(they have: {', '.join(sorted(record.feature))})")
+        feature = record.feature[name]
+        kind = feature.WhichOneof("kind")
+        length = len(getattr(feature, kind).value) if kind else 0
+        if length != int(np.prod(spec["shape"])):
+            raise UsageError(f"{path}: feature '{name}' has {length} values but meta.json says shape "
+                             f"{spec['shape']}")
+
+
+def open_split(split_dir: Union[str, Path], verify_checksums: bool = True) -> Dict:
+    """Read a split's meta.json and check its part files against it before OneFlow touches them."""
+    split_dir = Path(split_dir)
+    meta = ofrecord.read_meta(split_dir)
+    parts = meta["parts"]
+    if not parts or meta["num_examples"] != sum(p["records"] for p in parts):
+        raise UsageError(f"{split_dir / ofrecord.META_FILE}: num_examples {meta['num_examples']} does not "
+                         f"match its parts ({sum(p['records'] for p in parts)} records)")
+    for part in parts:
+        path = split_dir / part["name"]
+        if not path.is_file():
+            raise UsageError(f"{path}: part file listed in meta.json is missing")
+        if "bytes" in part and path.stat().st_size != part["bytes"]:
+            raise UsageError(f"{path}: {path.stat().st_size} bytes but meta.json says {part['bytes']} "
+                             "(truncated or replaced); re-run scripts/glue_process.sh")
+        found = _count_frames(path)
+        if found != part["records"]:
+            raise UsageError(f"{path}: holds {found} records but meta.json says {part['records']}")
+        if verify_checksums and "sha256" in part and ofrecord.file_sha256(path) != part["sha256"]:
+            raise UsageError(f"{path}: checksum differs from meta.json (corrupt file); "
+                             "re-run scripts/glue_process.sh")
+    if meta["num_examples"] > 0:
+        _check_first_record(split_dir / parts[0]["name"], meta["features"])
+    return meta
+
+
+class OFRecordDataset(flow.nn.Module):
+    """One converted split as a module: each call returns the next batch as {feature: tensor}.
+
+    Shapes, counts and part files come from meta.json. With `shuffle`, the reader shuffles in
+    a buffer and reshuffles each epoch, seeded by `seed`; without it, records come in file
+    order and wrap around at the end. Works eagerly and inside an `nn.Graph`.
+    """
+
+    def __init__(self, split_dir: Union[str, Path], batch_size: int, shuffle: bool = False,
+                 seed: Optional[int] = None, features: Optional[Sequence[str]] = None,
+                 verify_checksums: bool = True):
+        super().__init__()
+        self.split_dir = Path(split_dir)
+        self.meta = open_split(self.split_dir, verify_checksums)
+        self.batch_size = batch_size
+        if self.num_examples == 0:
+            raise UsageError(f"{self.split_dir}: the split has no examples")
+        names = list(features) if features is not None else list(self.meta["features"])
+        unknown = [n for n in names if n not in self.meta["features"]]
+        if unknown:
+            raise UsageError(f"{self.split_dir}: no feature(s) {unknown}; it has {list(self.meta['features'])}")
+        self.reader = flow.nn.OFRecordReader(
+            str(self.split_dir), batch_size=batch_size, data_part_num=len(self.meta["parts"]),
+            part_name_prefix=ofrecord.PART_PREFIX, part_name_suffix_length=ofrecord.PART_SUFFIX_LENGTH,
+            random_shuffle=shuffle, shuffle_after_epoch=shuffle,
+            shuffle_buffer_size=min(self.num_examples, MAX_SHUFFLE_BUFFER),
+            random_seed=-1 if seed is None else seed)
+        self.names = names
+        self.decoders = flow.nn.ModuleList([
+            flow.nn.OFRecordRawDecoder(n, shape=tuple(self.meta["features"][n]["shape"]),
+                                       dtype=_DTYPES[self.meta["features"][n]["dtype"]]) for n in names])
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.meta["num_examples"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def forward(self) -> Dict[str, "flow.Tensor"]:
+        record = self.reader()
+        return {name: decoder(record) for name, decoder in zip(self.names, self.decoders)}
+
+
+class EvalStream:
+    """Evaluation passes over an unshuffled, wrapping reader that see every example exactly once.
+
+    Any `num_examples` consecutive records of the stream hold each example once, so a pass takes
+    ceil(N/B) batches, keeps only the first N rows, and remembers where the next pass starts
+    (the rows after N are the start of the next lap). Results come back in file order.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int):
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.position = 0  # stream offset of the next pass, modulo num_examples
+
+    def run(self, next_batch: Callable[[], Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        """Call `next_batch` ceil(N/B) times; return each output's rows for all N examples, in order."""
+        steps = math.ceil(self.num_examples / self.batch_size)
+        collected: Dict[str, List[np.ndarray]] = {}
+        for step in range(steps):
+            valid = min(self.batch_size, self.num_examples - step * self.batch_size)
+            for name, value in next_batch().items():
+                collected.setdefault(name, []).append(np.asarray(value)[:valid])
+        start = self.position
+        self.position = (self.position + steps * self.batch_size) % self.num_examples
+        # row k of the pass is example (start + k) mod N: rotate back to file order
+        return {name: np.roll(np.concatenate(parts), start, axis=0) for name, parts in collected.items()}

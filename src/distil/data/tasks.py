@@ -1,0 +1,207 @@
+"""The GLUE task registry: the one place that knows each task's files, columns, labels and metrics.
+
+Follows the processors of the original `glue_process.py` (Google BERT's `run_classifier.py`),
+plus the tasks it lacked (STS-B regression, SNLI, the diagnostic set) and unlabeled test readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+from distil.errors import UsageError
+
+Column = Union[int, str]  # an index for header-less files, a header name otherwise
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """How to read one TSV file of a task."""
+
+    file: str                      # relative to the task's GLUE folder
+    text_a: Column
+    text_b: Optional[Column] = None
+    label: Optional[Column] = None  # None: an unlabeled (test) split
+    header: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One GLUE task. `labels` is None for regression (STS-B), whose labels are floats."""
+
+    name: str
+    folder: str
+    labels: Optional[Tuple[str, ...]]
+    metrics: Tuple[str, ...]
+    splits: Dict[str, SplitSpec]
+    skip_labels: Tuple[str, ...] = ()  # gold labels that mark an example without consensus (SNLI "-")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return any(s.text_b is not None for s in self.splits.values())
+
+    def label_id(self, label: str) -> Union[int, float]:
+        """Map a TSV label to the number stored in `label_ids`; raises ValueError if unknown."""
+        if self.labels is None:
+            return float(label)
+        return self.labels.index(label)
+
+
+NLI_LABELS = ("contradiction", "entailment", "neutral")
+ENTAILMENT_LABELS = ("entailment", "not_entailment")
+BINARY = ("0", "1")
+
+
+def _pair(file: str, a: Column, b: Column, label: Optional[Column]) -> SplitSpec:
+    return SplitSpec(file, a, b, label)
+
+
+TASKS: Dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("CoLA", "CoLA", BINARY, ("mcc", "accuracy"), {
+            # original: train/dev have no header; columns: source, label, original label, sentence
+            "train": SplitSpec("train.tsv", 3, label=1, header=False),
+            "eval": SplitSpec("dev.tsv", 3, label=1, header=False),
+            "test": SplitSpec("test.tsv", "sentence"),
+        }),
+        TaskSpec("SST-2", "SST-2", BINARY, ("accuracy",), {
+            "train": SplitSpec("train.tsv", "sentence", label="label"),
+            "eval": SplitSpec("dev.tsv", "sentence", label="label"),
+            "test": SplitSpec("test.tsv", "sentence"),
+        }),
+        TaskSpec("MRPC", "MRPC", BINARY, ("accuracy", "f1"), {
+            "train": _pair("train.tsv", "#1 String", "#2 String", "Quality"),
+            "eval": _pair("dev.tsv", "#1 String", "#2 String", "Quality"),
+            "test": _pair("test.tsv", "#1 String", "#2 String", None),
+        }),
+        TaskSpec("QQP", "QQP", BINARY, ("accuracy", "f1"), {
+            "train": _pair("train.tsv", "question1", "question2", "is_duplicate"),
+            "eval": _pair("dev.tsv", "question1", "question2", "is_duplicate"),
+            "test": _pair("test.tsv", "question1", "question2", None),
+        }),
+        TaskSpec("STS-B", "STS-B", None, ("pearson", "spearman"), {
+            "train": _pair("train.tsv", "sentence1", "sentence2", "score"),
+            "eval": _pair("dev.tsv", "sentence1", "sentence2", "score"),
+            "test": _pair("test.tsv", "sentence1", "sentence2", None),
+        }),
+        TaskSpec("MNLI", "MNLI", NLI_LABELS, ("accuracy",), {
+            "train": _pair("train.tsv", "sentence1", "sentence2", "gold_label"),
+            "eval": _pair("dev_matched.tsv", "sentence1", "sentence2", "gold_label"),
+            "eval_mismatched": _pair("dev_mismatched.tsv", "sentence1", "sentence2", "gold_label"),
+            "test": _pair("test_matched.tsv", "sentence1", "sentence2", None),
+            "test_mismatched": _pair("test_mismatched.tsv", "sentence1", "sentence2", None),
+        }),
+        TaskSpec("QNLI", "QNLI", ENTAILMENT_LABELS, ("accuracy",), {
+            "train": _pair("train.tsv", "question", "sentence", "label"),
+            "eval": _pair("dev.tsv", "question", "sentence", "label"),
+            "test": _pair("test.tsv", "question", "sentence", None),
+        }),
+        TaskSpec("RTE", "RTE", ENTAILMENT_LABELS, ("accuracy",), {
+            "train": _pair("train.tsv", "sentence1", "sentence2", "label"),
+            "eval": _pair("dev.tsv", "sentence1", "sentence2", "label"),
+            "test": _pair("test.tsv", "sentence1", "sentence2", None),
+        }),
+        TaskSpec("WNLI", "WNLI", BINARY, ("accuracy",), {
+            "train": _pair("train.tsv", "sentence1", "sentence2", "label"),
+            "eval": _pair("dev.tsv", "sentence1", "sentence2", "label"),
+            "test": _pair("test.tsv", "sentence1", "sentence2", None),
+        }),
+        TaskSpec("SNLI", "SNLI", NLI_LABELS, ("accuracy",), {
+            "train": _pair("train.tsv", "sentence1", "sentence2", "gold_label"),
+            "eval": _pair("dev.tsv", "sentence1", "sentence2", "gold_label"),
+            "test": _pair("test.tsv", "sentence1", "sentence2", "gold_label"),
+        }, skip_labels=("-",)),
+        # The diagnostic set (AX) is an unlabeled MNLI-style test set.
+        TaskSpec("diagnostic", "diagnostic", NLI_LABELS, ("accuracy",), {
+            "test": _pair("diagnostic.tsv", "sentence1", "sentence2", None),
+        }),
+    ]
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by name, case-insensitively (`sst-2`, `SST-2`, `AX` for the diagnostic set)."""
+    key = {"ax": "diagnostic", "sts": "STS-B", "sst": "SST-2"}.get(name.lower(), name)
+    for task in TASKS.values():
+        if task.name.lower() == key.lower():
+            return task
+    raise UsageError(f"unknown task '{name}'; valid tasks: {', '.join(TASKS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One TSV row: `line` is its 1-based line number in `file`, for error messages."""
+
+    text_a: str
+    text_b: Optional[str]
+    label: Optional[str]
+    line: int
+
+
+def _tsv_rows(path: Path) -> Iterator[Tuple[int, List[str]]]:
+    """Yield (line number, fields) of a TSV file without quoting (GLUE text contains bare quotes).
+
+    Only '\\n' ends a row: text may contain '\\r' or Unicode line separators.
+    """
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line:
+                yield number, line.split("\t")
+
+
+def _column_index(column: Column, header: Optional[List[str]], path: Path) -> int:
+    if isinstance(column, int):
+        return column
+    if header is None or column not in header:
+        raise UsageError(f"{path}:1: header {header} has no column '{column}'")
+    return header.index(column)
+
+
+def read_examples(task: TaskSpec, split: str, glue_dir: Union[str, Path]) -> Iterator[Example]:
+    """Read one split of a task from `<glue_dir>/<task folder>/<file>`, validating every row.
+
+    A row with a different number of columns than the header (or than the first row, for
+    header-less files) or an unknown label stops with `file:line` and the offending text.
+    """
+    spec = task.splits[split]
+    path = Path(glue_dir) / task.folder / spec.file
+    if not path.is_file():
+        raise UsageError(f"{task.name} {split}: missing file {path} (expected {spec.file} in {path.parent})")
+    rows = _tsv_rows(path)
+    header = next(rows, (1, None))[1] if spec.header else None
+    width = len(header) if header is not None else None
+    cols = [_column_index(c, header, path) if c is not None else None
+            for c in (spec.text_a, spec.text_b, spec.label)]
+    for number, fields in rows:
+        if width is None:
+            width = len(fields)
+        if len(fields) != width or max(c for c in cols if c is not None) >= width:
+            raise UsageError(f"{path}:{number}: expected {width} tab-separated columns, found "
+                             f"{len(fields)}: {_clip(fields)}")
+        a, b, label = (fields[c] if c is not None else None for c in cols)
+        if label is not None:
+            if label in task.skip_labels:
+                continue
+            try:
+                task.label_id(label)
+            except ValueError:
+                valid = "a number" if task.labels is None else ", ".join(task.labels)
+                raise UsageError(f"{path}:{number}: unknown label '{label}' for {task.name} "
+                                 f"(valid: {valid}): {_clip(fields)}") from None
+        yield Example(a, b, label, number)
+
+
+def _clip(fields: List[str], limit: int = 200) -> str:
+    text = "\t".join(fields)
+    return repr(text if len(text) <= limit else text[:limit] + "...")

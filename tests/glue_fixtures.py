@@ -1,0 +1,131 @@
+"""GLUE-shaped task folders for tests: the real files' names, header lines and column layouts.
+
+Written independently of `distil.data.tasks` (from the GLUE files themselves) so that tests
+check the registry against the real layout instead of against itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tokenizers import BertWordPieceTokenizer
+
+import corpus
+from distil.data import ofrecord
+
+english_sentences = functools.lru_cache(maxsize=1)(corpus.english_sentences)
+
+MNLI_COLS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+SNLI_COLS = ["index", "captionID", "pairID", "sentence1_binary_parse", "sentence2_binary_parse",
+             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+FIVE = ["label1", "label2", "label3", "label4", "label5"]
+NLI = ["contradiction", "entailment", "neutral"]
+ENT = ["entailment", "not_entailment"]
+BIN = ["0", "1"]
+
+# task -> folder file -> (header columns or None, first text column, second text column, label column, labels)
+LAYOUTS: Dict[str, Dict[str, Tuple]] = {
+    "CoLA": {"train.tsv": (None, 3, None, 1, BIN), "dev.tsv": (None, 3, None, 1, BIN),
+             "test.tsv": (["index", "sentence"], "sentence", None, None, None)},
+    "SST-2": {"train.tsv": (["sentence", "label"], "sentence", None, "label", BIN),
+              "dev.tsv": (["sentence", "label"], "sentence", None, "label", BIN),
+              "test.tsv": (["index", "sentence"], "sentence", None, None, None)},
+    "MRPC": {f: (["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"], "#1 String", "#2 String",
+                 "\ufeffQuality", BIN) for f in ("train.tsv", "dev.tsv")} | {
+             "test.tsv": (["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], "#1 String", "#2 String",
+                          None, None)},
+    "QQP": {f: (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], "question1", "question2",
+                "is_duplicate", BIN) for f in ("train.tsv", "dev.tsv")} | {
+            "test.tsv": (["id", "question1", "question2"], "question1", "question2", None, None)},
+    "STS-B": {f: (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
+                   "sentence2", "score"], "sentence1", "sentence2", "score", "float")
+              for f in ("train.tsv", "dev.tsv")} | {
+              "test.tsv": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
+                            "sentence2"], "sentence1", "sentence2", None, None)},
+    "MNLI": {"train.tsv": (MNLI_COLS + ["label1", "gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+             "dev_matched.tsv": (MNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+             "dev_mismatched.tsv": (MNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+             "test_matched.tsv": (MNLI_COLS, "sentence1", "sentence2", None, None),
+             "test_mismatched.tsv": (MNLI_COLS, "sentence1", "sentence2", None, None)},
+    "QNLI": {f: (["index", "question", "sentence", "label"], "question", "sentence", "label", ENT)
+             for f in ("train.tsv", "dev.tsv")} | {
+             "test.tsv": (["index", "question", "sentence"], "question", "sentence", None, None)},
+    "RTE": {f: (["index", "sentence1", "sentence2", "label"], "sentence1", "sentence2", "label", ENT)
+            for f in ("train.tsv", "dev.tsv")} | {
+            "test.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
+    "WNLI": {f: (["index", "sentence1", "sentence2", "label"], "sentence1", "sentence2", "label", BIN)
+             for f in ("train.tsv", "dev.tsv")} | {
+             "test.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
+    "SNLI": {"train.tsv": (SNLI_COLS + ["label1", "gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+             "dev.tsv": (SNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+             "test.tsv": (SNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI)},
+    "diagnostic": {"diagnostic.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
+}
+
+
+def _col(header: Optional[List[str]], column) -> int:
+    return column if isinstance(column, int) else header.index(column)
+
+
+def make_rows(task: str, file: str, n: int, seed: int = 0) -> List[Dict]:
+    """n rows for one file: {'a', 'b', 'label', 'fields'}; texts are real English sentences."""
+    header, a_col, b_col, label_col, labels = LAYOUTS[task][file]
+    width = len(header) if header else 4
+    pool = english_sentences()
+    rng = random.Random(f"{task}/{file}/{seed}")
+    rows = []
+    for i in range(n):
+        fields = [f"x{i}"] * width
+        a = rng.choice(pool)
+        b = rng.choice(pool) if b_col is not None else None
+        label = None
+        if labels == "float":
+            label = f"{rng.uniform(0, 5):.3f}"
+        elif labels:
+            label = rng.choice(labels)
+        fields[_col(header, a_col)] = a
+        if b_col is not None:
+            fields[_col(header, b_col)] = b
+        if label_col is not None:
+            fields[_col(header, label_col)] = label
+        rows.append({"a": a, "b": b, "label": label, "fields": fields})
+    return rows
+
+
+def write_task(root: Path, task: str, sizes: Optional[Dict[str, int]] = None, seed: int = 0,
+               skip: Sequence[str] = ()) -> Dict[str, List[Dict]]:
+    """Write every file of a task under root/<task>/ and return the rows written per file."""
+    folder = root / task
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for file, (header, *_rest) in LAYOUTS[task].items():
+        if file in skip:
+            continue
+        rows = make_rows(task, file, (sizes or {}).get(file, 7), seed)
+        lines = (["\t".join(header)] if header else []) + ["\t".join(r["fields"]) for r in rows]
+        (folder / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written[file] = rows
+    return written
+
+
+def decode_split(split_dir: Path, record_pb2) -> List[Dict[str, list]]:
+    """Every record of a split, in order, decoded by OneFlow's protobuf classes."""
+    meta = ofrecord.read_meta(split_dir)
+    out = []
+    for part in meta["parts"]:
+        for body in ofrecord.iter_frames(split_dir / part["name"]):
+            rec = record_pb2.OFRecord()
+            rec.ParseFromString(body)
+            out.append({k: list(getattr(v, v.WhichOneof("kind")).value) for k, v in rec.feature.items()})
+    return out
+
+
+def expected_bert(tok: BertWordPieceTokenizer, a: str, b, length: int):
+    enc = tok.encode(a, b) if b is not None else tok.encode(a)
+    assert len(enc.ids) <= length, "fixture sentences must fit without truncation"
+    pad = length - len(enc.ids)
+    return enc.ids + [0] * pad, [1] * len(enc.ids) + [0] * pad, enc.type_ids + [0] * pad
