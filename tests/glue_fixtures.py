@@ -129,3 +129,24 @@ def expected_bert(tok: BertWordPieceTokenizer, a: str, b, length: int):
     assert len(enc.ids) <= length, "fixture sentences must fit without truncation"
     pad = length - len(enc.ids)
     return enc.ids + [0] * pad, [1] * len(enc.ids) + [0] * pad, enc.type_ids + [0] * pad
+
+
+POSITIVE = ["good", "great", "wonderful", "excellent", "charming", "delightful", "brilliant", "moving"]
+NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "tedious", "painful", "weak"]
+FILLER = ["the", "movie", "story", "film", "actors", "plot", "was", "is", "a", "quite", "really", "and",
+          "its", "director", "ending", "music", "very", "this", "script", "scenes"]
+
+
+def write_learnable_sst2(root: Path, n_train: int, n_dev: int, seed: int = 0) -> None:
+    """An SST-2-shaped task a tiny model can learn: the label says whether a positive or a negative word occurs."""
+    rng = random.Random(seed)
+    folder = root / "SST-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.choices(FILLER, k=rng.randint(3, 9))
+            words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+            lines.append(f"{' '.join(words)} \t{label}")
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")

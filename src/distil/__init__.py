@@ -5,3 +5,10 @@ that need it, through :mod:`distil.runtime`.
 """
 
 __version__ = "0.1.0"
+
+
+def load_model(model_dir):
+    """The model stored in a model directory (see `distil.models.io`), in eval mode."""
+    from distil.models.io import load_model as _load_model
+
+    return _load_model(model_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -100,7 +101,143 @@ def _run_glue_process(args: argparse.Namespace) -> Dict:
     return summary
 
 
-COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_add_download, _add_glue_process]
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainSettings field (typed from its default), plus the original's spellings."""
+    from distil.train.settings import ALIASES, TrainSettings
+
+    group = p.add_argument_group("training settings")
+    for field in dataclasses.fields(TrainSettings):
+        flags = [f"--{field.name}", *ALIASES.get(field.name, ())]
+        if "_" in field.name:
+            flags.append(f"--{field.name.replace('_', '-')}")
+        from_table = field.name in TABLE_SETTINGS
+        group.add_argument(*flags, dest=field.name, type=type(field.default), default=None if from_table else
+                           field.default, help="default: the algorithm's per-task table" if from_table else
+                           f"default {field.default}")
+
+
+def _device(name: str) -> str:
+    from distil.runtime import default_device
+
+    return default_device() if name == "auto" else name
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model with one algorithm (teacher fine-tuning, distillation)")
+    p.add_argument("--algorithm", required=True, help="teacher (more with the distillation algorithms)")
+    p.add_argument("--task", "--task_name", dest="task", default="SST-2", help="GLUE task")
+    p.add_argument("--data_root", type=Path, default=Path("data/glue_ofrecord"), help="OFRecord root")
+    p.add_argument("--model_save_dir", type=Path, default=None,
+                   help="the model directory (default: <models_root>/finetuned_teacher/<id> for teachers, "
+                        "<models_root>/student_model/<TASK>/<id> for students)")
+    p.add_argument("--models_root", type=Path, default=Path("models"), help="root of the default model dirs")
+    p.add_argument("--result_dir", default="", help="where results_eval.json goes ('' = the model dir)")
+    p.add_argument("--serve_for_online", type=str2bool, default=False,
+                   help="after training keep only what inference needs (drops train_state/)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --model_save_dir first")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when visible")
+    p.add_argument("--pretrained_model", type=Path, help="teacher: a model dir or a Hugging Face BERT folder")
+    _add_settings(p)
+    p.set_defaults(run=_run_train)
+
+
+ALGORITHM_OPTIONS = ("pretrained_model",)
+TABLE_SETTINGS = ("learning_rate", "epochs", "weight_decay")  # defaults come from the algorithm's task table
+
+
+def _run_train(args: argparse.Namespace) -> Dict:
+    from distil.algorithms import ALGORITHMS, RunConfig, run_training
+    from distil.data.tasks import get_task
+    from distil.train.settings import TrainSettings
+
+    if args.algorithm not in ALGORITHMS:
+        raise UsageError(f"unknown algorithm '{args.algorithm}'; valid: {', '.join(ALGORITHMS)}")
+    algorithm, task = ALGORITHMS[args.algorithm](), get_task(args.task)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
+    if any(values[k] is None for k in TABLE_SETTINGS):
+        values.update({k: v for k, v in zip(TABLE_SETTINGS, algorithm.defaults(task)) if values[k] is None})
+    settings = TrainSettings(**values)
+    options = {k: getattr(args, k) for k in ALGORITHM_OPTIONS if getattr(args, k) is not None}
+    model_id = algorithm.model_id(task, settings, options)
+    model_dir = args.model_save_dir or algorithm.default_dir(args.models_root, task, model_id)
+    run = RunConfig(task=task.name, data_root=args.data_root, model_save_dir=model_dir, settings=settings,
+                    result_dir=Path(args.result_dir) if args.result_dir else None,
+                    serve_for_online=args.serve_for_online, overwrite=args.overwrite, device=_device(args.device),
+                    options=options)
+    results = run_training(algorithm, run)
+    log.info("model id: %s (in %s)", model_dir.name, model_dir)
+    if args.model_save_dir is None:
+        log.info("evaluate it with: bash scripts/%s 0 %s %s", algorithm.eval_script, task.name, model_dir.name)
+    else:
+        log.info("evaluate it with: python -m distil eval %s", model_dir)
+    return results
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model directory on its task's dev split(s)")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--task", "--task_name", dest="task", default=None, help="check the model is for this task")
+    p.add_argument("--data_root", type=Path, default=Path("data/glue_ofrecord"), help="OFRecord root")
+    p.add_argument("--result_dir", default="", help="where results_eval.json goes ('' = the model dir)")
+    p.add_argument("--eval_batch_size", "--eval_batch_size_per_device", type=int, default=32)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> Dict:
+    from distil.algorithms.base import evaluate_model_dir
+
+    return evaluate_model_dir(args.model_dir, args.data_root, Path(args.result_dir) if args.result_dir else None,
+                              args.eval_batch_size, _device(args.device), args.task)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="SERVE_FOR_ONLINE: keep only what inference needs in a model dir")
+    p.add_argument("model_dir", type=Path)
+    p.set_defaults(run=lambda args: _serve(args.model_dir))
+
+
+def _serve(model_dir: Path) -> Dict:
+    from distil.models.io import serve_for_online
+
+    serve_for_online(model_dir)
+    return {"model_dir": str(model_dir), "kept": sorted(p.name for p in model_dir.iterdir())}
+
+
+def _add_convert_hf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-hf", help="import a Hugging Face BERT checkpoint folder as a model dir")
+    p.add_argument("src", type=Path, help="folder with config.json, model.safetensors or pytorch_model.bin, vocab.txt")
+    p.add_argument("dst", type=Path, help="model directory to create")
+    p.set_defaults(run=lambda args: _convert_hf(args.src, args.dst))
+
+
+def _convert_hf(src: Path, dst: Path) -> Dict:
+    from distil.models.io import convert_hf
+
+    return convert_hf(src, dst)
+
+
+def _add_init_bert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init-bert", help="create a randomly initialised BERT model dir (for tests and demos)")
+    p.add_argument("dst", type=Path)
+    p.add_argument("--vocab_file", type=Path, required=True)
+    for name, default in (("hidden_size", 768), ("num_hidden_layers", 12), ("num_attention_heads", 12),
+                          ("intermediate_size", 3072), ("max_position_embeddings", 512)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_init_bert)
+
+
+def _run_init_bert(args: argparse.Namespace) -> Dict:
+    from distil.models.io import init_bert
+
+    sizes = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                           "intermediate_size", "max_position_embeddings")}
+    return init_bert(args.dst, args.vocab_file, sizes, args.seed)
+
+
+COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
+    _add_download, _add_glue_process, _add_convert_hf, _add_init_bert, _add_train, _add_eval, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,290 @@
+"""The self-describing model directory: config.json, vocab.txt, weights/, train_state/, results.
+
+`load_model(dir)` needs nothing but the directory. Every write goes to a temporary name and is
+renamed into place, so an interrupted save never leaves a half-written model behind. Hugging
+Face BERT checkpoints are imported with `convert_hf` (no PyTorch needed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from distil import __version__
+from distil.data.ofrecord import write_json_atomic
+from distil.errors import UsageError
+from distil.models.hf_format import read_hf_weights
+from distil.runtime import import_oneflow
+
+flow = import_oneflow()
+log = logging.getLogger(__name__)
+
+FORMAT = "distil-model/1"
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR, TRAIN_STATE_DIR = "config.json", "vocab.txt", "weights", "train_state"
+PathLike = Union[str, Path]
+
+
+def model_classes(model_type: str):
+    """(config class, model class) for a `model_type` of config.json."""
+    if model_type == "bert":
+        from distil.models.bert import BertConfig, BertForSequenceClassification
+        return BertConfig, BertForSequenceClassification
+    if model_type == "bilstm":
+        from distil.models.lstm import BiLstmForSequenceClassification, LstmConfig
+        return LstmConfig, BiLstmForSequenceClassification
+    raise UsageError(f"unknown model_type '{model_type}' (known: bert, bilstm)")
+
+
+def build_model(model_config: Mapping[str, Any]) -> flow.nn.Module:
+    """A freshly initialised model from the "model" section of config.json."""
+    config_cls, model_cls = model_classes(model_config.get("model_type", "bert"))
+    try:
+        return model_cls(config_cls.from_dict(dict(model_config)))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"bad model configuration: {e}") from None
+
+
+# ---------------------------------------------------------------- reading a model directory
+
+
+def read_config(model_dir: PathLike) -> Dict[str, Any]:
+    """config.json of a model directory, with a clear error for anything that is not one."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).is_dir():
+        raise UsageError(f"model directory {model_dir} does not exist")
+    if not path.is_file():
+        raise UsageError(f"{model_dir} is not a model directory: it has no {CONFIG_FILE}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if config.get("format") != FORMAT:
+        hint = " (a Hugging Face checkpoint? import it with: python -m distil convert-hf SRC DST)" \
+            if "model_type" in config else ""
+        raise UsageError(f"{path}: not a distil model config (no \"format\": \"{FORMAT}\"){hint}")
+    return config
+
+
+def load_state(model: flow.nn.Module, state: Mapping[str, Any], source: str,
+               skip: Tuple[str, ...] = ()) -> None:
+    """Copy `state` into `model`, checking that names and shapes match exactly.
+
+    `skip` lists name prefixes left at their initial values (e.g. a classifier for another task).
+    """
+    own = model.state_dict()
+    wanted = {k: v for k, v in own.items() if not k.startswith(skip)}
+    missing = sorted(set(wanted) - set(state))
+    unexpected = sorted(k for k in set(state) - set(own) if not k.startswith(skip))
+    if missing or unexpected:
+        raise UsageError(f"{source}: tensors do not match the model: missing {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                         f"{' ...' if len(unexpected) > 10 else ''}")
+    for name in wanted:
+        got = tuple(state[name].shape)
+        if got != tuple(own[name].shape):
+            raise UsageError(f"{source}: tensor '{name}' has shape {got} in the checkpoint but "
+                             f"{tuple(own[name].shape)} in the model (check config.json)")
+    converted = {k: v if isinstance(v, flow.Tensor) else flow.tensor(np.ascontiguousarray(v))
+                 for k, v in state.items() if k in wanted}
+    model.load_state_dict({**own, **converted})
+
+
+def load_weights(model: flow.nn.Module, model_dir: PathLike, skip: Tuple[str, ...] = ()) -> None:
+    weights = Path(model_dir) / WEIGHTS_DIR
+    if not weights.is_dir():
+        raise UsageError(f"{model_dir}: no {WEIGHTS_DIR}/ folder (the model was never saved)")
+    load_state(model, flow.load(str(weights)), str(weights), skip)
+
+
+def load_model(model_dir: PathLike) -> flow.nn.Module:
+    """The model stored in `model_dir`, in eval mode; needs nothing but the directory."""
+    config = read_config(model_dir)
+    model = build_model(config["model"])
+    load_weights(model, model_dir)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- writing, atomically
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Move a complete folder into place; an older one is swapped out first, then removed."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def save_weights(model: flow.nn.Module, model_dir: PathLike) -> None:
+    """flow.save the model's state dict into <model_dir>/weights, atomically."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staged = model_dir / f".{WEIGHTS_DIR}.tmp-{os.getpid()}"
+    try:
+        flow.save(model.state_dict(), str(staged))
+        replace_dir(staged, model_dir / WEIGHTS_DIR)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def write_config(model_dir: PathLike, config: Dict[str, Any]) -> None:
+    config = {"format": FORMAT, **config, "created_by": f"distil {__version__}"}
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(model_dir) / CONFIG_FILE, config)
+
+
+def copy_vocab(vocab_file: PathLike, model_dir: PathLike) -> None:
+    target = Path(model_dir) / VOCAB_FILE
+    tmp = target.with_name(f".{VOCAB_FILE}.tmp-{os.getpid()}")
+    shutil.copyfile(vocab_file, tmp)
+    os.replace(tmp, target)
+
+
+def size_on_disk(path: PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def serve_for_online(model_dir: PathLike) -> None:
+    """Keep only what inference needs: drop train_state/ (optimizer, step, RNG, teacher refs).
+
+    original: deleted teacher and optimizer variables from the checkpoint folder; ours never
+    touches config.json, vocab.txt, weights/ or result files.
+    """
+    model_dir = Path(model_dir)
+    read_config(model_dir)
+    if not (model_dir / WEIGHTS_DIR).is_dir():
+        raise UsageError(f"{model_dir}: refusing to clean a model without {WEIGHTS_DIR}/")
+    state = model_dir / TRAIN_STATE_DIR
+    if state.exists():
+        trash = model_dir / f".{TRAIN_STATE_DIR}.removing-{os.getpid()}"
+        os.replace(state, trash)
+        shutil.rmtree(trash)
+    for leftover in model_dir.glob(".*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    log.info("%s: kept only what inference needs (%s, %s, %s/, results)", model_dir, CONFIG_FILE, VOCAB_FILE,
+             WEIGHTS_DIR)
+
+
+# ---------------------------------------------------------------- Hugging Face import
+
+
+def _hf_key(name: str) -> Optional[str]:
+    """Map an HF BERT parameter name to ours (None: not part of a sequence classifier)."""
+    if name.startswith(("embeddings.", "encoder.", "pooler.")):
+        name = "bert." + name
+    if not name.startswith(("bert.", "classifier.")) or name.endswith("position_ids"):
+        return None
+    if ".LayerNorm." in name:
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    return name
+
+
+def hf_bert_config(hf_config: Dict[str, Any]) -> Dict[str, Any]:
+    """Our model section from an HF BERT config.json (HF field names are ours)."""
+    if hf_config.get("model_type", "bert") != "bert":
+        raise UsageError(f"model_type '{hf_config.get('model_type')}' is not BERT")
+    if hf_config.get("position_embedding_type", "absolute") != "absolute":
+        raise UsageError("only absolute position embeddings are supported")
+    model = {k: v for k, v in hf_config.items() if not k.startswith("_")}
+    if "id2label" in hf_config:
+        model["num_labels"] = len(hf_config["id2label"])
+    if hf_config.get("problem_type") == "regression":
+        model["num_labels"] = 1
+    from distil.models.bert import BertConfig
+    return BertConfig.from_dict(model).to_dict()
+
+
+def read_hf(src: PathLike) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], List[str]]:
+    """(model config, state with our parameter names, ignored HF tensors) of an HF BERT folder."""
+    src = Path(src)
+    hf_config_path = src / CONFIG_FILE
+    if not hf_config_path.is_file():
+        raise UsageError(f"{src}: no {CONFIG_FILE}; expected a Hugging Face BERT folder")
+    model_config = hf_bert_config(json.loads(hf_config_path.read_text(encoding="utf-8")))
+    state, ignored = {}, []
+    for name, array in read_hf_weights(src).items():
+        key = _hf_key(name)
+        if key is None:
+            ignored.append(name)
+        else:
+            state[key] = array.astype(np.float32) if array.dtype.kind == "f" else array
+    return model_config, state, ignored
+
+
+def read_pretrained(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, Any], Path, Optional[str]]:
+    """(model config, weights, vocab file, task name) of a model dir or of a Hugging Face BERT folder."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise UsageError(f"{path} is neither a model directory nor a Hugging Face checkpoint (no {CONFIG_FILE})")
+    if not (path / VOCAB_FILE).is_file():
+        raise UsageError(f"{path}: no {VOCAB_FILE}")
+    if "format" in json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")):
+        config = read_config(path)
+        if not (path / WEIGHTS_DIR).is_dir():
+            raise UsageError(f"{path}: no {WEIGHTS_DIR}/ folder (the model was never saved)")
+        task = (config.get("task") or {}).get("name")
+        return config["model"], flow.load(str(path / WEIGHTS_DIR)), path / VOCAB_FILE, task
+    model_config, state, _ = read_hf(path)
+    return model_config, state, path / VOCAB_FILE, None
+
+
+def convert_hf(src: PathLike, dst: PathLike) -> Dict[str, Any]:
+    """Write an HF BERT checkpoint (BertModel / ForSequenceClassification / ForPreTraining) as a model dir."""
+    src, dst = Path(src), Path(dst)
+    if (dst / CONFIG_FILE).exists():
+        raise UsageError(f"{dst} already holds a model; choose another destination")
+    if not (src / VOCAB_FILE).is_file():
+        raise UsageError(f"{src}: no {VOCAB_FILE}")
+    model_config, state, ignored = read_hf(src)
+    model = build_model(model_config)
+    initialized = sorted(k for k in model.state_dict() if k not in state and k.startswith(("classifier.", "bert.pooler.")))
+    load_state(model, state, str(src), skip=tuple(initialized))
+    write_new_model_dir(dst, model, model_config, src / VOCAB_FILE,
+                        {"name": "pretrained", "source": str(src.resolve())})
+    for name in ignored:
+        log.info("not part of a sequence classifier, ignored: %s", name)
+    for name in initialized:
+        log.warning("not in the checkpoint, newly initialised: %s", name)
+    return {"model_dir": str(dst), "model": model_config, "ignored": ignored, "initialized": initialized}
+
+
+def write_new_model_dir(dst: Path, model: flow.nn.Module, model_config: Dict[str, Any], vocab_file: Path,
+                        algorithm: Dict[str, Any]) -> None:
+    """Create a complete model directory for a model without a task (pretrained or fresh), atomically."""
+    if (dst / CONFIG_FILE).exists():
+        raise UsageError(f"{dst} already holds a model; choose another destination")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        write_config(staged, {"model": model_config, "task": None, "data": {"format": "bert", "do_lower_case": True},
+                              "algorithm": algorithm})
+        copy_vocab(vocab_file, staged)
+        save_weights(model, staged)
+        replace_dir(staged, dst)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def init_bert(dst: PathLike, vocab_file: PathLike, sizes: Dict[str, int], seed: int = 0) -> Dict[str, Any]:
+    """A randomly initialised BERT model dir over `vocab_file` (a stand-in "pretrained" model for tests)."""
+    from distil.data.tokenization import load_vocab
+    from distil.models.bert import BertConfig
+
+    flow.manual_seed(seed)
+    try:
+        model_config = BertConfig(vocab_size=len(load_vocab(vocab_file)), **sizes).to_dict()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    write_new_model_dir(Path(dst), build_model(model_config), model_config, Path(vocab_file),
+                        {"name": "random-init", "seed": seed})
+    return {"model_dir": str(dst), "model": model_config}

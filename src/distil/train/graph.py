@@ -1,0 +1,104 @@
+"""The one training graph and the one evaluation graph every algorithm runs in.
+
+The OFRecord reader sits inside each graph (OneFlow's data pipeline), the optimizer, clipping
+and LR schedule are attached here and nowhere else, and an algorithm only supplies a step
+module whose outputs ending in `_loss` are summed and back-propagated.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+from distil.data.dataset import EvalStream, OFRecordDataset
+from distil.runtime import import_oneflow
+from distil.train.metrics import compute_metrics
+
+flow = import_oneflow()
+
+MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
+
+
+def _to_device(batch: Dict[str, flow.Tensor], device: str) -> Dict[str, flow.Tensor]:
+    return batch if device == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+
+class TrainGraph(flow.nn.Graph):
+    """Read a batch, run the algorithm's step module, back-propagate the sum of its `*_loss` outputs.
+
+    Step-dependent numbers (a replacing rate, a loss weight) are passed as tensor arguments of
+    each call: a Python float read in `build` would be frozen when the graph compiles.
+    """
+
+    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule, device: str):
+        super().__init__()
+        self.step_module = step_module
+        self.data = data
+        self.device = device
+        self.add_optimizer(optimizer, lr_sch=schedule)
+
+    def build(self, *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+        outputs = self.step_module(_to_device(self.data(), self.device), *step_inputs)
+        losses = [value for name, value in outputs.items() if name.endswith("_loss")]
+        total = losses[0]
+        for value in losses[1:]:
+            total = total + value
+        total.backward()
+        return {**outputs, "loss": total}
+
+
+class EvalGraph(flow.nn.Graph):
+    """Logits and labels of the next evaluation batch (the model must be in eval mode when it compiles)."""
+
+    def __init__(self, model: flow.nn.Module, data: OFRecordDataset, device: str):
+        super().__init__()
+        self.model = model
+        self.data = data
+        self.device = device
+
+    def build(self) -> Dict[str, flow.Tensor]:
+        batch = _to_device(self.data(), self.device)
+        logits = self.model(*(batch[name] for name in MODEL_INPUTS))["logits"]
+        return {"logits": logits, "labels": batch["label_ids"]}
+
+
+class Evaluator:
+    """Evaluates a model on one split, every example exactly once, and times its throughput."""
+
+    def __init__(self, model: flow.nn.Module, split_dir: Path, metrics: Sequence[str], batch_size: int,
+                 device: str):
+        self.model, self.metrics = model, tuple(metrics)
+        self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"))
+        self.graph = EvalGraph(model, self.data, device)
+        self.stream = EvalStream(self.data.num_examples, batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return self.data.num_examples
+
+    def run(self) -> Tuple[Dict[str, float], Dict[str, np.ndarray], Dict[str, float]]:
+        """(metrics, {"logits", "labels"} in file order, timing) for one pass over the split.
+
+        Timing leaves out the first batch, which may include the graph's compilation.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        marks = []
+
+        def next_batch():
+            out = {k: v.numpy() for k, v in self.graph().items()}
+            marks.append(time.perf_counter())
+            return out
+
+        start = time.perf_counter()
+        outputs = self.stream.run(next_batch)
+        self.model.train(was_training)
+        timed_examples = self.num_examples - min(self.data.batch_size, self.num_examples)
+        timed_seconds = marks[-1] - marks[0]
+        timing = {"seconds": marks[-1] - start,
+                  "examples_per_second": timed_examples / timed_seconds if timed_examples and timed_seconds else
+                  self.num_examples / (marks[-1] - start)}
+        return compute_metrics(self.metrics, outputs["logits"], outputs["labels"]), outputs, timing

@@ -1,0 +1,36 @@
+"""Training settings shared by every algorithm (kept free of OneFlow so the CLI can build flags from it)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from distil.errors import UsageError
+
+# The original's flag spellings, accepted next to ours.
+ALIASES = {"epochs": ("--num_epochs",), "weight_decay": ("--weight_decay_rate",),
+           "batch_size": ("--batch_size_per_device",), "eval_batch_size": ("--eval_batch_size_per_device",),
+           "log_every": ("--loss_print_every_n_iter",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings; the original's flags keep their names (`learning_rate`, `weight_decay` …)."""
+
+    epochs: int = 3
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.1
+    batch_size: int = 32
+    eval_batch_size: int = 32
+    seed: int = 42
+    log_every: int = 20
+    max_steps: int = 0            # > 0: stop after this many steps (smoke runs); 0: all epochs
+    checkpoint_every: int = 0     # > 0: also save train_state/ every N steps (always at epoch ends)
+    clip_grad: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or not 0 <= self.warmup_proportion < 1 or self.weight_decay < 0:
+            raise UsageError("--learning_rate must be > 0, --warmup_proportion in [0, 1), --weight_decay >= 0")

@@ -1,0 +1,187 @@
+"""The one trainer loop: steps in a TrainGraph, dev evaluation each epoch, best-model saving, resume.
+
+Follows the original's loop (AdamW + warm-up/decay, evaluation after every epoch, keep the best)
+with its defects fixed: best selection uses `>=` and always saves once, the final metrics
+describe the saved best model, and `train_state/` lets an interrupted run continue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from distil.data.dataset import OFRecordDataset
+from distil.data.ofrecord import write_json_atomic
+from distil.errors import UsageError
+from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, replace_dir, save_weights, size_on_disk
+from distil.runtime import import_oneflow
+from distil.train.graph import Evaluator, TrainGraph
+from distil.train.optim import build_optimizer
+from distil.train.schedules import warmup_linear_factor, warmup_steps
+from distil.train.settings import TrainSettings
+
+flow = import_oneflow()
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+StepInputs = Callable[[int, int], Tuple[flow.Tensor, ...]]
+
+
+@dataclasses.dataclass
+class RunState:
+    """What train_state/state.json holds besides the graph (weights, AdamW moments, LR step)."""
+
+    step: int = 0
+    best_value: Optional[float] = None
+    best_epoch: int = 0
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    finished: bool = False
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the teacher a student learns from
+
+
+def read_run_state(model_dir: Path) -> Optional[RunState]:
+    path = model_dir / TRAIN_STATE_DIR / STATE_FILE
+    if not path.is_file():
+        return None
+    return RunState(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def model_size(model: flow.nn.Module, model_dir: Path) -> Dict[str, float]:
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"parameters": int(parameters), "size_mb": round(parameters * 4 / 2**20, 2),
+            "size_on_disk_mb": round(size_on_disk(model_dir / WEIGHTS_DIR) / 2**20, 2)}
+
+
+class Trainer:
+    """Trains `model` through `step_module` on one task and keeps the best dev checkpoint in `model_dir`."""
+
+    def __init__(self, model: flow.nn.Module, step_module: flow.nn.Module, settings: TrainSettings,
+                 train_dir: Path, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], model_dir: Path,
+                 device: str = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None):
+        self.model, self.step_module, self.settings = model, step_module, settings
+        self.train_dir, self.eval_dirs, self.metrics = train_dir, eval_dirs, metrics
+        self.model_dir, self.device = model_dir, device
+        self.step_inputs = step_inputs or (lambda step, total: ())
+        self.extra_state = extra_state or {}
+        self.main_metric = metrics[0]
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self) -> RunState:
+        """Train to the end (resuming from train_state/ if a previous run was interrupted)."""
+        state = self._start_or_resume()
+        flow.manual_seed(self.settings.seed + state.step)
+        data = OFRecordDataset(self.train_dir, self.settings.batch_size, shuffle=True,
+                               seed=self.settings.seed + state.step)
+        total = self.total_steps(data.steps_per_epoch)
+        optimizer, schedule = build_optimizer(self.step_module.named_parameters(), self.settings.learning_rate,
+                                              self.settings.weight_decay, total, self.settings.warmup_proportion,
+                                              self.settings.clip_grad)
+        graph = TrainGraph(self.step_module, data, optimizer, schedule, self.device)
+        if state.step:
+            graph.load_state_dict(flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph")))
+            log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
+        evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics, self.settings.eval_batch_size,
+                              self.device)
+        self.model.train()
+        progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
+                        dynamic_ncols=True, disable=None)
+        while state.step < total:
+            outputs = graph(*self.step_inputs(state.step, total))
+            state.step += 1
+            progress.update(1)
+            if state.step % self.settings.log_every == 0 or state.step == total:
+                self._log_losses(outputs, state.step, total, progress)
+            if state.step % data.steps_per_epoch == 0 or state.step == total:
+                self._end_of_epoch(graph, evaluator, state, math.ceil(state.step / data.steps_per_epoch), total)
+            elif self.settings.checkpoint_every and state.step % self.settings.checkpoint_every == 0:
+                self._save_train_state(graph, state)
+        progress.close()
+        return state
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        total = self.settings.epochs * steps_per_epoch
+        return min(total, self.settings.max_steps) if self.settings.max_steps else total
+
+    def _log_losses(self, outputs: Dict[str, flow.Tensor], step: int, total: int, progress: tqdm) -> None:
+        losses = {k: float(v.numpy()) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
+        warmup = warmup_steps(total, self.settings.warmup_proportion)
+        lr = self.settings.learning_rate * warmup_linear_factor(step - 1, total, warmup)
+        if not all(np.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
+        progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
+        log.debug("step %d/%d lr %.3e %s", step, total, lr, json.dumps(losses))
+
+    def _end_of_epoch(self, graph: TrainGraph, evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
+        metrics, _, _ = evaluator.run()
+        value = metrics[self.main_metric]
+        improved = state.best_value is None or value >= state.best_value  # original: strict >, from 0.0
+        state.history.append({"epoch": epoch, "step": state.step, "metrics": metrics, "saved": improved})
+        log.info("epoch %d (step %d/%d) dev %s%s", epoch, state.step, total,
+                 json.dumps({k: round(v, 4) for k, v in metrics.items()}), " — new best, saved" if improved else "")
+        if improved:
+            state.best_value, state.best_epoch = value, epoch
+            save_weights(self.model, self.model_dir)
+        state.finished = state.step == total
+        self._save_train_state(graph, state)
+
+    # ------------------------------------------------------------ train_state/
+
+    def _start_or_resume(self) -> RunState:
+        settings = dataclasses.asdict(self.settings)
+        previous = read_run_state(self.model_dir)
+        if previous is None or previous.step == 0:
+            return RunState(settings=settings, extra=self.extra_state)
+        if previous.settings != settings or previous.extra != self.extra_state:
+            changed = sorted(k for k in settings if previous.settings.get(k) != settings[k])
+            raise UsageError(f"{self.model_dir / TRAIN_STATE_DIR} belongs to a run with other settings "
+                             f"(differs in: {changed or 'teacher/data'}); use another model directory or "
+                             "--overwrite to start again")
+        return previous
+
+    def _save_train_state(self, graph: TrainGraph, state: RunState) -> None:
+        staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            flow.save(graph.state_dict(), str(staged / "graph"))
+            write_json_atomic(staged / STATE_FILE, dataclasses.asdict(state))
+            replace_dir(staged, self.model_dir / TRAIN_STATE_DIR)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    # ------------------------------------------------------------ final evaluation
+
+    def evaluate_best(self) -> Dict[str, Any]:
+        """Reload the saved best weights and evaluate them (original: reported the last epoch's)."""
+        load_weights(self.model, self.model_dir)
+        return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size, self.device,
+                        self.model_dir)
+
+
+def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], batch_size: int,
+             device: str, model_dir: Path) -> Dict[str, Any]:
+    """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput."""
+    results: Dict[str, Any] = {}
+    for name, split_dir in eval_dirs.items():
+        evaluator = Evaluator(model, split_dir, metrics, batch_size, device)
+        values, _, timing = evaluator.run()
+        entry = {**values, "num_examples": evaluator.num_examples,
+                 "examples_per_second": round(timing["examples_per_second"], 1),
+                 "eval_seconds": round(timing["seconds"], 3)}
+        if name == "eval":
+            results.update(entry)
+        else:
+            results[name] = entry
+    results["model"] = model_size(model, model_dir)
+    results["batch_size"], results["device"] = batch_size, device
+    return results
