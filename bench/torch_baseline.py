@@ -1,7 +1,7 @@
 """PyTorch CPU speed baseline for the OneFlow BERT: one encoder layer, a training step, eval forward.
 
 Run with the separate reference venv (not the project's): /work/torchref/bin/python bench/torch_baseline.py
-[--batch 32] [--seq 128] [--warmup 2] [--repeats 5] [--only layer step forward]; prints one JSON object.
+[--batch 32] [--seq 128] [--warmup 2] [--repeats 5] [--only layer,step,forward]; prints one JSON object.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,10 @@ class BertConfig:
     num_labels: int = 2
 
 
+# Entry names follow bench/bench_bert.py (the OneFlow counterpart) so the two JSONs line up key by key.
 LAYER_CONFIGS = {
-    "h768_a12_f3072": BertConfig(hidden=768, heads=12, ffn=3072),
-    "h312_a12_f1200": BertConfig(hidden=312, heads=12, ffn=1200),
+    "layer_768_fwd_bwd_s": BertConfig(hidden=768, heads=12, ffn=3072),
+    "layer_312_fwd_bwd_s": BertConfig(hidden=312, heads=12, ffn=1200),
 }
 TINYBERT_4L = BertConfig(hidden=312, heads=12, ffn=1200, layers=4)
 BERT_BASE = BertConfig(hidden=768, heads=12, ffn=3072, layers=12)
@@ -218,12 +219,21 @@ def run_sections(args: argparse.Namespace) -> dict[str, object]:
     if "layer" in args.only:
         results["layer"] = {name: bench_layer(cfg, args) for name, cfg in LAYER_CONFIGS.items()}
     if "step" in args.only:
-        batches = dict.fromkeys([args.batch, args.step_small_batch] if args.step_small_batch else [args.batch])
-        results["step"] = {f"4L_h312_batch{b}": bench_step(TINYBERT_4L, b, args) for b in batches}
+        batches = sorted({args.batch, args.step_small_batch} - {0}, reverse=True)
+        results["step"] = {f"step_4L312_batch{b}_eager_s": bench_step(TINYBERT_4L, b, args) for b in batches}
     if "forward" in args.only:
-        results["forward_only"] = {"4L_h312": bench_forward(TINYBERT_4L, args),
-                                   "12L_h768": bench_forward(BERT_BASE, args)}
+        results["forward_only"] = {"forward_4L312": bench_forward(TINYBERT_4L, args),
+                                   "forward_12L768": bench_forward(BERT_BASE, args)}
     return results
+
+
+def comparable(results: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """Flat medians under bench_bert.py's key names (seconds, or examples/s for forward)."""
+    timed = [results.get("layer", {}), results.get("step", {})]
+    flat = {name: entry["median_s"] for section in timed for name, entry in section.items()}
+    flat.update({f"{name}_examples_per_s": entry["examples_per_s"]
+                 for name, entry in results.get("forward_only", {}).items()})
+    return flat
 
 
 def shared_settings() -> dict[str, object]:
@@ -245,6 +255,14 @@ def metadata(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def sections(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(SECTIONS)}; got {text!r}")
+    return chosen
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="batch size of every section")
@@ -253,8 +271,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="run only these sections")
+    parser.add_argument("--only", type=sections, default=list(SECTIONS),
+                        help="comma-separated subset of " + ",".join(SECTIONS))
     return parser.parse_args()
 
 
@@ -263,7 +281,7 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     results = run_sections(args)
-    report = {"benchmark": "torch_baseline", **results, "metadata": metadata(args),
+    report = {"benchmark": "torch_baseline", "comparable": comparable(results), **results, "metadata": metadata(args),
               "total_wall_s": round(time.perf_counter() - start, 1)}
     print(json.dumps(report, indent=1))
 

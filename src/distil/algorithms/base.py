@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from distil.data import ofrecord
 from distil.data.tasks import TaskSpec, get_task
 from distil.errors import UsageError
+from distil.fileio import file_sha256, write_json_atomic
 from distil.models import io
 from distil.ops import hard_label_loss
 from distil.runtime import import_oneflow
@@ -124,7 +125,7 @@ def data_dirs(data_root: Path, task: TaskSpec, suffix: str = "") -> Tuple[Path, 
 def check_vocab(vocab_file: Path, meta: Dict[str, Any], what: str) -> None:
     """The data must have been tokenized with the model's vocabulary."""
     want = meta.get("vocab", {}).get("sha256")
-    if want and ofrecord.file_sha256(vocab_file) != want:
+    if want and file_sha256(vocab_file) != want:
         raise UsageError(f"the data in {meta.get('source')} was converted with {meta['vocab'].get('file')}, "
                          f"but {what} uses {vocab_file}; re-run glue_process.sh with VOCAB_FILE={vocab_file}")
 
@@ -137,8 +138,8 @@ def _already_trained(model_dir: Path) -> bool:
 def write_results(results: Dict[str, Any], history: list, run: RunConfig) -> Path:
     target = run.result_dir or run.model_save_dir
     target.mkdir(parents=True, exist_ok=True)
-    ofrecord.write_json_atomic(target / HISTORY_FILE, history)
-    ofrecord.write_json_atomic(target / RESULTS_FILE, results)
+    write_json_atomic(target / HISTORY_FILE, history)
+    write_json_atomic(target / RESULTS_FILE, results)
     return target / RESULTS_FILE
 
 
@@ -206,5 +207,5 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
                **evaluate(model, eval_dirs, task.metrics, batch_size, device, model_dir)}
     target = result_dir or model_dir
     target.mkdir(parents=True, exist_ok=True)
-    ofrecord.write_json_atomic(target / RESULTS_FILE, results)
+    write_json_atomic(target / RESULTS_FILE, results)
     return results

@@ -26,6 +26,7 @@ from distil.data import ofrecord
 from distil.data.tasks import Example, TaskSpec, get_task, read_examples
 from distil.data.tokenization import BasicTokenizer, FullTokenizer, load_vocab
 from distil.errors import UsageError
+from distil.fileio import file_sha256, replace_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -231,21 +232,10 @@ class _SplitWriter:
         counts = self.parts.close()
         paths = [self.dir / ofrecord.part_name(i) for i in range(len(counts))]
         self.meta["parts"] = [{"name": p.name, "records": n, "bytes": p.stat().st_size,
-                               "sha256": ofrecord.file_sha256(p)} for p, n in zip(paths, counts)]
+                               "sha256": file_sha256(p)} for p, n in zip(paths, counts)]
         self.meta["num_examples"] = sum(counts)
-        ofrecord.write_json_atomic(self.dir / ofrecord.META_FILE, self.meta)
+        write_json_atomic(self.dir / ofrecord.META_FILE, self.meta)
         return self.meta["num_examples"]
-
-
-def _replace_dir(staged: Path, final: Path) -> None:
-    """Move a finished output folder into place, replacing an earlier conversion of the same task."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, int]]:
@@ -270,9 +260,9 @@ def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, i
             (staging / "lstm" / "vocab.txt").write_text("\n".join(lstm_words) + "\n", encoding="utf-8")
         lstm_vocab = {w: i for i, w in enumerate(lstm_words)} if lstm_words else None
         summary = _convert_splits(task, examples, files, config, staging, lstm_vocab, workers, label_dtype)
-        _replace_dir(staging / "bert", config.output_dir / task.name)
+        replace_dir(staging / "bert", config.output_dir / task.name)
         if lstm_vocab is not None:
-            _replace_dir(staging / "lstm", config.output_dir / config.lstm_folder(task))
+            replace_dir(staging / "lstm", config.output_dir / config.lstm_folder(task))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
@@ -291,7 +281,7 @@ def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, 
                     label_dtype: str) -> Dict[str, Dict[str, int]]:
     bert_name, lstm_name = task.name, config.lstm_folder(task)
     summary: Dict[str, Dict[str, int]] = {bert_name: {}, **({lstm_name: {}} if lstm_vocab else {})}
-    vocab_info = {"file": str(config.vocab_file.resolve()), "sha256": ofrecord.file_sha256(config.vocab_file),
+    vocab_info = {"file": str(config.vocab_file.resolve()), "sha256": file_sha256(config.vocab_file),
                   "size": len(load_vocab(str(config.vocab_file))), "do_lower_case": config.do_lower_case}
     for split, rows in examples.items():
         start = time.perf_counter()

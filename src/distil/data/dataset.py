@@ -17,6 +17,7 @@ import numpy as np
 
 from distil.data import ofrecord
 from distil.errors import UsageError
+from distil.fileio import file_sha256
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -83,7 +84,7 @@ def open_split(split_dir: Union[str, Path], verify_checksums: bool = True) -> Di
         found = _count_frames(path)
         if found != part["records"]:
             raise UsageError(f"{path}: holds {found} records but meta.json says {part['records']}")
-        if verify_checksums and "sha256" in part and ofrecord.file_sha256(path) != part["sha256"]:
+        if verify_checksums and "sha256" in part and file_sha256(path) != part["sha256"]:
             raise UsageError(f"{path}: checksum differs from meta.json (corrupt file); "
                              "re-run scripts/glue_process.sh")
     if meta["num_examples"] > 0:

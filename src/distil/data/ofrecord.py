@@ -8,9 +8,7 @@ the bytes against OneFlow's own `record_pb2` and reader.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
@@ -134,23 +132,6 @@ def iter_frames(path: Path) -> Iterator[bytes]:
                                  f"(length field says {length}, {len(body)} bytes follow)")
             offset += 8 + length
             yield body
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON to a temporary name in the same folder, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_meta(split_dir: Union[str, Path]) -> Dict:

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from distil import __version__
-from distil.data.ofrecord import write_json_atomic
 from distil.errors import UsageError
+from distil.fileio import replace_dir, write_json_atomic
 from distil.models.hf_format import read_hf_weights
 from distil.runtime import import_oneflow
 
@@ -112,17 +112,6 @@ def load_model(model_dir: PathLike) -> flow.nn.Module:
 
 
 # ---------------------------------------------------------------- writing, atomically
-
-
-def replace_dir(staged: Path, final: Path) -> None:
-    """Move a complete folder into place; an older one is swapped out first, then removed."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def save_weights(model: flow.nn.Module, model_dir: PathLike) -> None:

@@ -54,6 +54,10 @@ class LstmConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be an id in [0, {self.vocab_size}), got {self.pad_token_id!r}")
+        for name in ("dropout_prob", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not 0.0 <= self.dropout_prob < 1.0:
             raise ValueError(f"dropout_prob must be in [0, 1), got {self.dropout_prob!r}")
         if not self.initializer_range > 0.0:
@@ -105,6 +109,10 @@ class BiLstm(nn.Module):
         self.weight_hh = nn.Parameter(flow.empty(2, 4 * hidden_size, hidden_size))
         self.bias = nn.Parameter(flow.empty(2, 4 * hidden_size))
         self.register_buffer("_ones_row", flow.ones(1, hidden_size), persistent=False)
+        # 2 on the g gate's pre-activations: tanh(z) = 2*sigmoid(2z) - 1, so one sigmoid serves all gates
+        scale = flow.ones(4 * hidden_size)
+        scale[2 * hidden_size:3 * hidden_size] = 2.0
+        self.register_buffer("_gate_scale", scale, persistent=False)
         bound = 1.0 / math.sqrt(hidden_size)
         for weight in (self.weight_ih, self.weight_hh, self.bias):
             nn.init.uniform_(weight, -bound, bound)
@@ -123,8 +131,10 @@ class BiLstm(nn.Module):
 
         projected = flow.matmul(x.reshape(batch * steps, size), self.weight_ih.reshape(8 * hidden, size),
                                 transpose_b=True) + self.bias.reshape(8 * hidden)      # (B*T, 8H)
-        projected = projected.reshape(batch, steps, 2, 4 * hidden).permute(2, 1, 0, 3)  # (2, T, B, 4H)
+        projected = projected.reshape(batch, steps, 2, 4 * hidden) * self._gate_scale
+        projected = projected.permute(2, 1, 0, 3)                                       # (2, T, B, 4H)
         gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)      # (T, 2, B, 4H)
+        weight_hh = self.weight_hh.transpose(1, 2) * self._gate_scale                   # (2, H, 4H)
 
         states = []
         h = c = None
@@ -132,12 +142,12 @@ class BiLstm(nn.Module):
             gates = gates_in[step]                                                   # (2, B, 4H)
             if h is not None:
                 h, c = h * keep[step], c * keep[step]
-                gates = gates + flow.matmul(h, self.weight_hh, transpose_b=True)    # (2, B, H) x (2, H, 4H)
+                gates = gates + flow.matmul(h, weight_hh)                            # (2, B, H) x (2, H, 4H)
             sig = flow.sigmoid(gates)
             i, f, o = sig[..., :hidden], sig[..., hidden:2 * hidden], sig[..., 3 * hidden:]
-            g = flow.tanh(gates[..., 2 * hidden:3 * hidden])
+            g = sig[..., 2 * hidden:3 * hidden] * 2.0 - 1.0                          # tanh of the g gate
             c = i * g if c is None else f * c + i * g
-            h = o * flow.tanh(c)
+            h = o * (flow.sigmoid(c * 2.0) * 2.0 - 1.0)                               # o * tanh(c)
             states.append(h)
         read_states = flow.matmul(read, flow.stack(states, dim=2))   # (2, B, S, T) x (2, B, T, H) -> (2, B, S, H)
         sentences_count = read_states.shape[2]

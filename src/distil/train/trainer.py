@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from distil.data.dataset import OFRecordDataset
-from distil.data.ofrecord import write_json_atomic
 from distil.errors import UsageError
-from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, replace_dir, save_weights, size_on_disk
+from distil.fileio import replace_dir, write_json_atomic
+from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_weights, size_on_disk
 from distil.runtime import import_oneflow
 from distil.train.graph import Evaluator, TrainGraph
 from distil.train.optim import build_optimizer

@@ -1,0 +1,160 @@
+"""Teacher fine-tuning through the real scripts, task heads, resume, SERVE_FOR_ONLINE and checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, ROOT, run
+from distil.algorithms import RunConfig, run_training
+from distil.algorithms.teacher import Teacher
+from distil.data.convert import ConvertConfig, convert_task
+from distil.errors import UsageError
+from distil.models import io
+from distil.train.settings import TrainSettings
+from glue_fixtures import write_learnable_sst2, write_task
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+        "max_position_embeddings": 64}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, vocab_file):
+    """A tiny random "pretrained" BERT and GLUE-shaped data: learnable SST-2, MNLI and STS-B (seq 32)."""
+    root = tmp_path_factory.mktemp("teacher")
+    io.init_bert(root / "pretrained", vocab_file, TINY, seed=0)
+    write_learnable_sst2(root / "glue", 640, 160)
+    write_task(root / "glue", "MNLI", {"train.tsv": 40, "dev_matched.tsv": 12, "dev_mismatched.tsv": 9})
+    write_task(root / "glue", "STS-B", {"train.tsv": 40, "dev.tsv": 11})
+    for task in ("SST-2", "MNLI", "STS-B"):
+        convert_task(task, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
+                                         lstm_seq_length=0, workers=1))
+    return root
+
+
+def script_env(root: Path, **extra) -> dict:
+    return {"PRETRAINED_MODEL": str(root / "pretrained"), "DATA_ROOT": str(root / "data"),
+            "MODELS_ROOT": str(root / "models"), "BATCH_SIZE": "16", **extra}
+
+
+def test_tiny_teacher_learns_through_the_scripts_and_eval_reproduces_it(workspace):
+    env = script_env(workspace, EPOCH="4", LEARNING_RATE="1e-3")
+    trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2", "--log_every", "10"], env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model_id = "SST-2_epoch-4_lr-1e-3_wd-0.0001"
+    assert f"evaluate it with: bash scripts/run_eval_teacher.sh 0 SST-2 {model_id}" in trained.stderr
+    results = json.loads(trained.stdout)
+    assert results["accuracy"] >= 0.85, results  # chance is ~0.5 on this balanced dev set
+    model_dir = workspace / "models" / "finetuned_teacher" / model_id
+    assert json.loads((model_dir / "results_eval.json").read_text()) == results
+    history = json.loads((model_dir / "train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert max(h["metrics"]["accuracy"] for h in history) == results["accuracy"]
+    assert results["best_epoch"] == max(h["epoch"] for h in history if h["metrics"]["accuracy"] == results["accuracy"])
+    evaluated = run(["bash", str(ROOT / "scripts" / "run_eval_teacher.sh"), "0", "SST-2", model_id], env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
+    missing = run(["bash", str(ROOT / "scripts" / "run_eval_teacher.sh"), "0", "SST-2", "nope"], env=env)
+    assert missing.returncode == 2 and f"no model nope in {model_dir.parent}; models there: {model_id}" in missing.stderr
+
+
+def train_api(root: Path, task: str, model_dir: Path, **settings) -> dict:
+    values = {"epochs": 1, "learning_rate": 1e-3, "weight_decay": 0.01, "batch_size": 8, "eval_batch_size": 5,
+              **settings}
+    run_config = RunConfig(task=task, data_root=root / "data", model_save_dir=model_dir,
+                           settings=TrainSettings(**values), options={"pretrained_model": root / "pretrained"})
+    return run_training(Teacher(), run_config)
+
+
+def test_mnli_head_has_three_classes_and_both_dev_sets(workspace, tmp_path):
+    results = train_api(workspace, "MNLI", tmp_path / "mnli", max_steps=3)
+    assert set(results) >= {"accuracy", "eval_mismatched", "num_examples"} and results["num_examples"] == 12
+    assert results["eval_mismatched"]["num_examples"] == 9
+    model = io.load_model(tmp_path / "mnli")
+    assert model.classifier.weight.shape == (3, 32)
+    assert json.loads((tmp_path / "mnli" / "config.json").read_text())["task"]["num_labels"] == 3
+
+
+def test_sts_b_head_is_a_regression(workspace, tmp_path):
+    results = train_api(workspace, "STS-B", tmp_path / "stsb", max_steps=3)
+    assert {"pearson", "spearman", "mse"} <= set(results) and "accuracy" not in results
+    assert -1 <= results["pearson"] <= 1 and io.load_model(tmp_path / "stsb").classifier.weight.shape == (1, 32)
+
+
+def test_training_resumes_after_being_killed_and_keeps_the_lr_schedule(workspace, tmp_path):
+    model_dir = tmp_path / "resumed"
+    command = [PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--task", "SST-2",
+               "--data_root", str(workspace / "data"), "--pretrained_model", str(workspace / "pretrained"),
+               "--model_save_dir", str(model_dir), "--epochs", "6", "--learning_rate", "1e-3",
+               "--batch_size", "16", "--checkpoint_every", "5"]
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**__import__("os").environ, **env})
+    state_file = model_dir / "train_state" / "state.json"
+    deadline = time.time() + 120
+    while not state_file.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = json.loads(state_file.read_text())
+    assert 5 <= interrupted["step"] < 240 and not interrupted["finished"]
+    resumed = run(command, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {model_dir} from step {interrupted['step']} of 240" in resumed.stderr
+    final = json.loads(state_file.read_text())
+    assert final["step"] == 240 and final["finished"] and [h["epoch"] for h in final["history"]][-1] == 6
+    from distil.runtime import import_oneflow
+
+    graph_state = import_oneflow().load(str(model_dir / "train_state" / "graph"))
+    steps = [v for k, v in graph_state.items() if k.endswith("TrainStep")]
+    assert [int(s.numpy()[0]) for s in steps] == [240]  # the LR schedule's counter continued, not restarted
+
+
+def test_serve_for_online_keeps_a_loadable_model_with_the_same_metrics(workspace):
+    env = script_env(workspace, EPOCH="1", LEARNING_RATE="1e-3", SERVE_FOR_ONLINE="True",
+                     MODEL_SAVE_DIR=str(workspace / "served"))
+    trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2"], env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    served = workspace / "served"
+    assert sorted(p.name for p in served.iterdir()) == ["config.json", "results_eval.json", "train_history.json",
+                                                        "vocab.txt", "weights"]
+    import distil
+
+    assert distil.load_model(served).classifier.weight.shape == (2, 32)
+    evaluated = run([PYTHON, "-m", "distil", "eval", str(served), "--data_root", str(workspace / "data")])
+    assert evaluated.returncode == 0
+    assert json.loads(evaluated.stdout)["accuracy"] == json.loads(trained.stdout)["accuracy"]
+
+
+def test_checkpoint_errors_name_the_tensor_and_both_shapes(workspace, tmp_path):
+    target = tmp_path / "model"
+    io.init_bert(target, workspace / "pretrained" / "vocab.txt", TINY)
+    config = json.loads((target / "config.json").read_text())
+    config["model"]["intermediate_size"] = 50
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=r"tensor 'bert.encoder.layer.0.intermediate.dense.weight' has shape "
+                                         r"\(48, 32\) in the checkpoint but \(50, 32\) in the model"):
+        io.load_model(target)
+    (target / "config.json").unlink()
+    with pytest.raises(UsageError, match=r"is not a model directory: it has no config.json"):
+        io.load_model(target)
+
+
+def test_finished_runs_are_not_retrained_and_changed_settings_do_not_resume(workspace, tmp_path):
+    first = train_api(workspace, "STS-B", tmp_path / "m", max_steps=2)
+    weights = (tmp_path / "m" / "weights").stat().st_mtime_ns
+    assert train_api(workspace, "STS-B", tmp_path / "m", max_steps=2) == first
+    assert (tmp_path / "m" / "weights").stat().st_mtime_ns == weights
+    state_file = tmp_path / "m" / "train_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["finished"] = False
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"belongs to a run with other settings \(differs in: \['max_steps'\]\)"):
+        train_api(workspace, "STS-B", tmp_path / "m", max_steps=3)
+    assert np.isfinite(first["pearson"])
