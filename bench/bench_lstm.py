@@ -7,8 +7,9 @@ parameters (so their logits are comparable), and is run on one batch of packed s
 graph compile seconds (eval, train), step milliseconds, eval examples/s, and the largest logit
 difference from the implementation in distil/models/lstm.py (`padding_correct`: below 1e-4).
 Step timings are [median, min] of --repeats runs after --warmup runs, each between two full
-syncs (nn.Graph returns the loss before its backward and update finish); the candidates take turns run by run, so that load from other processes hits them alike
-(the min shows the cost without such load); examples/s come from the median.
+syncs (nn.Graph returns the loss before its backward and update finish); the candidates take
+turns run by run, so that load from other processes hits them alike (the min shows the cost
+without such load); examples/s come from the median. Compile times are single runs.
 
 Candidates:
 - stock: flow.nn.LSTM(bidirectional) over the padded batch, final states (the baseline; it cannot
@@ -20,12 +21,13 @@ Candidates:
 - fused_reset_read_tanh: the model's scheme (zero the state where a sentence starts, read the end
   states after the loop; B rows for both sentences) with flow.tanh for the g gate and the cell;
 - fused_reset_read_tanh_two_matmuls: the same with one recurrent matmul per direction per step;
-- fused_reset_read_tanh_transpose_b: the same with the stored (2, 4H, H) recurrent weight used
-  with transpose_b every step instead of transposing it once per forward;
+- fused_reset_read_tanh_pretransposed: the same with the recurrent weight transposed once per
+  forward instead of a transpose_b matmul every step;
 - model: distil/models/lstm.py as it is (the same scheme, tanh as 2*sigmoid(2x) - 1).
 
 Usage: PYTHONPATH=src python bench/bench_lstm.py [--batch 32] [--seq 32] [--vocab 10002]
-       [--embedding 300] [--hidden 300] [--fc 400] [--repeats 7] [--warmup 2] [--candidates a,b]
+       [--embedding 300] [--hidden 300] [--fc 400] [--pair-mode separate|joint] [--repeats 9]
+       [--warmup 2] [--candidates name,name]  (about 8 minutes with every candidate at full size)
 """
 
 from __future__ import annotations
@@ -139,12 +141,11 @@ class FusedMaskedCarry(nn.Module):
         projected = projected.reshape(batch * count, steps, 2, 4 * hidden).permute(2, 1, 0, 3)  # (2, T, B*S, 4H)
         gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)        # (T, 2, B*S, 4H)
         masks = per_step_masks(sentences, self._ones_row)                                  # (T, 2, B*S, H)
-        weight_hh = self.weight_hh.transpose(1, 2).contiguous()                            # (2, H, 4H)
         h = c = None
         for step in range(steps):
             gates = gates_in[step]
             if h is not None:
-                gates = gates + flow.matmul(h, weight_hh)                                   # (2, B*S, 4H)
+                gates = gates + flow.matmul(h, self.weight_hh, transpose_b=True)            # (2, B*S, 4H)
             i, f, g, o = lstm_gates(gates, hidden)
             c_new = i * g if c is None else f * c + i * g
             h_new = o * flow.tanh(c_new)
@@ -188,33 +189,34 @@ class FusedResetReadTanh(nn.Module):
         return read_states.permute(1, 2, 0, 3).reshape(batch, sentences.shape[1], 2 * hidden)
 
     def recurrent_weight(self) -> flow.Tensor:
-        return self.weight_hh.transpose(1, 2).contiguous()                   # (2, H, 4H), once per forward
+        return self.weight_hh                                                # (2, 4H, H)
 
     def recurrent(self, h: flow.Tensor, weight: flow.Tensor) -> flow.Tensor:
-        return flow.matmul(h, weight)                                        # (2, B, H) x (2, H, 4H)
+        return flow.matmul(h, weight, transpose_b=True)                      # (2, B, H) x (2, H, 4H)
 
 
 class FusedResetReadTanhTwoMatmuls(FusedResetReadTanh):
     """As fused_reset_read_tanh, with one (B, H) x (H, 4H) matmul per direction instead of a batched one."""
 
     def recurrent(self, h: flow.Tensor, weight: flow.Tensor) -> flow.Tensor:
-        return flow.stack([flow.matmul(h[d], weight[d]) for d in (0, 1)])
+        return flow.stack([flow.matmul(h[d], weight[d], transpose_b=True) for d in (0, 1)])
 
 
-class FusedResetReadTanhTransposeB(FusedResetReadTanh):
-    """As fused_reset_read_tanh, multiplying by the stored (2, 4H, H) weight with transpose_b every step."""
+class FusedResetReadTanhPretransposed(FusedResetReadTanh):
+    """As fused_reset_read_tanh, with the recurrent weight transposed to (2, H, 4H) once per forward."""
 
     def recurrent_weight(self) -> flow.Tensor:
-        return self.weight_hh
+        return self.weight_hh.transpose(1, 2).contiguous()
 
     def recurrent(self, h: flow.Tensor, weight: flow.Tensor) -> flow.Tensor:
-        return flow.matmul(h, weight, transpose_b=True)
+        return flow.matmul(h, weight)
 
 
 CANDIDATES: Dict[str, Callable[[BiLstm], nn.Module]] = {
     "stock": Stock, "naive_cell": NaiveCell, "fused_masked_carry": FusedMaskedCarry,
-    "fused_reset_read_tanh": FusedResetReadTanh, "fused_reset_read_tanh_two_matmuls": FusedResetReadTanhTwoMatmuls,
-    "fused_reset_read_tanh_transpose_b": FusedResetReadTanhTransposeB, "model": lambda base: base,
+    "fused_reset_read_tanh": FusedResetReadTanh,
+    "fused_reset_read_tanh_two_matmuls": FusedResetReadTanhTwoMatmuls,
+    "fused_reset_read_tanh_pretransposed": FusedResetReadTanhPretransposed, "model": lambda base: base,
 }
 
 
@@ -253,7 +255,7 @@ class TrainGraph(nn.Graph):
 
 
 def round_robin_ms(runs: Dict[str, Callable[[], object]], warmup: int, repeats: int) -> Dict[str, List[float]]:
-    """[median, min] milliseconds per run, the candidates taking turns so that load from others hits all alike."""
+    """[median, min] ms per run; the candidates take turns so that load from other processes hits all alike."""
     times: Dict[str, List[float]] = {name: [] for name in runs}
     for round_index in range(warmup + repeats):
         for name, run in runs.items():
@@ -307,8 +309,8 @@ def measure(names: List[str], config: LstmConfig, inputs, labels, args) -> Dict[
         for name, model in models.items():
             diff = float(np.abs(model(*inputs)["logits"].numpy() - reference).max())
             results[name].update(padding_correct=diff < 1e-4, max_abs_logit_diff=float(f"{diff:.2e}"))
-        eager_eval = round_robin_ms({name: (lambda m=m: m(*inputs)["logits"].numpy()) for name, m in models.items()},
-                                    args.warmup, args.repeats)
+        eager_eval = round_robin_ms({name: (lambda m=m: m(*inputs)["logits"].numpy())
+                                     for name, m in models.items()}, args.warmup, args.repeats)
     eval_graphs = {name: EvalGraph(model) for name, model in models.items()}
     for name, graph in eval_graphs.items():
         results[name]["graph_eval_compile_s"] = round(timed_s(lambda: graph(*inputs).numpy()), 2)
@@ -321,8 +323,8 @@ def measure(names: List[str], config: LstmConfig, inputs, labels, args) -> Dict[
     train_graphs = {name: TrainGraph(m, flow.optim.AdamW(m.parameters(), lr=1e-3)) for name, m in models.items()}
     for name, graph in train_graphs.items():
         results[name]["graph_train_compile_s"] = round(timed_s(lambda: graph(*inputs, labels).numpy()), 2)
-    graph_train = round_robin_ms({name: (lambda g=g: g(*inputs, labels).numpy()) for name, g in train_graphs.items()},
-                                 args.warmup, args.repeats)
+    graph_train = round_robin_ms({name: (lambda g=g: g(*inputs, labels).numpy())
+                                  for name, g in train_graphs.items()}, args.warmup, args.repeats)
     for name in names:
         results[name].update(graph_train_step_ms=graph_train[name], graph_eval_ms=graph_eval[name],
                              graph_eval_examples_per_s=round(batch * 1e3 / graph_eval[name][0]),
@@ -340,7 +342,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=300)
     parser.add_argument("--fc", type=int, default=400)
     parser.add_argument("--pair-mode", default="separate", choices=("separate", "joint"))
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--candidates", default=",".join(CANDIDATES),
                         help=f"comma list out of {', '.join(CANDIDATES)}")

@@ -66,7 +66,19 @@ def test_config_round_trip_and_defaults():
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=str(value)) as error:
         LstmConfig.from_dict(dict(tiny_config().to_dict(), **{field: value}))
-    assert field in str(error.value) or field == "model_type"
+    assert field in str(error.value)
+
+
+def test_initialisation():
+    """Embeddings N(0, initializer_range) (the original's 0.25); LSTM weights U(±1/sqrt(H)) like PyTorch."""
+    flow.manual_seed(0)
+    model = BiLstmForSequenceClassification(tiny_config(vocab_size=400, initializer_range=0.25))
+    table = model.word_embeddings.weight.numpy()
+    assert abs(table.std() - 0.25) < 0.02 and abs(table.mean()) < 0.02
+    bound = 1.0 / np.sqrt(HIDDEN)
+    for p in (model.lstm.weight_ih, model.lstm.weight_hh, model.lstm.bias):
+        values = p.numpy()
+        assert np.abs(values).max() <= bound and values.std() > 0.4 * bound
 
 
 # ----------------------------------------------------------------------------- output contract
@@ -111,7 +123,8 @@ def test_single_sentences_padding_invariant(pair_mode):
 def test_pairs_padding_invariant_and_use_both_sentences():
     model = tiny_model(pair_mode="separate")
     rng = np.random.default_rng(3)
-    examples = [(random_words(rng, la), random_words(rng, lb)) for la, lb in ((3, 4), (1, 1), (5, 4), (2, 0), (6, 1))]
+    lengths = ((3, 4), (1, 1), (5, 4), (2, 0), (6, 1))
+    examples = [(random_words(rng, la), random_words(rng, lb)) for la, lb in lengths]
     batched = logits_of(model, examples)
     for row, example in enumerate(examples):
         alone = logits_of(model, [example], seq=len(example[0]) + len(example[1]))

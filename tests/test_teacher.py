@@ -53,8 +53,9 @@ def test_tiny_teacher_learns_through_the_scripts_and_eval_reproduces_it(workspac
     assert results["accuracy"] >= 0.85, results  # chance is ~0.5 on this balanced dev set
     model_dir = workspace / "models" / "finetuned_teacher" / model_id
     assert json.loads((model_dir / "results_eval.json").read_text()) == results
-    history = json.loads((model_dir / "train_history.json").read_text())
+    history = json.loads((model_dir / "train_history.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert "step 10/" in trained.stderr and "hard_label_loss" in trained.stderr and "examples/s" in trained.stderr
     assert max(h["metrics"]["accuracy"] for h in history) == results["accuracy"]
     assert results["best_epoch"] == max(h["epoch"] for h in history if h["metrics"]["accuracy"] == results["accuracy"])
     evaluated = run(["bash", str(ROOT / "scripts" / "run_eval_teacher.sh"), "0", "SST-2", model_id], env=env)

@@ -23,7 +23,7 @@ from distil.models import io
 from distil.ops import hard_label_loss
 from distil.runtime import import_oneflow
 from distil.train.settings import TrainSettings
-from distil.train.trainer import Trainer, evaluate, read_run_state
+from distil.train.trainer import RunState, Trainer, evaluate, read_run_state
 
 flow = import_oneflow()
 log = logging.getLogger(__name__)
@@ -135,10 +135,10 @@ def _already_trained(model_dir: Path) -> bool:
     return (model_dir / io.WEIGHTS_DIR).is_dir() and (state is None or state.finished)
 
 
-def write_results(results: Dict[str, Any], history: list, run: RunConfig) -> Path:
+def write_results(results: Dict[str, Any], state: RunState, run: RunConfig) -> Path:
     target = run.result_dir or run.model_save_dir
     target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / HISTORY_FILE, history)
+    write_json_atomic(target / HISTORY_FILE, {"epochs": state.history, "losses": state.losses})
     write_json_atomic(target / RESULTS_FILE, results)
     return target / RESULTS_FILE
 
@@ -172,7 +172,7 @@ def run_training(algorithm: Algorithm, run: RunConfig) -> Dict[str, Any]:
     state = trainer.fit()
     results = {"task": task.name, "algorithm": algorithm.name, "model_id": model_dir.name,
                "best_epoch": state.best_epoch, **trainer.evaluate_best()}
-    path = write_results(results, state.history, run)
+    path = write_results(results, state, run)
     log.info("results of the saved best model (epoch %d) in %s", state.best_epoch, path)
     if run.serve_for_online:
         io.serve_for_online(model_dir)

@@ -145,13 +145,19 @@ class BertAttention(nn.Module):
         return self.output(context, hidden), scores
 
 
+def gelu(x: flow.Tensor) -> flow.Tensor:
+    """The exact (erf) GELU, written out: in a training graph this trains a 4L-312 step ~13 % faster than
+    `flow.nn.functional.gelu` on CPU, whose backward is slow (bench/bench_bert.py); equal to 3e-7."""
+    return 0.5 * x * (1.0 + flow.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, hidden: flow.Tensor) -> flow.Tensor:
-        return flow.nn.functional.gelu(self.dense(hidden))
+        return gelu(self.dense(hidden))
 
 
 class BertLayer(nn.Module):

@@ -10,9 +10,9 @@ token, exactly as if the LSTM had run on the unpadded sentence, so padding never
 pair (segment 0 then segment 1, packed without a separator by the converter) are encoded by the
 shared BiLSTM on their own and combined as [h_a, h_b, h_a * h_b, |h_a - h_b|]; a single sentence
 has an empty b, whose representation is zero. "joint" encodes all real tokens as one sequence
-(closer to the original OneFlow code, which joined a pair with a <PAD> token and used one
-unidirectional LSTM). Original (Oneflow-Model-Compression `distil/src/lstm.py` + the student
-in `knowledge_distill_util.py`): 300-d embeddings, FC 400 + ReLU, dropout 0.5, FC num_labels.
+(closer to the original OneFlow code, which joined a pair with a <PAD> token into one sequence).
+Original (Oneflow-Model-Compression, `LSTMStudentForSequenceClassification`): 300-d embeddings,
+an LSTM's state after the last (padded) position, FC 400 + ReLU, dropout 0.5, FC num_labels.
 
 The forward returns the same dict as BertForSequenceClassification, with empty lists for the
 hidden states and attention scores that a BiLSTM does not have.
@@ -37,13 +37,13 @@ class LstmConfig:
     """Distilled-BiLSTM hyper-parameters; the defaults are the paper's sizes and the converter's vocabulary."""
 
     vocab_size: int = 10002                # words incl. <UNK>, <PAD> (converter: 10,000 words, then the two)
-    pad_token_id: int = 10001              # <PAD>, the converter's last id
+    pad_token_id: int = 10001              # <PAD>, the converter's last id (the mask, not the id, marks padding)
     embedding_size: int = 300
     hidden_size: int = 300                 # per direction
     fc_size: int = 400                     # the ReLU layer
     dropout_prob: float = 0.5              # after the ReLU layer, as the original OneFlow code
     num_labels: int = 2                    # 1 = regression (STS-B)
-    initializer_range: float = 0.25       # std of the word-embedding init (original: 0.25; the paper used word2vec)
+    initializer_range: float = 0.25        # std of the word-embedding init (original 0.25; paper: word2vec)
     model_type: str = "bilstm"
     pair_mode: str = "separate"            # "separate" (paper) or "joint"; see the module docstring
 
@@ -99,7 +99,17 @@ class BiLstm(nn.Module):
     update, the state is zeroed where a sentence starts (for the backward direction: where it
     ends, coming from the right), so padding and the other sentence never leak in; after the loop
     one batched matmul reads the state at each sentence's last (forward) / first (backward) real
-    token. Measured in bench/bench_lstm.py (batch 32, seq 32, 300/300/400, 2-core CPU): RESULTS.
+    token. Both sentences of a pair share the B rows, so "separate" costs what "joint" costs.
+
+    Why this one: bench/bench_lstm.py (batch 32, seq 32, vocab 10002, 300/300/400, pairs, 2-core
+    CPU, medians) - nn.Graph train step / eval examples/s / compile s (eval, train; single runs
+    that vary by about a third from run to run):
+      this scheme                                       281 ms   263/s   1.7, 7.4  (eager eval 318/s)
+      the same with flow.tanh, not 2*sigmoid(2x) - 1    316 ms   244/s   1.4, 6.9
+      the same with one matmul per direction            404 ms   197/s   2.3, 11.4
+      fused projection, masked carry, a row a sentence  509 ms   141/s   1.7, 9.3
+      per-direction cell loop (the original's, masked)  651 ms   120/s   4.4, 18.2
+      stock flow.nn.LSTM (cannot mask padding)          467 ms   101/s   2.7, 8.8
     """
 
     def __init__(self, input_size: int, hidden_size: int):
@@ -109,10 +119,14 @@ class BiLstm(nn.Module):
         self.weight_hh = nn.Parameter(flow.empty(2, 4 * hidden_size, hidden_size))
         self.bias = nn.Parameter(flow.empty(2, 4 * hidden_size))
         self.register_buffer("_ones_row", flow.ones(1, hidden_size), persistent=False)
-        # 2 on the g gate's pre-activations: tanh(z) = 2*sigmoid(2z) - 1, so one sigmoid serves all gates
-        scale = flow.ones(4 * hidden_size)
-        scale[2 * hidden_size:3 * hidden_size] = 2.0
-        self.register_buffer("_gate_scale", scale, persistent=False)
+        # tanh(z) = 2*sigmoid(2z) - 1: with the g gate's pre-activations doubled, one sigmoid serves all
+        # four gates. Scales for the projected gates (4H,) and for weight_hh's rows (4H, H), full-size
+        # because a [..., 1] broadcast is slow.
+        gate_scale, row_scale = flow.ones(4 * hidden_size), flow.ones(4 * hidden_size, hidden_size)
+        gate_scale[2 * hidden_size:3 * hidden_size] = 2.0
+        row_scale[2 * hidden_size:3 * hidden_size] = 2.0
+        self.register_buffer("_gate_scale", gate_scale, persistent=False)
+        self.register_buffer("_row_scale", row_scale, persistent=False)
         bound = 1.0 / math.sqrt(hidden_size)
         for weight in (self.weight_ih, self.weight_hh, self.bias):
             nn.init.uniform_(weight, -bound, bound)
@@ -124,9 +138,11 @@ class BiLstm(nn.Module):
         before = flow.nn.functional.pad(sentences, (1, 0))[:, :, :steps]   # (B, S, T) token t-1 in the sentence
         after = flow.nn.functional.pad(sentences, (0, 1))[:, :, 1:]        # (B, S, T) token t+1 in the sentence
         first, last = sentences * (1.0 - before), sentences * (1.0 - after)
-        # step s handles time s (forward) and time T-1-s (backward): flip the backward halves in time
+        # step s handles time s (forward) and time T-1-s (backward): flip the backward halves in time.
+        # keep = 0 restarts the state: before a sentence's first token going forward, before its last
+        # token going backward (whatever came from its right, padding or sentence b, is dropped)
         keep = flow.stack([1.0 - first.sum(dim=1), flow.flip(1.0 - last.sum(dim=1), [1])])  # (2, B, T)
-        keep = flow.matmul(keep.permute(2, 0, 1).unsqueeze(-1), self._ones_row)  # (T, 2, B, H), no [...,1] broadcast
+        keep = flow.matmul(keep.permute(2, 0, 1).unsqueeze(-1), self._ones_row)  # (T, 2, B, 1) x (1, H)
         read = flow.stack([last, flow.flip(first, [2])])                          # (2, B, S, T)
 
         projected = flow.matmul(x.reshape(batch * steps, size), self.weight_ih.reshape(8 * hidden, size),
@@ -134,31 +150,31 @@ class BiLstm(nn.Module):
         projected = projected.reshape(batch, steps, 2, 4 * hidden) * self._gate_scale
         projected = projected.permute(2, 1, 0, 3)                                       # (2, T, B, 4H)
         gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)      # (T, 2, B, 4H)
-        weight_hh = self.weight_hh.transpose(1, 2) * self._gate_scale                   # (2, H, 4H)
+        weight_hh = self.weight_hh * self._row_scale                                    # (2, 4H, H)
 
         states = []
-        h = c = None
+        h = c = None                      # zero initial state: the first step has no recurrent term
         for step in range(steps):
             gates = gates_in[step]                                                   # (2, B, 4H)
             if h is not None:
                 h, c = h * keep[step], c * keep[step]
-                gates = gates + flow.matmul(h, weight_hh)                            # (2, B, H) x (2, H, 4H)
+                gates = gates + flow.matmul(h, weight_hh, transpose_b=True)          # (2, B, H) x (2, H, 4H)
             sig = flow.sigmoid(gates)
             i, f, o = sig[..., :hidden], sig[..., hidden:2 * hidden], sig[..., 3 * hidden:]
             g = sig[..., 2 * hidden:3 * hidden] * 2.0 - 1.0                          # tanh of the g gate
             c = i * g if c is None else f * c + i * g
             h = o * (flow.sigmoid(c * 2.0) * 2.0 - 1.0)                               # o * tanh(c)
             states.append(h)
-        read_states = flow.matmul(read, flow.stack(states, dim=2))   # (2, B, S, T) x (2, B, T, H) -> (2, B, S, H)
-        sentences_count = read_states.shape[2]
-        return read_states.permute(1, 2, 0, 3).reshape(batch, sentences_count, 2 * hidden)
+        read_states = flow.matmul(read, flow.stack(states, dim=2))   # (2, B, S, T) x (2, B, T, H)
+        return read_states.permute(1, 2, 0, 3).reshape(batch, sentences.shape[1], 2 * hidden)
 
 
 class BiLstmForSequenceClassification(nn.Module):
     """Embedding -> BiLSTM -> [pair combination] -> FC + ReLU -> dropout -> output layer.
 
     forward(input_ids, segment_ids, input_mask) -> {"logits": (B, num_labels), "hidden_states": [],
-    "attention_scores": []}, the contract of BertForSequenceClassification.
+    "attention_scores": []}, the contract of BertForSequenceClassification. The linear layers keep
+    OneFlow's (PyTorch's) default initialisation, as do the LSTM weights; the embedding is normal.
     """
 
     def __init__(self, config: LstmConfig):

@@ -13,11 +13,13 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from distil.data.dataset import OFRecordDataset
 from distil.errors import UsageError
@@ -43,7 +45,8 @@ class RunState:
     step: int = 0
     best_value: Optional[float] = None
     best_epoch: int = 0
-    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # one entry per epoch
+    losses: List[List[float]] = dataclasses.field(default_factory=list)       # [step, total loss] as logged
     finished: bool = False
     settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the teacher a student learns from
@@ -96,16 +99,18 @@ class Trainer:
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
                         dynamic_ncols=True, disable=None)
-        while state.step < total:
-            outputs = graph(*self.step_inputs(state.step, total))
-            state.step += 1
-            progress.update(1)
-            if state.step % self.settings.log_every == 0 or state.step == total:
-                self._log_losses(outputs, state.step, total, progress)
-            if state.step % data.steps_per_epoch == 0 or state.step == total:
-                self._end_of_epoch(graph, evaluator, state, math.ceil(state.step / data.steps_per_epoch), total)
-            elif self.settings.checkpoint_every and state.step % self.settings.checkpoint_every == 0:
-                self._save_train_state(graph, state)
+        self._last_log = (time.perf_counter(), state.step)
+        with logging_redirect_tqdm():
+            while state.step < total:
+                outputs = graph(*self.step_inputs(state.step, total))
+                state.step += 1
+                progress.update(1)
+                if state.step % self.settings.log_every == 0 or state.step == total:
+                    self._log_losses(outputs, state, total, progress)
+                if state.step % data.steps_per_epoch == 0 or state.step == total:
+                    self._end_of_epoch(graph, evaluator, state, math.ceil(state.step / data.steps_per_epoch), total)
+                elif self.settings.checkpoint_every and state.step % self.settings.checkpoint_every == 0:
+                    self._save_train_state(graph, state)
         progress.close()
         return state
 
@@ -113,14 +118,19 @@ class Trainer:
         total = self.settings.epochs * steps_per_epoch
         return min(total, self.settings.max_steps) if self.settings.max_steps else total
 
-    def _log_losses(self, outputs: Dict[str, flow.Tensor], step: int, total: int, progress: tqdm) -> None:
-        losses = {k: float(v.numpy()) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
+    def _log_losses(self, outputs: Dict[str, flow.Tensor], state: RunState, total: int, progress: tqdm) -> None:
+        """Every `log_every` steps: each loss term, the learning rate and the throughput (original: Metric)."""
+        losses = {k: round(float(v.numpy()), 6) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
         warmup = warmup_steps(total, self.settings.warmup_proportion)
-        lr = self.settings.learning_rate * warmup_linear_factor(step - 1, total, warmup)
+        lr = self.settings.learning_rate * warmup_linear_factor(state.step - 1, total, warmup)
         if not all(np.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
+            raise FloatingPointError(f"non-finite loss at step {state.step}: {losses}")
+        state.losses.append([state.step, losses["loss"]])
+        now, (then, then_step) = time.perf_counter(), self._last_log
+        self._last_log = (now, state.step)
         progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
-        log.debug("step %d/%d lr %.3e %s", step, total, lr, json.dumps(losses))
+        log.info("step %d/%d lr %.3e %s %.1f examples/s", state.step, total, lr, json.dumps(losses),
+                 (state.step - then_step) * self.settings.batch_size / (now - then))
 
     def _end_of_epoch(self, graph: TrainGraph, evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
         metrics, _, _ = evaluator.run()
