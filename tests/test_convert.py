@@ -14,6 +14,7 @@ from distil.data.convert import (ConvertConfig, bert_inputs, build_lstm_vocab, c
 from distil.data.tasks import get_task
 from distil.data.tokenization import BasicTokenizer, FullTokenizer
 from distil.errors import UsageError
+from distil.fileio import file_sha256
 from glue_fixtures import decode_split, expected_bert, write_task
 
 
@@ -85,7 +86,8 @@ def test_lstm_records_carry_both_views_of_the_same_example(tmp_path, vocab_file,
     assert words[:50] == sorted(counts, key=lambda w: (-counts[w], w))[:50]
     vocab = {w: i for i, w in enumerate(words)}
     meta = json.loads((lstm_dir / "eval" / "meta.json").read_text())
-    assert meta["vocab"] == {"file": "../vocab.txt", "size": 52, "unk_id": 50, "pad_id": 51, "do_lower_case": True}
+    assert meta["vocab"] == {"file": "../vocab.txt", "sha256": file_sha256(lstm_dir / "vocab.txt"), "size": 52,
+                             "unk_id": 50, "pad_id": 51, "do_lower_case": True}
     for rec, row in zip(decode_split(lstm_dir / "eval", record_pb2), written["dev.tsv"]):
         ids, mask, seg = lstm_inputs(basic.tokenize(row["a"]), basic.tokenize(row["b"]), vocab, 32)
         assert (rec["input_ids"], rec["input_mask"], rec["segment_ids"]) == (ids, mask, seg)

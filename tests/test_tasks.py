@@ -1,5 +1,6 @@
 """The task registry reads every GLUE file layout, and bad rows stop with file:line and the text."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_registry_covers_glue_with_labels_and_metrics():
     assert get_task("CoLA").metrics[0] == "mcc"
     assert get_task("MRPC").metrics == ("accuracy", "f1") and get_task("QQP").metrics == ("accuracy", "f1")
     assert get_task("STS-B").metrics == ("pearson", "spearman")
-    assert set(get_task("MNLI").splits) == {"train", "eval", "eval_mismatched", "test", "test_mismatched"}
+    assert set(get_task("MNLI").splits) == {"train", "train_aug", "eval", "eval_mismatched", "test", "test_mismatched"}
     for task in TASKS.values():
         assert "test" in task.splits, f"{task.name} has no test reader"
         assert task.splits["test"].label is None or task.name == "SNLI"
@@ -36,6 +37,9 @@ def test_every_split_reads_texts_and_labels_in_row_order(tmp_path, task_name):
     written = write_task(tmp_path, task_name)
     task = get_task(task_name)
     for split, spec in task.splits.items():
+        if split == "train_aug":  # optional; its layout is train.tsv's
+            assert spec == dataclasses.replace(task.splits["train"], file="train_aug.tsv")
+            continue
         rows = written[spec.file]
         examples = list(read_examples(task, split, tmp_path))
         assert [(e.text_a, e.text_b, e.label) for e in examples] == [(r["a"], r["b"], r["label"]) for r in rows]

@@ -124,7 +124,8 @@ def _device(name: str) -> str:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with one algorithm (teacher fine-tuning, distillation)")
-    p.add_argument("--algorithm", required=True, help="teacher (more with the distillation algorithms)")
+    p.add_argument("--algorithm", required=True,
+                   help="teacher, kd, distilled_lstm, bert_pkd, tinybert or theseus")
     p.add_argument("--task", "--task_name", dest="task", default="SST-2", help="GLUE task")
     p.add_argument("--data_root", type=Path, default=Path("data/glue_ofrecord"), help="OFRecord root")
     p.add_argument("--model_save_dir", type=Path, default=None,
@@ -136,17 +137,52 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="after training keep only what inference needs (drops train_state/)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --model_save_dir first")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when visible")
-    p.add_argument("--pretrained_model", type=Path, help="teacher: a model dir or a Hugging Face BERT folder")
+    _add_algorithm_options(p)
     _add_settings(p)
     p.set_defaults(run=_run_train)
 
 
-ALGORITHM_OPTIONS = ("pretrained_model",)
+# Algorithm options: (flag, type, help). Unset ones take the algorithm's default (its module docstring).
+ALGORITHM_FLAGS = (
+    ("pretrained_model", Path, "teacher: a model dir or a Hugging Face BERT folder to fine-tune"),
+    ("teacher_model", Path, "students: the fine-tuned teacher's model dir (FT_BERT_BASE_DIR)"),
+    ("student_model", Path, "students: initial student (TMP_STUDENT_DIR): a model dir or HF folder"),
+    ("kd_alpha", float, "loss weight alpha (meaning per algorithm, as the original)"),
+    ("kd_beta", float, "BERT-PKD: weight of the layer loss"),
+    ("temperature", float, "soft-label temperature"),
+    ("pred_distill_mode", str, "soft_ce (original), kl (Hinton, with T^2) or mse (logit MSE)"),
+    ("student_num_hidden_layers", int, "BERT student layers"),
+    ("student_hidden_size", int, "BERT student width"),
+    ("student_num_attention_heads", int, "BERT student heads"),
+    ("student_intermediate_size", int, "BERT student FFN width"),
+    ("layer_list", str, "BERT-PKD: 0-based teacher layers that initialise the student (2,6,10)"),
+    ("from_scratch", str2bool, "BERT-PKD: random student instead of teacher layers"),
+    ("pkd_loss", str, "BERT-PKD: layer_mse (original) or patient (paper)"),
+    ("tinybert_mode", str, "TinyBERT: one_stage (original scripts) or two_stage (paper)"),
+    ("intermediate_epochs", int, "TinyBERT two_stage: epochs of intermediate-layer distillation"),
+    ("aug_train", str2bool, "TinyBERT: train on the augmented train_aug split"),
+    ("lstm_seq_length", int, "Distilled-BiLSTM: data folder <TASK>_lstm_<N> (32)"),
+    ("lstm_pair_mode", str, "Distilled-BiLSTM: separate (paper) or joint sentence-pair encoding"),
+    ("replacing_rate", float, "Theseus: probability of running a successor module (0.5)"),
+    ("replace_scheduler", str, "Theseus: constant or linear (min(1, k*t + b), b = replacing_rate)"),
+    ("scheduler_k", float, "Theseus linear: slope k per step (default reaches 1 at the last step)"),
+    ("successor_layers", int, "Theseus: successor layers (3)"),
+    ("successor_init", str, "Theseus: teacher layers that initialise the successors (0,1,2)"),
+    ("successor_epochs", int, "Theseus: epochs of successor-only fine-tuning (default: --epochs)"),
+    ("successor_learning_rate", float, "Theseus: its learning rate (default: --learning_rate)"),
+)
+ALGORITHM_OPTIONS = tuple(flag for flag, _, _ in ALGORITHM_FLAGS)
+
+
+def _add_algorithm_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("algorithm options")
+    for flag, kind, help_text in ALGORITHM_FLAGS:
+        group.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
 TABLE_SETTINGS = ("learning_rate", "epochs", "weight_decay")  # defaults come from the algorithm's task table
 
 
 def _run_train(args: argparse.Namespace) -> Dict:
-    from distil.algorithms import ALGORITHMS, RunConfig, run_training
+    from distil.algorithms import ALGORITHMS, RunConfig, default_teacher
     from distil.data.tasks import get_task
     from distil.train.settings import TrainSettings
 
@@ -158,19 +194,40 @@ def _run_train(args: argparse.Namespace) -> Dict:
         values.update({k: v for k, v in zip(TABLE_SETTINGS, algorithm.defaults(task)) if values[k] is None})
     settings = TrainSettings(**values)
     options = {k: getattr(args, k) for k in ALGORITHM_OPTIONS if getattr(args, k) is not None}
+    if algorithm.name != "teacher" and "teacher_model" not in options:
+        options["teacher_model"] = default_teacher(args.models_root, task)
     model_id = algorithm.model_id(task, settings, options)
     model_dir = args.model_save_dir or algorithm.default_dir(args.models_root, task, model_id)
     run = RunConfig(task=task.name, data_root=args.data_root, model_save_dir=model_dir, settings=settings,
                     result_dir=Path(args.result_dir) if args.result_dir else None,
                     serve_for_online=args.serve_for_online, overwrite=args.overwrite, device=_device(args.device),
                     options=options)
-    results = run_training(algorithm, run)
+    results = algorithm.run(run)
     log.info("model id: %s (in %s)", model_dir.name, model_dir)
     if args.model_save_dir is None:
         log.info("evaluate it with: bash scripts/%s 0 %s %s", algorithm.eval_script, task.name, model_dir.name)
     else:
         log.info("evaluate it with: python -m distil eval %s", model_dir)
     return results
+
+
+def _add_pkd_student(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pkd-student", help="BERT-PKD: build a student model dir from chosen teacher layers")
+    p.add_argument("--task", "--task_name", dest="task", default="SST-2")
+    p.add_argument("--teacher_model", type=Path, default=None, help="default: the teacher table's model id")
+    p.add_argument("--models_root", type=Path, default=Path("models"))
+    p.add_argument("--student_model", type=Path, required=True, help="the model directory to create")
+    p.add_argument("--layer_list", default="2,6,10", help="0-based teacher layers, one per student layer")
+    p.set_defaults(run=_run_pkd_student)
+
+
+def _run_pkd_student(args: argparse.Namespace) -> Dict:
+    from distil.algorithms import default_teacher
+    from distil.algorithms.bert_pkd import generate_student
+    from distil.data.tasks import get_task
+
+    teacher = args.teacher_model or default_teacher(args.models_root, get_task(args.task))
+    return generate_student(teacher, args.student_model, args.layer_list)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +294,8 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 
 
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
-    _add_download, _add_glue_process, _add_convert_hf, _add_init_bert, _add_train, _add_eval, _add_serve]
+    _add_download, _add_glue_process, _add_convert_hf, _add_init_bert, _add_train, _add_pkd_student, _add_eval,
+    _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,7 @@ class Built:
     vocab_file: Path
     extra_state: Dict[str, Any] = dataclasses.field(default_factory=dict)
     step_inputs: Optional[Callable[[int, int], Tuple]] = None
+    eager: bool = False            # True: steps run eagerly (Theseus samples a different network each step)
 
 
 class SupervisedStep(flow.nn.Module):
@@ -68,6 +69,18 @@ class SupervisedStep(flow.nn.Module):
     def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
         logits = self.model(batch["input_ids"], batch["segment_ids"], batch["input_mask"])["logits"]
         return {"hard_label_loss": hard_label_loss(logits, batch["label_ids"])}
+
+
+def table(rows: Dict[str, Tuple[float, int, float]],
+          default: Tuple[float, int, float] = (2e-5, 5, 0.0001)) -> Dict[str, Tuple[float, int, float]]:
+    """A per-task (learning rate, epochs, weight decay) table: the original's rows, MNLI's row elsewhere.
+
+    The original scripts give MNLI and WNLI (2e-5, 5, 0.0001) for every algorithm; tasks they
+    leave out (QNLI, STS-B, SNLI for students) take the same row.
+    """
+    from distil.data.tasks import TASKS
+
+    return {name: rows.get(name, default) for name in TASKS if name != "diagnostic"}
 
 
 def format_number(value: float) -> str:
@@ -85,13 +98,24 @@ class Algorithm:
     """Subclasses set `name`, their per-task table and id prefix, and implement `build`."""
 
     name = "base"
-    data_suffix = ""               # data folder <TASK><suffix> (the LSTM student reads <TASK>_lstm_32)
     eval_script = ""               # the scripts/ command that evaluates this algorithm's models
     # (learning rate, epochs, weight decay) per task, from the original's run_train_*.sh
     task_settings: Dict[str, Tuple[float, int, float]] = {}
 
     def build(self, run: RunConfig, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
         raise NotImplementedError
+
+    def data_suffix(self, run: RunConfig) -> str:
+        """The data folder is <TASK><suffix> (the BiLSTM student reads <TASK>_lstm_32)."""
+        return ""
+
+    def train_split(self, run: RunConfig) -> str:
+        """The split to train on (TinyBERT can train on the augmented one)."""
+        return "train"
+
+    def run(self, run: RunConfig) -> Dict[str, Any]:
+        """Train one model; multi-stage algorithms (TinyBERT two-stage, Theseus) chain several runs."""
+        return run_training(self, run)
 
     def defaults(self, task: TaskSpec) -> Tuple[float, int, float]:
         if task.name not in self.task_settings:
@@ -101,25 +125,26 @@ class Algorithm:
 
     def model_id(self, task: TaskSpec, settings: TrainSettings, options: Dict[str, Any]) -> str:
         """The original's id scheme: <prefix>_epoch-E_lr-LR_wd-WD[_kd_alpha-A][_kd_beta-B]."""
-        return f"{self.id_prefix(task)}_epoch-{settings.epochs}_lr-{format_lr(settings.learning_rate)}" \
+        return f"{self.id_prefix(task, options)}_epoch-{settings.epochs}_lr-{format_lr(settings.learning_rate)}" \
                f"_wd-{format_number(settings.weight_decay)}"
 
-    def id_prefix(self, task: TaskSpec) -> str:
+    def id_prefix(self, task: TaskSpec, options: Dict[str, Any]) -> str:
         return self.name
 
     def default_dir(self, models_root: Path, task: TaskSpec, model_id: str) -> Path:
         return models_root / "student_model" / task.name / model_id
 
 
-def data_dirs(data_root: Path, task: TaskSpec, suffix: str = "") -> Tuple[Path, Dict[str, Path]]:
+def data_dirs(data_root: Path, task: TaskSpec, suffix: str = "", train_split: str = "train"
+              ) -> Tuple[Path, Dict[str, Path]]:
     """(train split, {eval split name: dir}) under <data_root>/<TASK><suffix>/, with a clear error if absent."""
     folder = data_root / f"{task.name}{suffix}"
     evals = {name: folder / name for name in ("eval", "eval_mismatched") if name in task.splits}
-    for split in (folder / "train", *evals.values()):
+    for split in (folder / train_split, *evals.values()):
         if not (split / ofrecord.META_FILE).is_file():
             raise UsageError(f"no converted data at {split} (run: bash scripts/glue_process.sh {task.name}"
                              f" with DATA_ROOT={data_root})")
-    return folder / "train", evals
+    return folder / train_split, evals
 
 
 def check_vocab(vocab_file: Path, meta: Dict[str, Any], what: str) -> None:
@@ -143,6 +168,10 @@ def write_results(results: Dict[str, Any], state: RunState, run: RunConfig) -> P
     return target / RESULTS_FILE
 
 
+def _serializable(options: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+
+
 def run_training(algorithm: Algorithm, run: RunConfig) -> Dict[str, Any]:
     """Train one model end to end; returns the final metrics of the saved best model."""
     task = get_task(run.task)
@@ -154,21 +183,23 @@ def run_training(algorithm: Algorithm, run: RunConfig) -> Dict[str, Any]:
         log.warning("%s already holds a trained model; not training again (use --overwrite to retrain)", model_dir)
         results = model_dir / RESULTS_FILE if run.result_dir is None else run.result_dir / RESULTS_FILE
         return json.loads(results.read_text()) if results.is_file() else {"model_dir": str(model_dir)}
-    train_dir, eval_dirs = data_dirs(run.data_root, task, algorithm.data_suffix)
+    suffix = algorithm.data_suffix(run)
+    train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run))
     train_meta = ofrecord.read_meta(train_dir)
     built = algorithm.build(run, task, train_meta)
     io.write_config(model_dir, {
         "model": built.model_config,
         "task": {"name": task.name, "labels": task.labels, "num_labels": task.num_labels,
                  "metrics": list(task.metrics)},
-        "data": {"format": train_meta.get("format", "bert"), "folder": f"{task.name}{algorithm.data_suffix}",
+        "data": {"format": train_meta.get("format", "bert"), "folder": f"{task.name}{suffix}",
                  "seq_length": train_meta.get("seq_length"), "do_lower_case": train_meta["vocab"].get("do_lower_case")},
         "algorithm": {"name": algorithm.name, "model_id": model_dir.name, "settings": dataclasses.asdict(run.settings),
-                      "options": {k: str(v) if isinstance(v, Path) else v for k, v in run.options.items()}},
+                      "options": _serializable(run.options)},
     })
     io.copy_vocab(built.vocab_file, model_dir)
+    extra_state = {"options": _serializable(run.options), **built.extra_state}  # a resume must not change them
     trainer = Trainer(built.model, built.step_module, run.settings, train_dir, eval_dirs, task.metrics,
-                      model_dir, run.device, built.step_inputs, built.extra_state)
+                      model_dir, run.device, built.step_inputs, extra_state, built.eager)
     state = trainer.fit()
     results = {"task": task.name, "algorithm": algorithm.name, "model_id": model_dir.name,
                "best_epoch": state.best_epoch, **trainer.evaluate_best()}

@@ -24,7 +24,7 @@ class Teacher(Algorithm):
                      "RTE": (3e-5, 5, 0.0001), "QNLI": (2e-5, 5, 0.0001), "STS-B": (2e-5, 5, 0.0001),
                      "SNLI": (2e-5, 5, 0.0001)}
 
-    def id_prefix(self, task: TaskSpec) -> str:
+    def id_prefix(self, task: TaskSpec, options: Dict[str, Any]) -> str:
         return task.name
 
     def default_dir(self, models_root: Path, task: TaskSpec, model_id: str) -> Path:

@@ -190,6 +190,8 @@ def _split_files(task: TaskSpec, glue_dir: Path) -> Dict[str, Path]:
         path = glue_dir / task.folder / spec.file
         if path.is_file():
             found[split] = path
+        elif split == "train_aug":
+            continue  # only present after scripts/run_data_augmentation.sh
         elif split in REQUIRED_SPLITS or len(task.splits) == 1:
             raise UsageError(f"{task.name}: missing {split} split: {path} does not exist "
                              f"({task.name} needs {', '.join(s.file for s in task.splits.values())} "
@@ -294,8 +296,9 @@ def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, 
         if lstm_vocab is not None:
             writers.append(_SplitWriter(staging / "lstm" / split, config.records_per_part, {
                 "format": "lstm", **common, "seq_length": config.lstm_seq_length,
-                "vocab": {"file": "../vocab.txt", "size": len(lstm_vocab), "unk_id": lstm_vocab[UNK],
-                          "pad_id": lstm_vocab[PAD], "do_lower_case": config.do_lower_case},
+                "vocab": {"file": "../vocab.txt", "sha256": file_sha256(staging / "lstm" / "vocab.txt"),
+                          "size": len(lstm_vocab), "unk_id": lstm_vocab[UNK], "pad_id": lstm_vocab[PAD],
+                          "do_lower_case": config.do_lower_case},
                 "teacher_seq_length": config.max_seq_length, "teacher_vocab": vocab_info,
                 "features": _features_meta(LSTM_FEATURES, config.lstm_seq_length, label_dtype,
                                            config.max_seq_length)}))

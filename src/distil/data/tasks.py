@@ -129,6 +129,12 @@ TASKS: Dict[str, TaskSpec] = {
 }
 
 
+# TinyBERT's augmented training set (scripts/run_data_augmentation.sh) has train.tsv's layout.
+for _task in TASKS.values():
+    if "train" in _task.splits:
+        _task.splits["train_aug"] = dataclasses.replace(_task.splits["train"], file="train_aug.tsv")
+
+
 def get_task(name: str) -> TaskSpec:
     """Look a task up by name, case-insensitively (`sst-2`, `SST-2`, `AX` for the diagnostic set)."""
     key = {"ax": "diagnostic", "sts": "STS-B", "sst": "SST-2"}.get(name.lower(), name)

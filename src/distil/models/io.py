@@ -143,23 +143,31 @@ def size_on_disk(path: PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def serve_for_online(model_dir: PathLike) -> None:
-    """Keep only what inference needs: drop train_state/ (optimizer, step, RNG, teacher refs).
+SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR)  # plus result files (*.json, *.png)
 
+
+def serve_for_online(model_dir: PathLike) -> None:
+    """Keep only what inference needs: config, vocab, the served weights and results.
+
+    Removes train_state/ (optimizer, step, RNG), any intermediate stage, and the paths of the teacher
+    and of the initial student from config.json.
     original: deleted teacher and optimizer variables from the checkpoint folder; ours never
     touches config.json, vocab.txt, weights/ or result files.
     """
     model_dir = Path(model_dir)
-    read_config(model_dir)
+    config = read_config(model_dir)
     if not (model_dir / WEIGHTS_DIR).is_dir():
         raise UsageError(f"{model_dir}: refusing to clean a model without {WEIGHTS_DIR}/")
-    state = model_dir / TRAIN_STATE_DIR
-    if state.exists():
-        trash = model_dir / f".{TRAIN_STATE_DIR}.removing-{os.getpid()}"
-        os.replace(state, trash)
-        shutil.rmtree(trash)
-    for leftover in model_dir.glob(".*.tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    options = (config.get("algorithm") or {}).get("options") or {}
+    for reference in ("teacher_model", "student_model", "pretrained_model"):
+        options.pop(reference, None)
+    write_json_atomic(model_dir / CONFIG_FILE, {**config, "served": True})
+    for path in model_dir.iterdir():
+        if path.name in SERVED or (path.is_file() and path.suffix in (".json", ".png")):
+            continue
+        trash = model_dir / f".{path.name}.removing-{os.getpid()}"
+        os.replace(path, trash)
+        shutil.rmtree(trash) if trash.is_dir() else trash.unlink()
     log.info("%s: kept only what inference needs (%s, %s, %s/, results)", model_dir, CONFIG_FILE, VOCAB_FILE,
              WEIGHTS_DIR)
 
@@ -248,15 +256,16 @@ def convert_hf(src: PathLike, dst: PathLike) -> Dict[str, Any]:
 
 
 def write_new_model_dir(dst: Path, model: flow.nn.Module, model_config: Dict[str, Any], vocab_file: Path,
-                        algorithm: Dict[str, Any]) -> None:
-    """Create a complete model directory for a model without a task (pretrained or fresh), atomically."""
+                        algorithm: Dict[str, Any], task: Optional[Dict[str, Any]] = None,
+                        data: Optional[Dict[str, Any]] = None) -> None:
+    """Create a complete model directory that no training run wrote (imported, fresh, derived), atomically."""
     if (dst / CONFIG_FILE).exists():
         raise UsageError(f"{dst} already holds a model; choose another destination")
     dst.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
-        write_config(staged, {"model": model_config, "task": None, "data": {"format": "bert", "do_lower_case": True},
-                              "algorithm": algorithm})
+        write_config(staged, {"model": model_config, "task": task,
+                              "data": data or {"format": "bert", "do_lower_case": True}, "algorithm": algorithm})
         copy_vocab(vocab_file, staged)
         save_weights(model, staged)
         replace_dir(staged, dst)

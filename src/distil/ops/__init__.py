@@ -1,6 +1,16 @@
-"""Losses: the hard-label loss every algorithm shares, and (with the distillation issue) the four
-distillation operators."""
+"""The four distillation operators and the hard-label loss every algorithm shares.
 
+soft-label: `pred_distill`; layer-to-layer: `layer_distill` (and the paper's `pkd_patient_loss`);
+attention: `att_distill`; module replacement: `TheseusEncoder` (in `distil.ops.theseus`).
+`LOSSES` names them as config.json and the loss logs do.
+"""
+
+from distil.ops.distill import att_distill, layer_distill, layer_mapping, pkd_patient_loss, pred_distill
 from distil.ops.losses import hard_label_loss
+from distil.ops.theseus import TheseusEncoder
 
-__all__ = ["hard_label_loss"]
+LOSSES = {"pred_distill": pred_distill, "layer_distill": layer_distill, "att_distill": att_distill,
+          "pkd_patient_loss": pkd_patient_loss, "hard_label_loss": hard_label_loss}
+
+__all__ = ["LOSSES", "TheseusEncoder", "att_distill", "hard_label_loss", "layer_distill", "layer_mapping",
+           "pkd_patient_loss", "pred_distill"]

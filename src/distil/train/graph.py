@@ -26,6 +26,14 @@ def _to_device(batch: Dict[str, flow.Tensor], device: str) -> Dict[str, flow.Ten
     return batch if device == "cpu" else {k: v.to(device) for k, v in batch.items()}
 
 
+def _sum_losses(outputs: Dict[str, flow.Tensor]) -> flow.Tensor:
+    losses = [value for name, value in outputs.items() if name.endswith("_loss")]
+    total = losses[0]
+    for value in losses[1:]:
+        total = total + value
+    return total
+
+
 class TrainGraph(flow.nn.Graph):
     """Read a batch, run the algorithm's step module, back-propagate the sum of its `*_loss` outputs.
 
@@ -45,12 +53,43 @@ class TrainGraph(flow.nn.Graph):
 
     def build(self, *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
         outputs = self.step_module(_to_device(self.data(), self.device), *step_inputs)
-        losses = [value for name, value in outputs.items() if name.endswith("_loss")]
-        total = losses[0]
-        for value in losses[1:]:
-            total = total + value
+        total = _sum_losses(outputs)
         total.backward()
         return {**outputs, "loss": total}
+
+
+class EagerStep:
+    """The TrainGraph's work done eagerly, for steps whose computation changes from step to step.
+
+    BERT-of-Theseus samples which modules run in each step; a static nn.Graph would have to
+    compute every branch. Same call and state interface as TrainGraph.
+    """
+
+    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule, device: str,
+                 clip: bool):
+        self.step_module, self.data, self.device = step_module, data, device
+        self.optimizer, self.schedule, self.clip = optimizer, schedule, clip
+
+    def __call__(self, *step_inputs) -> Dict[str, flow.Tensor]:
+        outputs = self.step_module(_to_device(self.data(), self.device), *step_inputs)
+        total = _sum_losses(outputs)
+        if total.requires_grad:  # a Theseus step that sampled only frozen predecessors has nothing to learn
+            total.backward()
+            if self.clip:
+                self.optimizer.clip_grad()
+            self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad()
+        return {**outputs, "loss": total}
+
+    def state_dict(self) -> Dict:
+        return {"module": self.step_module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.step_module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
 
 
 class EvalGraph(flow.nn.Graph):

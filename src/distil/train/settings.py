@@ -27,6 +27,7 @@ class TrainSettings:
     max_steps: int = 0            # > 0: stop after this many steps (smoke runs); 0: all epochs
     checkpoint_every: int = 0     # > 0: also save train_state/ every N steps (always at epoch ends)
     clip_grad: float = 1.0
+    select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):

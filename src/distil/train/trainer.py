@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -26,7 +26,7 @@ from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
 from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_weights, size_on_disk
 from distil.runtime import import_oneflow
-from distil.train.graph import Evaluator, TrainGraph
+from distil.train.graph import EagerStep, Evaluator, TrainGraph
 from distil.train.optim import build_optimizer
 from distil.train.schedules import warmup_linear_factor, warmup_steps
 from distil.train.settings import TrainSettings
@@ -70,13 +70,15 @@ class Trainer:
 
     def __init__(self, model: flow.nn.Module, step_module: flow.nn.Module, settings: TrainSettings,
                  train_dir: Path, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], model_dir: Path,
-                 device: str = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None):
+                 device: str = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None,
+                 eager: bool = False):
         self.model, self.step_module, self.settings = model, step_module, settings
         self.train_dir, self.eval_dirs, self.metrics = train_dir, eval_dirs, metrics
         self.model_dir, self.device = model_dir, device
         self.step_inputs = step_inputs or (lambda step, total: ())
         self.extra_state = extra_state or {}
         self.main_metric = metrics[0]
+        self.eager = eager
 
     # ------------------------------------------------------------ the loop
 
@@ -90,7 +92,10 @@ class Trainer:
         optimizer, schedule = build_optimizer(self.step_module.named_parameters(), self.settings.learning_rate,
                                               self.settings.weight_decay, total, self.settings.warmup_proportion,
                                               self.settings.clip_grad)
-        graph = TrainGraph(self.step_module, data, optimizer, schedule, self.device)
+        if self.eager:
+            graph = EagerStep(self.step_module, data, optimizer, schedule, self.device, self.settings.clip_grad > 0)
+        else:
+            graph = TrainGraph(self.step_module, data, optimizer, schedule, self.device)
         if state.step:
             graph.load_state_dict(flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph")))
             log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
@@ -132,10 +137,11 @@ class Trainer:
         log.info("step %d/%d lr %.3e %s %.1f examples/s", state.step, total, lr, json.dumps(losses),
                  (state.step - then_step) * self.settings.batch_size / (now - then))
 
-    def _end_of_epoch(self, graph: TrainGraph, evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
+    def _end_of_epoch(self, graph: Union[TrainGraph, EagerStep], evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
         metrics, _, _ = evaluator.run()
         value = metrics[self.main_metric]
-        improved = state.best_value is None or value >= state.best_value  # original: strict >, from 0.0
+        # original: strict >, from 0.0, so a run could save nothing
+        improved = not self.settings.select_best or state.best_value is None or value >= state.best_value
         state.history.append({"epoch": epoch, "step": state.step, "metrics": metrics, "saved": improved})
         log.info("epoch %d (step %d/%d) dev %s%s", epoch, state.step, total,
                  json.dumps({k: round(v, 4) for k, v in metrics.items()}), " — new best, saved" if improved else "")
@@ -159,7 +165,7 @@ class Trainer:
                              "--overwrite to start again")
         return previous
 
-    def _save_train_state(self, graph: TrainGraph, state: RunState) -> None:
+    def _save_train_state(self, graph: Union[TrainGraph, EagerStep], state: RunState) -> None:
         staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         try:

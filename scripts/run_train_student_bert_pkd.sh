@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Usage: bash scripts/run_train_student_bert_pkd.sh [TASK] [extra flags for `python -m distil train`]
+# BERT-PKD: a 3-layer BERT from teacher layers learns soft labels and hidden states (task_student_bert-pkd.py).
+# Saves models/student_model/<TASK>/<MODEL_ID> (or STUDENT_DIR) and prints the id and the eval command.
+# Variables (empty = the original's per-task table / the algorithm's default; see README):
+#   FT_BERT_BASE_DIR [models/finetuned_teacher/<the teacher id of the teacher table>]   DATA_ROOT [data/glue_ofrecord]
+#   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
+#   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.2]  KD_BETA [10]  LAYER_LIST [2,6,10]  FROM_SCRATCH [False]  TMP_STUDENT_DIR []
+# Example: KD_BETA=100 bash scripts/run_train_student_bert_pkd.sh MRPC --pkd_loss patient
+set -euo pipefail
+ALGORITHM=bert_pkd
+source "$(dirname "${BASH_SOURCE[0]}")/lib/train.sh"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Usage: bash scripts/run_train_student_distilled_lstm.sh [TASK] [extra flags for `python -m distil train`]
+# Distilled-BiLSTM: a BiLSTM on <TASK>_lstm_32 data learns from the BERT teacher (task_student_kd_lstm.py).
+# Saves models/student_model/<TASK>/<MODEL_ID> (or STUDENT_DIR) and prints the id and the eval command.
+# Variables (empty = the original's per-task table / the algorithm's default; see README):
+#   FT_BERT_BASE_DIR [models/finetuned_teacher/<the teacher id of the teacher table>]   DATA_ROOT [data/glue_ofrecord]
+#   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
+#   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.7]  TEMPERATURE [1]
+# Example: bash scripts/run_train_student_distilled_lstm.sh SST-2 --pred_distill_mode mse
+set -euo pipefail
+ALGORITHM=distilled_lstm
+source "$(dirname "${BASH_SOURCE[0]}")/lib/train.sh"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Usage: bash scripts/run_train_student_kd.sh [TASK] [extra flags for `python -m distil train`]
+# KD: a 4-layer/312 BERT learns soft labels (original: run_train_student_kd.sh -> task_student_kd.py).
+# Saves models/student_model/<TASK>/<MODEL_ID> (or STUDENT_DIR) and prints the id and the eval command.
+# Variables (empty = the original's per-task table / the algorithm's default; see README):
+#   FT_BERT_BASE_DIR [models/finetuned_teacher/<the teacher id of the teacher table>]   DATA_ROOT [data/glue_ofrecord]
+#   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
+#   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.8]  TEMPERATURE [1]  TMP_STUDENT_DIR []
+# Example: EPOCH=1 KD_ALPHA=0.9 bash scripts/run_train_student_kd.sh RTE
+set -euo pipefail
+ALGORITHM=kd
+source "$(dirname "${BASH_SOURCE[0]}")/lib/train.sh"

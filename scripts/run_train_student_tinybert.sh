@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Usage: bash scripts/run_train_student_tinybert.sh [TASK] [extra flags for `python -m distil train`]
+# TinyBERT: attention + hidden-state + soft-label distillation into a 4-layer/312 BERT (task_student_tinybert.py).
+# Saves models/student_model/<TASK>/<MODEL_ID> (or STUDENT_DIR) and prints the id and the eval command.
+# Variables (empty = the original's per-task table / the algorithm's default; see README):
+#   FT_BERT_BASE_DIR [models/finetuned_teacher/<the teacher id of the teacher table>]   DATA_ROOT [data/glue_ofrecord]
+#   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
+#   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  TMP_STUDENT_DIR [] (a general TinyBERT)  TINYBERT_MODE [one_stage|two_stage]  AUG_TRAIN [False]
+# Example: TINYBERT_MODE=two_stage TMP_STUDENT_DIR=models/general_tinybert bash scripts/run_train_student_tinybert.sh SST-2
+set -euo pipefail
+ALGORITHM=tinybert
+source "$(dirname "${BASH_SOURCE[0]}")/lib/train.sh"

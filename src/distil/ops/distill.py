@@ -1,0 +1,170 @@
+"""The distillation operators of the original platform (Oneflow-Model-Compression
+`knowledge_distill_util.py`) plus BERT-PKD's patient loss.
+
+Each returns a scalar, works eagerly and inside `flow.nn.Graph`, and detaches the teacher inputs,
+so gradients reach the student only.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import List, Sequence, Union
+
+from distil.runtime import import_oneflow
+
+flow = import_oneflow()
+F = flow.nn.functional
+
+LayerMap = Union[str, Sequence[int]]
+PRED_MODES = ("soft_ce", "kl", "mse")
+MAPPINGS = ("uniform", "last")
+MASKED = -100.0  # attention scores at or below this are padding keys (the model adds -10000)
+
+
+def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor, temperature: float = 1.0,
+                 mode: str = "soft_ce") -> flow.Tensor:
+    """Soft-label (prediction) distillation; p_t = softmax(z_t/T), log q_s = log_softmax(z_s/T).
+
+    soft_ce (the original): mean over all B·C elements of -p_t·log q_s (no T²);
+    kl: T² · (1/B) Σ_b Σ_c p_t (log p_t - log q_s) (Hinton); mse: mean((z_s - z_t)²), T ignored.
+    Regression (C == 1, STS-B) has no soft labels: every mode returns mean((z_s - z_t)²).
+
+    Args:
+        student_logits: (B, C). teacher_logits: (B, C), detached here.
+        temperature: T > 0. mode: one of PRED_MODES.
+    Returns:
+        A scalar tensor.
+    """
+    if mode not in PRED_MODES:
+        raise ValueError(f"unknown pred_distill mode '{mode}'; valid modes: {', '.join(PRED_MODES)}")
+    if tuple(student_logits.shape) != tuple(teacher_logits.shape):
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    teacher_logits = teacher_logits.detach()
+    if mode == "mse" or student_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits, teacher_logits)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)        # (B, C)
+    if mode == "soft_ce":
+        return (-F.softmax(teacher_logits / temperature, dim=-1) * log_q).mean()
+    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)        # (B, C)
+    kl = (flow.exp(log_p) * (log_p - log_q)).sum(dim=-1)               # (B,)
+    return kl.mean() * (temperature * temperature)
+
+
+def layer_mapping(num_student_layers: int, num_teacher_layers: int, mapping: LayerMap = "uniform") -> List[int]:
+    """The teacher index for each student index 0..L_s (0 = embeddings, i = layer i).
+
+    "uniform": i·(L_t/L_s); "last": 0, then L_t - L_s + i; or an explicit list of L_s+1 indices in [0, L_t].
+    """
+    n_s, n_t = num_student_layers, num_teacher_layers
+    if n_s < 1 or n_t < 1:
+        raise ValueError(f"need at least one layer on each side (student {n_s}, teacher {n_t})")
+    if isinstance(mapping, str):
+        if mapping == "uniform":
+            if n_t % n_s:
+                raise ValueError(f"teacher has {n_t} layers, student {n_s}: {n_t} is not divisible by {n_s}; "
+                                 "give an explicit mapping")
+            return [i * (n_t // n_s) for i in range(n_s + 1)]
+        if mapping == "last":
+            if n_s > n_t:
+                raise ValueError(f"mapping 'last' needs a student no deeper than its teacher (student {n_s} "
+                                 f"layers, teacher {n_t})")
+            return [0] + [n_t - n_s + i for i in range(1, n_s + 1)]
+        raise ValueError(f"unknown layer mapping '{mapping}'; use one of {', '.join(MAPPINGS)} or a list of "
+                         "teacher indices")
+    if not isinstance(mapping, (list, tuple)):
+        raise ValueError(f"a layer mapping is a name ({', '.join(MAPPINGS)}) or a list/tuple, "
+                         f"not {type(mapping).__name__}")
+    if len(mapping) != n_s + 1:
+        raise ValueError(f"an explicit mapping needs {n_s + 1} teacher indices (student indices 0..{n_s}), "
+                         f"got {len(mapping)}: {list(mapping)}")
+    bad = [m for m in mapping if isinstance(m, bool) or not isinstance(m, Integral) or not 0 <= m <= n_t]
+    if bad:
+        raise ValueError(f"explicit mapping {list(mapping)} has entries {bad} outside the teacher indices 0..{n_t}")
+    return [int(m) for m in mapping]
+
+
+def _pairs(student: Sequence[flow.Tensor], teacher: Sequence[flow.Tensor], mapping: LayerMap) -> List[tuple]:
+    """(student index, teacher index) for hidden-state lists (index 0 = embeddings)."""
+    return list(enumerate(layer_mapping(len(student) - 1, len(teacher) - 1, mapping)))
+
+
+def _check_shapes(kind: str, i: int, j: int, s: flow.Tensor, t: flow.Tensor) -> None:
+    if tuple(s.shape) != tuple(t.shape):
+        hint = " (project the student to the teacher width first)" if kind == "layer" else ""
+        raise ValueError(f"{kind} pair student {i} <-> teacher {j}: shapes {tuple(s.shape)} and {tuple(t.shape)} "
+                         f"differ{hint}")
+
+
+def layer_distill(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
+                  mapping: LayerMap = "uniform") -> flow.Tensor:
+    """Σ over mapped pairs (i, m(i)), i = 0..L_s, of mean((h_s[i] - h_t[m(i)])²), padding included.
+
+    Args:
+        student_reps: L_s+1 tensors (B, S, H), embeddings first, already projected to the teacher width H.
+        teacher_reps: L_t+1 tensors (B, S, H), detached here.
+        mapping: see `layer_mapping`.
+    Returns:
+        A scalar tensor.
+    """
+    total = None
+    for i, j in _pairs(student_reps, teacher_reps, mapping):
+        _check_shapes("layer", i, j, student_reps[i], teacher_reps[j])
+        term = F.mse_loss(student_reps[i], teacher_reps[j].detach())
+        total = term if total is None else total + term
+    return total
+
+
+def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
+                mapping: LayerMap = "uniform") -> flow.Tensor:
+    """Σ over student layers i = 1..L_s of mean((A_s[i] - A_t[m(i)])²), where entries <= -100 (padding keys)
+    of both score tensors are set to 0 first (TinyBERT). m is `layer_mapping`; list index = layer - 1.
+
+    Args:
+        student_atts: L_s tensors (B, heads, S, S) of pre-softmax scores.
+        teacher_atts: L_t tensors (B, heads, S, S), detached here; heads must match the student's.
+        mapping: see `layer_mapping` (an explicit list still has L_s+1 entries; entry 0 is unused).
+    Returns:
+        A scalar tensor.
+    """
+    targets = layer_mapping(len(student_atts), len(teacher_atts), mapping)
+    total = None
+    for i in range(1, len(student_atts) + 1):
+        j = targets[i]
+        if j == 0:
+            raise ValueError(f"student layer {i} is mapped to the teacher embeddings (0), which have no attention")
+        s, t = student_atts[i - 1], teacher_atts[j - 1].detach()
+        if s.shape[1] != t.shape[1]:
+            raise ValueError(f"attention maps can only be compared head by head: student layer {i} has "
+                             f"{s.shape[1]} heads, teacher layer {j} has {t.shape[1]}")
+        _check_shapes("attention", i, j, s, t)
+        # = flow.where(x <= -100, 0, x); a scalar `where` promotes to float64, zeros_like warns in nn.Graph
+        s, t = s.masked_fill(s <= MASKED, 0.0), t.masked_fill(t <= MASKED, 0.0)  # (B, heads, S, S)
+        term = F.mse_loss(s, t)
+        total = term if total is None else total + term
+    return total
+
+
+def pkd_patient_loss(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
+                     mapping: LayerMap = "uniform") -> flow.Tensor:
+    """BERT-PKD's patient loss (Sun et al. 2019): Σ over intermediate pairs i = 1..L_s-1 of
+    (1/B) Σ_b ‖ c_s[i,b]/‖c_s[i,b]‖ - c_t[m(i),b]/‖c_t[m(i),b]‖ ‖², c = the [CLS] vector (position 0).
+
+    Args:
+        student_reps: L_s+1 tensors (B, S, H), embeddings first, L_s >= 2, at the teacher width.
+        teacher_reps: L_t+1 tensors (B, S, H), detached here.
+        mapping: see `layer_mapping`.
+    Returns:
+        A scalar tensor.
+    """
+    if len(student_reps) < 3:
+        raise ValueError(f"the patient loss needs a student with at least 2 layers (intermediate layers "
+                         f"exclude the last one); got {len(student_reps) - 1}")
+    total = None
+    for i, j in _pairs(student_reps, teacher_reps, mapping)[1:-1]:
+        _check_shapes("layer", i, j, student_reps[i], teacher_reps[j])
+        s = F.normalize(student_reps[i][:, 0], p=2.0, dim=-1)         # (B, H)
+        t = F.normalize(teacher_reps[j].detach()[:, 0], p=2.0, dim=-1)
+        term = ((s - t) * (s - t)).sum(dim=-1).mean()
+        total = term if total is None else total + term
+    return total

@@ -1,0 +1,131 @@
+"""The five distillation algorithms end to end through their real scripts, with a tiny teacher on a learnable task.
+
+Each student must beat the majority-class baseline on dev, and its eval script must reproduce the
+metrics its training run reported for the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, ROOT, run
+from distil.data.convert import ConvertConfig, convert_task
+from distil.models import io
+from glue_fixtures import write_learnable_sst2
+
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+             "max_position_embeddings": 64}
+TINY_STUDENT = ["--student_num_hidden_layers", "1", "--student_hidden_size", "16", "--student_num_attention_heads",
+                "4", "--student_intermediate_size", "24"]
+COMMON = {"EPOCH": "5", "LEARNING_RATE": "2e-3", "BATCH_SIZE": "16"}
+
+# script, eval script, extra environment, extra flags, model id
+CASES = {
+    "kd": ("run_train_student_kd.sh", "run_eval_student_kd.sh", {}, TINY_STUDENT,
+           "bert-kd-distl_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.8"),
+    "distilled_lstm": ("run_train_student_distilled_lstm.sh", "run_eval_student_distilled_lstm.sh", {},
+                       ["--log_every", "20"], "bert-distilled_lstm_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.7"),
+    "bert_pkd": ("run_train_student_bert_pkd.sh", "run_eval_student_bert_pkd.sh", {"LAYER_LIST": "1"}, [],
+                 "bert-pkd_1_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.2_kd_beta-10"),
+    "tinybert": ("run_train_student_tinybert.sh", "run_eval_student_tinybert.sh",
+                 {"TINYBERT_MODE": "two_stage", "SERVE_FOR_ONLINE": "True"}, TINY_STUDENT,
+                 "tinybert_epoch-5_lr-2e-3_wd-0.0001"),
+    "theseus": ("run_train_theseus.sh", "run_eval_theseus.sh", {}, ["--successor_layers", "1"],
+                "bert-theseus_1_epoch-5_lr-2e-3_wd-0.0001_replace-0.5"),
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, vocab_file):
+    """Learnable SST-2 (BERT and BiLSTM data, seq 32) and a tiny fine-tuned teacher."""
+    root = tmp_path_factory.mktemp("students")
+    write_learnable_sst2(root / "glue", 640, 160)
+    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, workers=1))
+    io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
+    env = {**COMMON, "PRETRAINED_MODEL": str(root / "pretrained"), "DATA_ROOT": str(root / "data"),
+           "MODELS_ROOT": str(root / "models"), "MODEL_SAVE_DIR": str(root / "teacher")}
+    trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2"], env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads(trained.stdout)["accuracy"] >= 0.9
+    return root
+
+
+def env_for(root: Path, **extra) -> dict:
+    return {**COMMON, "FT_BERT_BASE_DIR": str(root / "teacher"), "DATA_ROOT": str(root / "data"),
+            "MODELS_ROOT": str(root / "models"), **extra}
+
+
+def majority_rate(root: Path) -> float:
+    labels = [line.rsplit("\t", 1)[1] for line in (root / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    return max(labels.count("0"), labels.count("1")) / len(labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", sorted(CASES))
+def test_student_trains_beats_majority_and_evaluates_the_same(workspace, algorithm):
+    script, eval_script, extra_env, flags, model_id = CASES[algorithm]
+    env = env_for(workspace, **extra_env)
+    teacher_weights = {k: v.numpy().copy() for k, v in io.load_model(workspace / "teacher").state_dict().items()}
+    trained = run(["bash", str(ROOT / "scripts" / script), "SST-2", *flags], env=env)
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    results = json.loads(trained.stdout)
+    assert f"evaluate it with: bash scripts/{eval_script} 0 SST-2 {model_id}" in trained.stderr
+    assert results["accuracy"] > majority_rate(workspace) + 0.1, results
+    model_dir = workspace / "models" / "student_model" / "SST-2" / model_id
+    evaluated = run(["bash", str(ROOT / "scripts" / eval_script), "0", "SST-2", model_id], env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
+    assert json.loads((model_dir / "results_eval.json").read_text())["accuracy"] == results["accuracy"]
+    for name, value in io.load_model(workspace / "teacher").state_dict().items():  # the teacher stayed frozen
+        np.testing.assert_array_equal(value.numpy(), teacher_weights[name], err_msg=name)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["algorithm"]["name"] == algorithm and config["task"]["name"] == "SST-2"
+
+
+def test_served_student_loads_without_its_teacher(workspace, tmp_path):
+    model_id = CASES["tinybert"][4]
+    model_dir = workspace / "models" / "student_model" / "SST-2" / model_id
+    if not model_dir.is_dir():
+        pytest.fail("run after test_student_trains_beats_majority_and_evaluates_the_same[tinybert]")
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "results_eval.json",
+                                                           "train_history.json", "vocab.txt", "weights"]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["served"] and "teacher_model" not in config["algorithm"]["options"]
+    moved = shutil.move(str(workspace / "teacher"), str(tmp_path / "teacher_elsewhere"))
+    try:
+        evaluated = run([PYTHON, "-m", "distil", "eval", str(model_dir), "--data_root", str(workspace / "data"),
+                         "--result_dir", str(tmp_path)])
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        assert json.loads(evaluated.stdout)["accuracy"] == json.loads(
+            (model_dir / "results_eval.json").read_text())["accuracy"]
+        student = io.load_model(model_dir)
+        assert student.config.hidden_size == 16 and not any("fit_dense" in k for k in student.state_dict())
+    finally:
+        shutil.move(moved, str(workspace / "teacher"))
+
+
+def test_pkd_student_generation_copies_the_chosen_teacher_layers(workspace, tmp_path):
+    generated = run(["bash", str(ROOT / "scripts" / "run_bert_pkd_generate_student.sh"), "SST-2"],
+                    env=env_for(workspace, TMP_STUDENT_DIR=str(tmp_path / "pkd"), LAYER_LIST="1"))
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    student, teacher = io.load_model(tmp_path / "pkd"), io.load_model(workspace / "teacher")
+    s, t = student.state_dict(), teacher.state_dict()
+    assert student.config.num_hidden_layers == 1
+    np.testing.assert_array_equal(s["bert.encoder.layer.0.output.dense.weight"].numpy(),
+                                  t["bert.encoder.layer.1.output.dense.weight"].numpy())
+    for name in ("bert.embeddings.word_embeddings.weight", "classifier.weight", "bert.pooler.dense.bias"):
+        np.testing.assert_array_equal(s[name].numpy(), t[name].numpy())
+
+
+def test_indivisible_layer_counts_fail_with_both_numbers(workspace):
+    failed = run(["bash", str(ROOT / "scripts" / "run_train_student_tinybert.sh"), "SST-2",
+                  "--student_num_hidden_layers", "3", "--student_hidden_size", "16", "--student_num_attention_heads",
+                  "4", "--student_intermediate_size", "24", "--max_steps", "2"],
+                 env=env_for(workspace, STUDENT_DIR=str(workspace / "bad")))
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "teacher has 2 layers, student 3: 2 is not divisible by 3" in failed.stderr
