@@ -14,7 +14,7 @@ for arg in "$@"; do
   case "$arg" in
     --test) WITH_TEST=1 ;;
     -q|--quiet) QUIET=1 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (expected --test, -q or -h)" >&2; exit 2 ;;
   esac
 done

@@ -13,7 +13,7 @@ from conftest import PYTHON, ROOT, run
 from glue_fixtures import write_task
 from glue_server import GlueServer, glue_mirror_files
 
-SCRIPTS = ["setup.sh", "test.sh", "run_download_glue_data.sh", "glue_process.sh"]
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.sh") if p.name != "env.sh")
 # Registered by a test program before it runs: makes interpreter teardown crash like OneFlow's can.
 CRASH_AT_EXIT = "import atexit, os, signal; atexit.register(lambda: os.kill(os.getpid(), signal.SIGSEGV))"
 
@@ -22,6 +22,7 @@ CRASH_AT_EXIT = "import atexit, os, signal; atexit.register(lambda: os.kill(os.g
 def test_every_script_prints_usage_on_h(script, tmp_path):
     result = run(["bash", str(ROOT / "scripts" / script), "-h"], cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("Usage: bash scripts/" + script)
+    assert len(result.stdout.splitlines()) >= 2 and "set -euo" not in result.stdout
 
 
 @pytest.mark.parametrize("outcome, status", [("pass", 0), ("fail", 1)])
