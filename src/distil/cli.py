@@ -163,6 +163,9 @@ ALGORITHM_FLAGS = (
     ("aug_train", str2bool, "TinyBERT: train on the augmented train_aug split"),
     ("lstm_seq_length", int, "Distilled-BiLSTM: data folder <TASK>_lstm_<N> (32)"),
     ("lstm_pair_mode", str, "Distilled-BiLSTM: separate (paper) or joint sentence-pair encoding"),
+    ("lstm_embedding_size", int, "Distilled-BiLSTM: word embedding size (300)"),
+    ("lstm_hidden_size", int, "Distilled-BiLSTM: LSTM units per direction (300)"),
+    ("lstm_fc_size", int, "Distilled-BiLSTM: ReLU layer size (400)"),
     ("replacing_rate", float, "Theseus: probability of running a successor module (0.5)"),
     ("replace_scheduler", str, "Theseus: constant or linear (min(1, k*t + b), b = replacing_rate)"),
     ("scheduler_k", float, "Theseus linear: slope k per step (default reaches 1 at the last step)"),
@@ -230,6 +233,39 @@ def _run_pkd_student(args: argparse.Namespace) -> Dict:
     return generate_student(teacher, args.student_model, args.layer_list)
 
 
+def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-demo-data", help="write the demo task (SST-2 format) and its vocab into a folder")
+    p.add_argument("root", type=Path)
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--dev", type=int, default=600)
+    p.add_argument("--seed", type=int, default=13)
+    p.set_defaults(run=lambda args: _make_demo_data(args))
+
+
+def _make_demo_data(args: argparse.Namespace) -> Dict:
+    from distil.data.demo import write_demo_task
+
+    return write_demo_task(args.root, args.train, args.dev, args.seed)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="compare every model under the given folders with the teacher")
+    p.add_argument("dirs", type=Path, nargs="+", help="model directories or folders holding them")
+    p.add_argument("--data_root", type=Path, default=Path("data/glue_ofrecord"), help="OFRecord root")
+    p.add_argument("--output", type=Path, default=None, help="writes OUTPUT.md/.json/.png (default: <first dir>/report)")
+    p.add_argument("--eval_batch_size", type=int, default=32)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> str:
+    from distil.report import build_report, find_model_dirs, to_markdown, write_report
+
+    rows = build_report(find_model_dirs(args.dirs), args.data_root, args.eval_batch_size, _device(args.device))
+    files = write_report(rows, args.output or args.dirs[0] / "report")
+    return to_markdown(rows) + "\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items())
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model directory on its task's dev split(s)")
     p.add_argument("model_dir", type=Path)
@@ -294,8 +330,8 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 
 
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
-    _add_download, _add_glue_process, _add_convert_hf, _add_init_bert, _add_train, _add_pkd_student, _add_eval,
-    _add_serve]
+    _add_download, _add_glue_process, _add_make_demo_data, _add_convert_hf, _add_init_bert, _add_train,
+    _add_pkd_student, _add_eval, _add_serve, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one command; print its result as JSON on stdout. Returns the process exit status."""
+    """Run one command; print its result (a table as text, anything else as JSON) on stdout; return the exit status."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help or a usage error: argparse has printed why
@@ -323,5 +359,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False))
     return 0

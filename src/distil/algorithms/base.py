@@ -28,7 +28,7 @@ from distil.train.trainer import RunState, Trainer, evaluate, read_run_state
 flow = import_oneflow()
 log = logging.getLogger(__name__)
 
-RESULTS_FILE, HISTORY_FILE = "results_eval.json", "train_history.json"
+RESULTS_FILE, HISTORY_FILE, CURVE_FILE = "results_eval.json", "train_history.json", "train_curve.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +160,15 @@ def _already_trained(model_dir: Path) -> bool:
     return (model_dir / io.WEIGHTS_DIR).is_dir() and (state is None or state.finished)
 
 
-def write_results(results: Dict[str, Any], state: RunState, run: RunConfig) -> Path:
+def write_results(results: Dict[str, Any], state: RunState, run: RunConfig, metric: str) -> Path:
+    """results_eval.json, train_history.json and the loss/metric curve train_curve.png."""
+    from distil.report import plot_history
+
     target = run.result_dir or run.model_save_dir
     target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / HISTORY_FILE, {"epochs": state.history, "losses": state.losses})
+    history = {"epochs": state.history, "losses": state.losses}
+    write_json_atomic(target / HISTORY_FILE, history)
+    plot_history(history, metric, target / CURVE_FILE)
     write_json_atomic(target / RESULTS_FILE, results)
     return target / RESULTS_FILE
 
@@ -203,7 +208,7 @@ def run_training(algorithm: Algorithm, run: RunConfig) -> Dict[str, Any]:
     state = trainer.fit()
     results = {"task": task.name, "algorithm": algorithm.name, "model_id": model_dir.name,
                "best_epoch": state.best_epoch, **trainer.evaluate_best()}
-    path = write_results(results, state, run)
+    path = write_results(results, state, run, task.metrics[0])
     log.info("results of the saved best model (epoch %d) in %s", state.best_epoch, path)
     if run.serve_for_online:
         io.serve_for_online(model_dir)

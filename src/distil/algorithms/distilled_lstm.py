@@ -52,7 +52,9 @@ class DistilledLstm(Algorithm):
         teacher, _ = load_teacher(run.options, task, train_meta, vocab_meta_key="teacher_vocab")
         vocab = train_meta["vocab"]
         config = {"model_type": "bilstm", "vocab_size": vocab["size"], "pad_token_id": vocab["pad_id"],
-                  "num_labels": task.num_labels, "pair_mode": run.options.get("lstm_pair_mode", "separate")}
+                  "num_labels": task.num_labels, "pair_mode": run.options.get("lstm_pair_mode", "separate"),
+                  **{k: run.options[f"lstm_{k}"] for k in ("embedding_size", "hidden_size", "fc_size")
+                     if f"lstm_{k}" in run.options}}
         student = io.build_model(config)
         alpha = run.options.get("kd_alpha", 0.7)
         step = LstmKDStep(student, teacher, alpha, run.options.get("temperature", 1.0),

@@ -100,6 +100,18 @@ def top_k(scores: np.ndarray, k: int) -> List[List[int]]:
 # ---------------------------------------------------------------- GloVe neighbours
 
 
+def _trailing_numbers(fields: List[str]) -> int:
+    """How many of `fields` at the end are numbers (the vector size of a GloVe line, its word excluded)."""
+    count = 0
+    for field in reversed(fields):
+        try:
+            float(field)
+        except ValueError:
+            break
+        count += 1
+    return count
+
+
 class GloveIndex:
     """L2-normalised GloVe vectors and their nearest neighbours by cosine similarity."""
 
@@ -132,7 +144,7 @@ class GloveIndex:
                 if not line:
                     continue
                 if dim is None:
-                    dim = len(line.split(" ")) - 1
+                    dim = _trailing_numbers(line.split(" ")[1:])
                     if dim < 1:
                         raise UsageError(f"{path}:{number}: not a GloVe line (expected 'word v1 v2 ...')")
                 parts = line.rsplit(" ", dim)
@@ -168,24 +180,31 @@ class GloveIndex:
 # ---------------------------------------------------------------- the masked language model
 
 
+_SHORT = 128  # sequences up to this length are batched by count alone
+
+
 class MaskedLMPredictor:
     """Top-M tokens at the [MASK] of many sequences, in padded batches of up to `batch_size`."""
 
-    def __init__(self, model, batch_size: int = 64, device: str = "cpu", pad_id: int = 0,
-                 batch_tokens: int = 16384):
+    def __init__(self, model, batch_size: int = 64, device: str = "cpu", pad_id: int = 0):
         from distil.runtime import import_oneflow
 
         self.flow = import_oneflow()
         self.model = model.to(device).eval()
-        self.batch_size, self.batch_tokens, self.device, self.pad_id = batch_size, batch_tokens, device, pad_id
+        self.batch_size, self.device, self.pad_id = batch_size, device, pad_id
         self.calls = self.sequences = 0
 
     def _batches(self, sequences: Sequence[Tuple[List[int], List[int], int]]) -> Iterator[List[int]]:
-        """Indices by length, in batches of <= batch_size sequences and <= batch_tokens padded tokens."""
+        """Indices sorted by length, in batches of at most batch_size sequences of up to 128 tokens.
+
+        Longer sequences come in smaller batches, keeping batch x length^2 (the attention scores, which
+        BertModel keeps for every layer) at most batch_size x 128^2: 512 tokens go 4 to a batch at 64.
+        """
         batch: List[int] = []
+        cells = self.batch_size * _SHORT * _SHORT
         for i in sorted(range(len(sequences)), key=lambda i: len(sequences[i][0])):
-            if batch and (len(batch) >= self.batch_size
-                          or (len(batch) + 1) * len(sequences[i][0]) > self.batch_tokens):
+            length = max(len(sequences[i][0]), _SHORT)
+            if batch and (len(batch) >= self.batch_size or (len(batch) + 1) * length * length > cells):
                 yield batch
                 batch = []
             batch.append(i)
@@ -235,7 +254,7 @@ class Augmentor:
                  cache_size: int = 50_000):
         self.predictor, self.tokenizer, self.glove = predictor, tokenizer, glove
         self.M, self.N, self.p, self.max_seq_length = M, N, p, max_seq_length
-        missing = [t for t in ("[CLS]", "[SEP]", "[MASK]") if t not in tokenizer.vocab]
+        missing = [t for t in ("[CLS]", "[SEP]", "[MASK]", "[UNK]") if t not in tokenizer.vocab]
         if missing:
             raise UsageError(f"the vocabulary has no {', '.join(missing)}")
         self.cls_id, self.sep_id, self.mask_id = (tokenizer.vocab[t] for t in ("[CLS]", "[SEP]", "[MASK]"))
@@ -422,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="output file (default <glue_dir>/<TASK>/train_aug.tsv)")
     p.add_argument("--max_seq_length", type=int, default=MAX_SEQ_LENGTH,
                    help="MLM input length cap (also capped by the model's max_position_embeddings)")
-    p.add_argument("--batch_size", type=int, default=64, help="masked sequences per MLM call (at most)")
-    p.add_argument("--batch_tokens", type=int, default=16384, help="padded tokens per MLM call (at most)")
+    p.add_argument("--batch_size", type=int, default=64,
+                   help="masked sequences per MLM call (at most; fewer for sequences over 128 tokens)")
     p.add_argument("--glove_words", type=int, default=GLOVE_WORDS, help="GloVe lines read")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -436,10 +455,8 @@ def run(args: argparse.Namespace) -> Dict:
     if "train" not in task.splits:
         raise UsageError(f"{task.name} has no train split")
     n = args.N if args.N is not None else DEFAULT_N.get(task.name, FALLBACK_N)
-    if args.M < 1 or n < 0 or not 0.0 <= args.p <= 1.0 or args.batch_size < 1 or args.glove_words < 1 \
-            or args.batch_tokens < 1:
-        raise UsageError("need --M >= 1, --N >= 0, 0 <= --p <= 1, --batch_size, --batch_tokens and "
-                         "--glove_words >= 1")
+    if args.M < 1 or n < 0 or not 0.0 <= args.p <= 1.0 or args.batch_size < 1 or args.glove_words < 1:
+        raise UsageError("need --M >= 1, --N >= 0, 0 <= --p <= 1, --batch_size >= 1, --glove_words >= 1")
     if args.max_seq_length < 4:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is too small")
     train_file = Path(args.glue_dir) / task.folder / task.splits["train"].file
@@ -470,8 +487,7 @@ def run(args: argparse.Namespace) -> Dict:
     log.info("model and vocabulary loaded in %.1f s, %d GloVe vectors in %.1f s", loaded - started,
              len(glove.words), time.time() - loaded)
     device = args.device or default_device()
-    predictor = MaskedLMPredictor(model, args.batch_size, device, tokenizer.vocab.get("[PAD]", 0),
-                                  args.batch_tokens)
+    predictor = MaskedLMPredictor(model, args.batch_size, device, tokenizer.vocab.get("[PAD]", 0))
     max_len = min(args.max_seq_length, model.config.max_position_embeddings)
     augmentor = Augmentor(predictor, tokenizer, glove, M=args.M, N=n, p=args.p, max_seq_length=max_len)
     counts = augment_file(augmentor, task, train_file, output, seed=args.seed)
