@@ -20,4 +20,4 @@ GLUE_DIR=${GLUE_DIR:-$DISTIL_ROOT/data/glue_data}
 ARGS=(--task_name "$TASK" --pretrained_model "$PRETRAINED_MODEL" --glove_embs "$GLOVE_EMB" --glue_dir "$GLUE_DIR"
       --M "${M:-15}" --p "${P:-0.4}" --seed "${SEED:-42}")
 [ -n "${N:-}" ] && ARGS+=(--N "$N")
-exec python -m distil.data.augment "${ARGS[@]}" "$@"
+exec python -m distil augment "${ARGS[@]}" "$@"

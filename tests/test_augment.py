@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT, run
 from distil.data import augment
+from distil.cli import main as cli_main
 from distil.data.augment import Augmentor, GloveIndex, MaskedLMPredictor, STOP_WORDS, top_k
 from distil.data.tasks import get_task, read_examples
 from distil.data.tokenization import BasicTokenizer, FullTokenizer
@@ -350,7 +351,7 @@ def test_variants_follow_the_original_draws(augmentor):
 
 
 def run_main(argv, capsys):
-    status = augment.main([str(a) for a in argv])
+    status = cli_main(["augment", *[str(a) for a in argv]])
     out = capsys.readouterr().out
     return status, (json.loads(out) if status == 0 else None)
 
@@ -515,11 +516,11 @@ def test_missing_inputs_are_named_with_exit_status_2(tmp_path, mlm_dir, glove_fi
     for flag, value, message in cases:
         caplog.clear()
         argv = [str(x) for k, v in {**base, flag: value}.items() for x in (k, v)]
-        assert augment.main(argv) == 2, flag
+        assert cli_main(["augment", *argv]) == 2, flag
         assert message in caplog.text, (flag, caplog.text)
     assert not (glue / "SST-2" / "train_aug.tsv").exists()
-    assert augment.main(["--task_name", "SST-2"]) == 2                    # argparse: required flags
-    assert augment.main([str(x) for k, v in base.items() for x in (k, v)] + ["--p", "1.5"]) == 2
+    assert cli_main(["augment", "--task_name", "SST-2"]) == 2                    # argparse: required flags
+    assert cli_main(["augment", *[str(x) for k, v in base.items() for x in (k, v)], "--p", "1.5"]) == 2
 
 
 def test_script_prints_usage_on_h(tmp_path):

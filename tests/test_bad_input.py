@@ -1,7 +1,5 @@
 """Bad input through the commands a user runs: each must fail with status 2 and one error line naming the
 culprit (no traceback), leave no partial output behind and leave every existing good output byte-identical.
-
-Tests marked xfail(strict=True) assert the correct behaviour of a known bug (the reason says which).
 """
 
 from __future__ import annotations
@@ -134,8 +132,8 @@ def edit_line(path: Path, number: int, change) -> str:
     return old
 
 
-def truncate_mid_record(part: Path, record: int = 2) -> None:
-    """Cut a part file in the middle of record `record` (0-based), as an interrupted copy would."""
+def truncate_mid_record(part: Path, record: int = 2) -> int:
+    """Cut a part file in the middle of record `record` (0-based), as an interrupted copy would; returns its offset."""
     offset = 0
     for index, body in enumerate(ofrecord.iter_frames(part)):
         if index == record:
@@ -143,6 +141,7 @@ def truncate_mid_record(part: Path, record: int = 2) -> None:
         offset += 8 + len(body)
     with open(part, "r+b") as f:
         f.truncate(offset + 8 + 10)
+    return offset
 
 
 # ---------------------------------------------------------------- 1. unknown task
@@ -172,8 +171,6 @@ def test_missing_dev_split_names_the_file_and_keeps_the_earlier_conversion(ws, t
     assert snapshot(data) == before
 
 
-@pytest.mark.xfail(strict=True, reason="convert._split_files lists every split file, optional test.tsv and "
-                                       "train_aug.tsv included, as needed in its missing-split message")
 def test_missing_split_message_lists_only_the_files_that_are_required(ws, tmp_path):
     folder = copy_glue(ws, tmp_path / "glue")
     (folder / "dev.tsv").unlink()
@@ -204,8 +201,6 @@ def test_label_outside_the_tasks_list_gives_file_line_label_and_text(ws, tmp_pat
     assert snapshot(data) == before
 
 
-@pytest.mark.xfail(strict=True, reason="tasks.TaskSpec.label_id uses float(), so read_examples accepts 'nan' "
-                                       "(and 'inf') as an STS-B score and converts a NaN label silently")
 @pytest.mark.parametrize("score", ["nan", "inf"])
 def test_regression_label_that_is_not_a_finite_number_is_refused(tmp_path, score):
     dev = write_small_stsb(tmp_path / "glue", {"train.tsv": 12, "dev.tsv": 6, "test.tsv": 3}) / "dev.tsv"
@@ -233,19 +228,27 @@ def test_missing_and_empty_vocab_files_are_named(ws, tmp_path):
 
 @pytest.fixture(scope="module")
 def damaged_data_runs(ws, tmp_path_factory):
-    """For a truncated part file and for a meta.json whose num_examples was edited: a training run and an eval.
+    """A training run and an eval on damaged data: part files truncated mid-record ("truncated"; and
+    "rehashed", whose meta.json was then updated to the truncated files' sizes and checksums, so only the
+    record framing shows the damage), or a meta.json whose num_examples was edited ("meta").
 
     Each kind damages both train/ and eval/. Training goes to a models root that already holds a good model;
     eval targets the fixture's teacher. Snapshots are taken before the commands run.
     """
     base = tmp_path_factory.mktemp("damaged")
     runs = {}
-    for kind in ("truncated", "meta"):
+    for kind in ("truncated", "rehashed", "meta"):
         data = good_data(ws, base / kind / "data")
         split = {name: data / "SST-2" / name for name in ("train", "eval")}
-        if kind == "truncated":
-            for path in split.values():
-                truncate_mid_record(path / "part-00000")
+        cut_at = {}
+        if kind in ("truncated", "rehashed"):
+            for name, path in split.items():
+                cut_at[name] = truncate_mid_record(path / "part-00000")
+                if kind == "rehashed":
+                    meta = json.loads((path / "meta.json").read_text())
+                    part = path / "part-00000"
+                    meta["parts"][0].update(bytes=part.stat().st_size, sha256=file_sha256(part))
+                    (path / "meta.json").write_text(json.dumps(meta, indent=2))
         else:
             for path, delta in ((split["train"], 1), (split["eval"], -1)):
                 meta = json.loads((path / "meta.json").read_text())
@@ -258,7 +261,7 @@ def damaged_data_runs(ws, tmp_path_factory):
         evaluated = script("run_eval_teacher.sh", "0", "SST-2", TEACHER_ID,
                            env={"DATA_ROOT": str(data), "MODELS_ROOT": str(ws / "models")})
         runs[kind] = {"data": data, "models": models, "split": split, "before": before, "train": trained,
-                      "eval": evaluated}
+                      "eval": evaluated, "cut_at": cut_at}
     return runs
 
 
@@ -274,6 +277,16 @@ def test_truncated_part_file_stops_training_and_eval_naming_the_file(damaged_dat
          if k.startswith(f"finetuned_teacher/{TEACHER_ID}/")}
 
 
+def test_truncation_is_found_by_the_record_framing_when_meta_json_agrees(damaged_data_runs, ws):
+    case = damaged_data_runs["rehashed"]
+    for name in ("train", "eval"):
+        failed_cleanly(case[name], case["split"][name] / "part-00000",
+                       f"truncated or corrupt record at byte {case['cut_at'][name]}")
+    assert case["cut_at"]["train"] > 0 and case["cut_at"]["eval"] > 0
+    assert snapshot(case["data"]) == case["before"]["data"]
+    assert snapshot(teacher_dir(ws)) == case["before"]["teacher"]
+
+
 def test_meta_json_disagreeing_with_the_records_stops_training_and_eval(damaged_data_runs, ws):
     case = damaged_data_runs["meta"]
     failed_cleanly(case["train"], case["split"]["train"] / "meta.json", f"num_examples {N_TRAIN + 1}",
@@ -284,10 +297,7 @@ def test_meta_json_disagreeing_with_the_records_stops_training_and_eval(damaged_
     assert snapshot(teacher_dir(ws)) == case["before"]["teacher"]
 
 
-@pytest.mark.xfail(strict=True, reason="base.run_training writes config.json and vocab.txt into the model dir "
-                                       "before Trainer.fit opens the train split, so a data error leaves a "
-                                       "half model dir (no weights/) that later shows up as a model id")
-@pytest.mark.parametrize("kind", ["truncated", "meta"])
+@pytest.mark.parametrize("kind", ["truncated", "rehashed", "meta"])
 def test_training_on_damaged_data_leaves_no_model_dir(damaged_data_runs, kind):
     case = damaged_data_runs[kind]
     assert case["train"].returncode == 2
@@ -296,8 +306,6 @@ def test_training_on_damaged_data_leaves_no_model_dir(damaged_data_runs, kind):
     assert snapshot(case["models"]) == case["before"]["models"]
 
 
-@pytest.mark.xfail(strict=True, reason="base.run_training deletes the earlier run for --overwrite before "
-                                       "checking the data, so a failing run destroys the good model")
 def test_overwrite_with_damaged_data_keeps_the_earlier_model(damaged_data_runs, ws, tmp_path):
     case = damaged_data_runs["truncated"]
     model = tmp_path / "models" / "finetuned_teacher" / TRAINED_ID
@@ -364,8 +372,6 @@ def test_indivisible_layer_counts_fail_before_writing_anything(indivisible_runs,
     assert snapshot(teacher_dir(ws)) == indivisible_runs["teacher_before"]
 
 
-@pytest.mark.xfail(strict=True, reason="students.check_layer_mapping passes on ops.layer_mapping's message: it "
-                                       "names no flag and says 'give an explicit mapping', which no flag accepts")
 def test_indivisible_layer_counts_name_the_flag_to_change(indivisible_runs):
     for algorithm, flag in (("tinybert", "--student_num_hidden_layers"), ("bert_pkd", "--layer_list")):
         error = failed_cleanly(indivisible_runs[algorithm])
@@ -404,8 +410,6 @@ def test_unknown_model_id_lists_the_ids_that_exist(unknown_id_runs):
     assert snapshot(models) == unknown_id_runs["before"]
 
 
-@pytest.mark.xfail(strict=True, reason="base._check_model_exists lists every teacher in finetuned_teacher/, "
-                                       "other tasks' included, when the eval script asks for an SST-2 id")
 def test_unknown_teacher_id_lists_only_that_tasks_teachers(unknown_id_runs):
     error = failed_cleanly(unknown_id_runs["teacher"], TEACHER_ID)
     assert "MNLI_epoch-1_lr-1e-3_wd-0.01" not in error, error
@@ -463,7 +467,8 @@ def killed_run(ws, tmp_path_factory):
                 break
             os.kill(process.pid, signal.SIGCONT)
         time.sleep(0.001)
-    process.kill() if process.poll() is None else None
+    if process.poll() is None:
+        process.kill()
     process.wait()
     assert killed_at is not None, "the run ended before it could be killed mid-epoch: " + \
         (base / "killed.stderr").read_text()[-2000:]
@@ -510,8 +515,6 @@ def test_killed_run_resumes_finishes_and_keeps_the_best_weights(killed_run):
         assert final["best_epoch"] == later_saves[-1]["epoch"]
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer._save_train_state/fileio.replace_dir name temp dirs by pid, so "
-                                       "a killed run's .train_state.tmp-PID/.old-PID is never removed by the restart")
 def test_restart_removes_what_the_killed_run_was_writing(killed_run):
     if not killed_run["mid_save"]:
         pytest.skip("the kill did not land while a checkpoint was being written")
@@ -538,8 +541,6 @@ def test_output_dir_that_cannot_be_created_is_named(ws, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-@pytest.mark.xfail(strict=True, reason="RESULT_DIR is first created in base.write_results after the whole "
-                                       "training run, so an unusable RESULT_DIR fails only at the very end")
 def test_result_dir_that_cannot_be_created_fails_before_training(ws, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")
@@ -555,8 +556,6 @@ def test_result_dir_that_cannot_be_created_fails_before_training(ws, tmp_path):
 # ---------------------------------------------------------------- a non-finite loss
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.Trainer._log_losses raises FloatingPointError, which cli.main "
-                                       "does not catch: a traceback and status 1 instead of one error line")
 def test_non_finite_loss_is_one_error_line(ws, tmp_path, vocab_file, record_pb2):
     write_small_stsb(tmp_path / "glue", {"train.tsv": 16, "dev.tsv": 6})
     convert_task("STS-B", ConvertConfig(tmp_path / "glue", tmp_path / "data", vocab_file, max_seq_length=32,

@@ -92,7 +92,7 @@ def test_served_student_loads_without_its_teacher(workspace, tmp_path):
     model_dir = workspace / "models" / "student_model" / "SST-2" / model_id
     if not model_dir.is_dir():
         pytest.fail("run after test_student_trains_beats_majority_and_evaluates_the_same[tinybert]")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "results_eval.json",
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "results_eval.json", "train_curve.png",
                                                            "train_history.json", "vocab.txt", "weights"]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["served"] and "teacher_model" not in config["algorithm"]["options"]

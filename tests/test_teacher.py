@@ -123,8 +123,8 @@ def test_serve_for_online_keeps_a_loadable_model_with_the_same_metrics(workspace
     trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2"], env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     served = workspace / "served"
-    assert sorted(p.name for p in served.iterdir()) == ["config.json", "results_eval.json", "train_history.json",
-                                                        "vocab.txt", "weights"]
+    assert sorted(p.name for p in served.iterdir()) == ["config.json", "results_eval.json", "train_curve.png",
+                                                        "train_history.json", "vocab.txt", "weights"]
     import distil
 
     assert distil.load_model(served).classifier.weight.shape == (2, 32)

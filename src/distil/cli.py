@@ -233,6 +233,37 @@ def _run_pkd_student(args: argparse.Namespace) -> Dict:
     return generate_student(teacher, args.student_model, args.layer_list)
 
 
+def _add_augment(sub: argparse._SubParsersAction) -> None:
+    from distil.data.augment import DEFAULT_M, DEFAULT_N, DEFAULT_P, FALLBACK_N, GLOVE_WORDS, MAX_SEQ_LENGTH
+
+    p = sub.add_parser("augment", help="TinyBERT data augmentation: writes <glue_dir>/<TASK>/train_aug.tsv")
+    p.add_argument("--pretrained_model", type=Path, required=True,
+                   help="Hugging Face BERT folder with the masked-LM head (config.json, model.safetensors or "
+                        "pytorch_model.bin, vocab.txt), e.g. bert-base-uncased")
+    p.add_argument("--glove_embs", type=Path, required=True, help="GloVe text file (e.g. glove.840B.300d.txt)")
+    p.add_argument("--glue_dir", type=Path, required=True, help="GLUE TSV root")
+    p.add_argument("--task_name", required=True, help="task whose train.tsv is augmented (e.g. SST-2, RTE)")
+    p.add_argument("--N", type=int, default=None,
+                   help=f"draws per sentence (default per task as the original: {DEFAULT_N}; others {FALLBACK_N})")
+    p.add_argument("--M", type=int, default=DEFAULT_M, help="candidates per word (MLM top-M / GloVe neighbours)")
+    p.add_argument("--p", type=float, default=DEFAULT_P, help="probability of replacing a candidate word")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--output", type=Path, default=None, help="output file (default <glue_dir>/<TASK>/train_aug.tsv)")
+    p.add_argument("--max_seq_length", type=int, default=MAX_SEQ_LENGTH,
+                   help="MLM input length cap (also capped by the model's max_position_embeddings)")
+    p.add_argument("--batch_size", type=int, default=64,
+                   help="masked sequences per MLM call (at most; fewer for sequences over 128 tokens)")
+    p.add_argument("--glove_words", type=int, default=GLOVE_WORDS, help="GloVe lines read")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    p.set_defaults(run=_run_augment)
+
+
+def _run_augment(args: argparse.Namespace) -> Dict:
+    from distil.data.augment import run
+
+    return run(args)
+
+
 def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-demo-data", help="write the demo task (SST-2 format) and its vocab into a folder")
     p.add_argument("root", type=Path)
@@ -331,7 +362,7 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     _add_download, _add_glue_process, _add_make_demo_data, _add_convert_hf, _add_init_bert, _add_train,
-    _add_pkd_student, _add_eval, _add_serve, _add_report]
+    _add_pkd_student, _add_eval, _add_serve, _add_report, _add_augment]
 
 
 def build_parser() -> argparse.ArgumentParser:

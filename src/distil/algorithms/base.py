@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from distil.data import ofrecord
+from distil.data.dataset import open_split
 from distil.data.tasks import TaskSpec, get_task
 from distil.errors import UsageError
 from distil.fileio import file_sha256, write_json_atomic
@@ -181,17 +182,23 @@ def run_training(algorithm: Algorithm, run: RunConfig) -> Dict[str, Any]:
     """Train one model end to end; returns the final metrics of the saved best model."""
     task = get_task(run.task)
     model_dir = run.model_save_dir
+    if run.result_dir is not None:
+        run.result_dir.mkdir(parents=True, exist_ok=True)  # fail now, not after training
+    if _already_trained(model_dir) and not run.overwrite:
+        log.warning("%s already holds a trained model; not training again (use --overwrite to retrain)", model_dir)
+        results = (run.result_dir or model_dir) / RESULTS_FILE
+        if results.is_file():
+            return json.loads(results.read_text())
+        return evaluate_model_dir(model_dir, run.data_root, run.result_dir, run.settings.eval_batch_size, run.device)
+    suffix = algorithm.data_suffix(run)
+    train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run))
+    for split in (train_dir, *eval_dirs.values()):  # bad data must fail before anything is written
+        open_split(split)
+    train_meta = ofrecord.read_meta(train_dir)
+    built = algorithm.build(run, task, train_meta)
     if model_dir.exists() and run.overwrite:
         log.warning("--overwrite: removing the earlier run in %s", model_dir)
         shutil.rmtree(model_dir)
-    if _already_trained(model_dir):
-        log.warning("%s already holds a trained model; not training again (use --overwrite to retrain)", model_dir)
-        results = model_dir / RESULTS_FILE if run.result_dir is None else run.result_dir / RESULTS_FILE
-        return json.loads(results.read_text()) if results.is_file() else {"model_dir": str(model_dir)}
-    suffix = algorithm.data_suffix(run)
-    train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run))
-    train_meta = ofrecord.read_meta(train_dir)
-    built = algorithm.build(run, task, train_meta)
     io.write_config(model_dir, {
         "model": built.model_config,
         "task": {"name": task.name, "labels": task.labels, "num_labels": task.num_labels,
@@ -215,11 +222,13 @@ def run_training(algorithm: Algorithm, run: RunConfig) -> Dict[str, Any]:
     return results
 
 
-def _check_model_exists(model_dir: Path) -> None:
-    """A missing model id gets the list of the ids that do exist beside it."""
+def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
+    """A missing model id gets the list of the ids of that task that do exist beside it."""
     if model_dir.is_dir():
         return
-    ids = sorted(p.parent.name for p in model_dir.parent.glob(f"*/{io.CONFIG_FILE}")) if model_dir.parent.is_dir() else []
+    configs = model_dir.parent.glob(f"*/{io.CONFIG_FILE}") if model_dir.parent.is_dir() else []
+    ids = sorted(p.parent.name for p in configs
+                 if task is None or (json.loads(p.read_text()).get("task") or {}).get("name") == get_task(task).name)
     raise UsageError(f"no model {model_dir.name} in {model_dir.parent}; "
                      + (f"models there: {', '.join(ids)}" if ids else "it holds no model"))
 
@@ -227,7 +236,7 @@ def _check_model_exists(model_dir: Path) -> None:
 def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Path], batch_size: int,
                        device: str, task_name: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate a saved model on its task's dev split(s) and write results_eval.json (original: run_eval_*.sh)."""
-    _check_model_exists(model_dir)
+    _check_model_exists(model_dir, task_name)
     config = io.read_config(model_dir)
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")

@@ -13,28 +13,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, format_number, table
-from distil.algorithms.students import load_teacher, model_inputs
+from distil.algorithms.students import SoftLabelStep, load_teacher
 from distil.data.tasks import TaskSpec
 from distil.errors import UsageError
 from distil.models import io
-from distil.ops import hard_label_loss, pred_distill
-from distil.runtime import import_oneflow
 from distil.train.settings import TrainSettings
-
-flow = import_oneflow()
-
-
-class LstmKDStep(flow.nn.Module):
-    def __init__(self, student, teacher, alpha: float, temperature: float, mode: str):
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.alpha, self.temperature, self.mode = alpha, temperature, mode
-
-    def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-        logits = self.student(*model_inputs(batch))["logits"]
-        teacher_logits = self.teacher(*model_inputs(batch, "teacher_"))["logits"]
-        return {"hard_label_loss": (1 - self.alpha) * hard_label_loss(logits, batch["label_ids"]),
-                "pred_distill_loss": self.alpha * pred_distill(logits, teacher_logits, self.temperature, self.mode)}
 
 
 class DistilledLstm(Algorithm):
@@ -56,9 +39,8 @@ class DistilledLstm(Algorithm):
                   **{k: run.options[f"lstm_{k}"] for k in ("embedding_size", "hidden_size", "fc_size")
                      if f"lstm_{k}" in run.options}}
         student = io.build_model(config)
-        alpha = run.options.get("kd_alpha", 0.7)
-        step = LstmKDStep(student, teacher, alpha, run.options.get("temperature", 1.0),
-                          run.options.get("pred_distill_mode", "soft_ce"))
+        alpha = run.options.get("kd_alpha", 0.7)  # original: alpha weights the soft term here
+        step = SoftLabelStep(student, teacher, 1 - alpha, alpha, run.options, teacher_prefix="teacher_")
         vocab_file = run.data_root / f"{task.name}{self.data_suffix(run)}" / io.VOCAB_FILE
         return Built(student, student.config.to_dict(), step, Path(vocab_file))
 

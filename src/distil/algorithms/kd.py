@@ -11,29 +11,11 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, format_number, table
-from distil.algorithms.students import build_bert_student, load_teacher, model_inputs
+from distil.algorithms.students import SoftLabelStep, build_bert_student, load_teacher
 from distil.data.tasks import TaskSpec
-from distil.ops import hard_label_loss, pred_distill
-from distil.runtime import import_oneflow
 from distil.train.settings import TrainSettings
 
-flow = import_oneflow()
-
 TINY_STUDENT = {"num_hidden_layers": 4, "hidden_size": 312, "num_attention_heads": 12, "intermediate_size": 1200}
-
-
-class KDStep(flow.nn.Module):
-    def __init__(self, student, teacher, alpha: float, temperature: float, mode: str):
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.alpha, self.temperature, self.mode = alpha, temperature, mode
-
-    def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-        logits = self.student(*model_inputs(batch))["logits"]
-        teacher_logits = self.teacher(*model_inputs(batch))["logits"]
-        return {"hard_label_loss": self.alpha * hard_label_loss(logits, batch["label_ids"]),
-                "pred_distill_loss": (1 - self.alpha) * pred_distill(logits, teacher_logits, self.temperature,
-                                                                     self.mode)}
 
 
 class KD(Algorithm):
@@ -46,8 +28,7 @@ class KD(Algorithm):
         teacher, teacher_config = load_teacher(run.options, task, train_meta)
         student, config, vocab = build_bert_student(run.options, teacher_config, task, TINY_STUDENT, train_meta)
         alpha = run.options.get("kd_alpha", 0.8)
-        step = KDStep(student, teacher, alpha, run.options.get("temperature", 1.0),
-                      run.options.get("pred_distill_mode", "soft_ce"))
+        step = SoftLabelStep(student, teacher, alpha, 1 - alpha, run.options)
         return Built(student, config, step, vocab)
 
     def model_id(self, task: TaskSpec, settings: TrainSettings, options: Dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from distil.algorithms.base import check_vocab
 from distil.data.tasks import TaskSpec
 from distil.errors import UsageError
 from distil.models import io
-from distil.ops import layer_mapping
+from distil.ops import hard_label_loss, layer_mapping, pred_distill
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -83,9 +83,32 @@ def check_layer_mapping(student_config: Dict[str, Any], teacher_config: Dict[str
     try:
         layer_mapping(student_config["num_hidden_layers"], teacher_config["num_hidden_layers"])
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{str(e).split('; ')[0]}; choose a student layer count that divides the teacher's "
+                         "(--student_num_hidden_layers, or LAYER_LIST / --layer_list for BERT-PKD)") from None
 
 
 def model_inputs(batch: Dict[str, flow.Tensor], prefix: str = "") -> Tuple[flow.Tensor, ...]:
     """(input_ids, segment_ids, input_mask) of a batch; prefix "teacher_" picks the teacher's view."""
     return batch[f"{prefix}input_ids"], batch[f"{prefix}segment_ids"], batch[f"{prefix}input_mask"]
+
+
+class SoftLabelStep(flow.nn.Module):
+    """hard_weight · CE(gold) + soft_weight · pred_distill: the loss of KD and of Distilled-BiLSTM.
+
+    `teacher_prefix` picks the teacher's view of the batch ("teacher_" for the BiLSTM's records).
+    """
+
+    def __init__(self, student, teacher, hard_weight: float, soft_weight: float, options: Dict[str, Any],
+                 teacher_prefix: str = ""):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.hard_weight, self.soft_weight, self.teacher_prefix = hard_weight, soft_weight, teacher_prefix
+        self.temperature = options.get("temperature", 1.0)
+        self.mode = options.get("pred_distill_mode", "soft_ce")
+
+    def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        logits = self.student(*model_inputs(batch))["logits"]
+        teacher_logits = self.teacher(*model_inputs(batch, self.teacher_prefix))["logits"]
+        return {"hard_label_loss": self.hard_weight * hard_label_loss(logits, batch["label_ids"]),
+                "pred_distill_loss": self.soft_weight * pred_distill(logits, teacher_logits, self.temperature,
+                                                                     self.mode)}

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import os
 import random
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -424,31 +422,6 @@ def augment_file(augmentor: Augmentor, task: TaskSpec, train_file: Path, output:
 # ---------------------------------------------------------------- the command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distil.data.augment",
-                                description="TinyBERT data augmentation: writes <glue_dir>/<TASK>/train_aug.tsv")
-    p.add_argument("--pretrained_model", type=Path, required=True,
-                   help="Hugging Face BERT folder with the masked-LM head (config.json, model.safetensors or "
-                        "pytorch_model.bin, vocab.txt), e.g. bert-base-uncased")
-    p.add_argument("--glove_embs", type=Path, required=True, help="GloVe text file (e.g. glove.840B.300d.txt)")
-    p.add_argument("--glue_dir", type=Path, required=True, help="GLUE TSV root")
-    p.add_argument("--task_name", required=True, help="task whose train.tsv is augmented (e.g. SST-2, RTE)")
-    p.add_argument("--N", type=int, default=None,
-                   help=f"draws per sentence (default per task as the original: {DEFAULT_N}; others {FALLBACK_N})")
-    p.add_argument("--M", type=int, default=DEFAULT_M, help="candidates per word (MLM top-M / GloVe neighbours)")
-    p.add_argument("--p", type=float, default=DEFAULT_P, help="probability of replacing a candidate word")
-    p.add_argument("--seed", type=int, default=42, help="random seed")
-    p.add_argument("--output", type=Path, default=None, help="output file (default <glue_dir>/<TASK>/train_aug.tsv)")
-    p.add_argument("--max_seq_length", type=int, default=MAX_SEQ_LENGTH,
-                   help="MLM input length cap (also capped by the model's max_position_embeddings)")
-    p.add_argument("--batch_size", type=int, default=64,
-                   help="masked sequences per MLM call (at most; fewer for sequences over 128 tokens)")
-    p.add_argument("--glove_words", type=int, default=GLOVE_WORDS, help="GloVe lines read")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
-
-
 def run(args: argparse.Namespace) -> Dict:
     started = time.time()
     task = get_task(args.task_name)
@@ -494,29 +467,3 @@ def run(args: argparse.Namespace) -> Dict:
     return {"task": task.name, "input": str(train_file), "output": str(output), **counts,
             "N": n, "M": args.M, "p": args.p, "seed": args.seed, "mlm_sequences": predictor.sequences,
             "mlm_calls": predictor.calls, "seconds": round(time.time() - started, 2)}
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the augmentation; print a JSON summary on stdout. Returns the exit status (2: bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        result = run(args)
-    except (UsageError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        log.error("%s", e)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
-
-
-if __name__ == "__main__":
-    from distil.runtime import exit_now
-
-    exit_now(main())

@@ -193,9 +193,10 @@ def _split_files(task: TaskSpec, glue_dir: Path) -> Dict[str, Path]:
         elif split == "train_aug":
             continue  # only present after scripts/run_data_augmentation.sh
         elif split in REQUIRED_SPLITS or len(task.splits) == 1:
+            required = [s.file for name, s in task.splits.items() if name in REQUIRED_SPLITS or len(task.splits) == 1]
             raise UsageError(f"{task.name}: missing {split} split: {path} does not exist "
-                             f"({task.name} needs {', '.join(s.file for s in task.splits.values())} "
-                             f"in {glue_dir / task.folder})")
+                             f"({task.name} needs {', '.join(required)} in {glue_dir / task.folder}; "
+                             "test files are optional)")
         else:
             log.warning("%s: no %s, skipping the %s split", task.name, path, split)
     return found

@@ -7,6 +7,7 @@ plus the tasks it lacked (STS-B regression, SNLI, the diagnostic set) and unlabe
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -52,7 +53,10 @@ class TaskSpec:
     def label_id(self, label: str) -> Union[int, float]:
         """Map a TSV label to the number stored in `label_ids`; raises ValueError if unknown."""
         if self.labels is None:
-            return float(label)
+            value = float(label)
+            if not math.isfinite(value):
+                raise ValueError(f"not a finite number: {label}")
+            return value
         return self.labels.index(label)
 
 

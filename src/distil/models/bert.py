@@ -216,6 +216,15 @@ class BertModel(nn.Module):
         return self.pooler(hidden), hidden_states, attention_scores
 
 
+def init_weights(model: nn.Module, std: float) -> None:
+    """Google BERT's initialisation: N(0, std) weights (truncation aside), zero biases, unit LayerNorm."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class BertForSequenceClassification(nn.Module):
     """BERT + dropout + a linear head with `num_labels` outputs (1: a regression score).
 
@@ -230,14 +239,7 @@ class BertForSequenceClassification(nn.Module):
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """Google BERT's initialisation: N(0, 0.02) weights (truncation aside), zero biases, unit LayerNorm."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self, config.initializer_range)
 
     def forward(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor) -> Dict:
         pooled, hidden_states, attention_scores = self.bert(input_ids, segment_ids, input_mask)

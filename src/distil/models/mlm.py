@@ -16,7 +16,7 @@ from typing import Any, Dict, Union
 import numpy as np
 
 from distil.errors import UsageError
-from distil.models.bert import BertConfig, BertModel, LayerNorm, gelu
+from distil.models.bert import BertConfig, BertModel, LayerNorm, gelu, init_weights
 from distil.models.hf_format import read_hf_weights
 from distil.models.io import CONFIG_FILE, hf_bert_config, load_state
 from distil.runtime import import_oneflow
@@ -64,13 +64,7 @@ class BertForMaskedLM(nn.Module):
         self.config = config
         self.bert = BertModel(config)
         self.cls = BertOnlyMLMHead(config)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self, config.initializer_range)
 
     def _logits(self, hidden: flow.Tensor) -> flow.Tensor:
         return self.cls.predictions(hidden, self.bert.embeddings.word_embeddings.weight)

@@ -129,7 +129,8 @@ class Trainer:
         warmup = warmup_steps(total, self.settings.warmup_proportion)
         lr = self.settings.learning_rate * warmup_linear_factor(state.step - 1, total, warmup)
         if not all(np.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at step {state.step}: {losses}")
+            raise UsageError(f"training diverged: non-finite loss at step {state.step} ({losses}); lower "
+                             f"--learning_rate (now {self.settings.learning_rate}) or check the data")
         state.losses.append([state.step, losses["loss"]])
         now, (then, then_step) = time.perf_counter(), self._last_log
         self._last_log = (now, state.step)
@@ -154,6 +155,10 @@ class Trainer:
     # ------------------------------------------------------------ train_state/
 
     def _start_or_resume(self) -> RunState:
+        for leftover in self.model_dir.glob(f".{TRAIN_STATE_DIR}.*"):  # what a killed run was writing
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.model_dir.glob(f".{WEIGHTS_DIR}.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         settings = dataclasses.asdict(self.settings)
         previous = read_run_state(self.model_dir)
         if previous is None or previous.step == 0:

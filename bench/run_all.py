@@ -1,0 +1,429 @@
+"""The benchmark suite in one command: conversion, OFRecord reader, training steps, inference, memory.
+
+Measures, on synthetic data of the real shapes:
+- GLUE -> OFRecord conversion examples/s (a synthetic SST-2-like task, BERT + LSTM variants);
+- OFRecord reader examples/s, eager and inside an nn.Graph, on the converted BERT data, next to
+  the examples/s a student training step consumes at the same batch size;
+- training step seconds, eager vs nn.Graph (AdamW, clipping, fused updates), teacher and student;
+- eval nn.Graph inference examples/s of the teacher and of each student architecture
+  (KD/TinyBERT, BERT-PKD/Theseus, Distilled-BiLSTM) and their speed-ups over the teacher;
+- the process's peak RSS.
+Every figure is the median of --repeats runs after --warmup untimed runs; each run starts and
+ends with a full sync (an nn.Graph returns its loss before its update has finished). Graphs are
+compiled by a separate first call whose time is recorded beside the figure. The defaults are the
+real configurations (about 10 minutes on a quiet 2-core CPU); flags shrink sizes, and --quick
+shrinks all of them for CI (seconds; recorded in the JSON, whose figures then describe nothing
+real). Writes --output (default bench/results.json) atomically and prints a table.
+
+Usage: bash scripts/run_bench.sh [flags]
+   or: PYTHONPATH=src .venv/bin/python bench/run_all.py [--quick] [--repeats 5] [--warmup 1] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_bert import ForwardGraph, StepGraph, inputs as bert_inputs  # noqa: E402
+from bench_convert import write_sst2  # noqa: E402
+from bench_lstm import EvalGraph as LstmEvalGraph, make_batch  # noqa: E402
+
+from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task  # noqa: E402
+from distil.data.dataset import OFRecordDataset  # noqa: E402
+from distil.fileio import write_json_atomic  # noqa: E402
+from distil.models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
+from distil.models.lstm import BiLstmForSequenceClassification, LstmConfig  # noqa: E402
+from distil.runtime import exit_now, import_oneflow  # noqa: E402
+from distil.train.graph import MODEL_INPUTS  # noqa: E402
+from distil.train.optim import build_optimizer  # noqa: E402
+
+flow = import_oneflow()
+# waits for all queued work, a train graph's backward and update included
+full_sync = flow._oneflow_internal.eager.Sync
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2_DEV, SST2_TEST = 872, 1821
+QUICK = {"batch": 4, "seq": 16, "teacher_batch": 2, "teacher_layers": 2, "teacher_hidden": 64, "teacher_heads": 2,
+         "teacher_ffn": 128, "student_layers": 1, "student_hidden": 32, "student_heads": 2, "student_ffn": 64,
+         "pkd_layers": 1, "lstm_seq": 8, "lstm_vocab": 102, "lstm_embedding": 16, "lstm_hidden": 16, "lstm_fc": 16,
+         "convert_examples": 256, "reader_batches": 2, "repeats": 1, "warmup": 0, "teacher_repeats": 1}
+
+
+@dataclasses.dataclass
+class Figure:
+    """One row of the table: a median value, and the per-run seconds it came from."""
+
+    label: str
+    value: float
+    unit: str
+    runs_s: List[float] = dataclasses.field(default_factory=list)
+    details: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+
+Figures = Dict[str, Figure]
+
+
+# ---------------------------------------------------------------- timing
+
+
+def log(message: str) -> None:
+    print(f"[run_all {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def timed_s(run: Callable[[], object]) -> float:
+    """Seconds of one run between two full syncs."""
+    full_sync()
+    start = time.perf_counter()
+    run()
+    full_sync()
+    return time.perf_counter() - start
+
+
+def timed_runs(run: Callable[[], object], warmup: int, repeats: int) -> List[float]:
+    for _ in range(warmup):
+        run()
+    return [timed_s(run) for _ in range(repeats)]
+
+
+def throughput(label: str, examples: int, runs: List[float], **details: object) -> Figure:
+    return Figure(label, examples / statistics.median(runs), "examples/s", runs, dict(details))
+
+
+def seconds(label: str, runs: List[float], **details: object) -> Figure:
+    return Figure(label, statistics.median(runs), "s", runs, dict(details))
+
+
+def ratio(label: str, numerator: Figure, denominator: Figure) -> Figure:
+    return Figure(label, numerator.value / denominator.value, "x")
+
+
+# ---------------------------------------------------------------- conversion and reader
+
+
+def conversion(args: argparse.Namespace, workdir: Path) -> Figures:
+    """convert_task on a synthetic SST-2 (all splits, BERT + LSTM data, one worker per core)."""
+    write_sst2(workdir / "glue", args.convert_examples, SST2_DEV, SST2_TEST)
+    config = ConvertConfig(workdir / "glue", workdir / "ofrecord", DEFAULT_VOCAB, max_seq_length=args.seq,
+                           lstm_seq_length=args.lstm_seq)
+    examples = args.convert_examples + SST2_DEV + SST2_TEST
+    runs = timed_runs(lambda: convert_task("SST-2", config), args.warmup, args.repeats)
+    label = f"conversion, SST-2-like {examples:,} sentences (BERT {args.seq} + LSTM {args.lstm_seq})"
+    return {"convert_examples_per_s": throughput(label, examples, runs, workers=os.cpu_count())}
+
+
+class ReaderGraph(flow.nn.Graph):
+    def __init__(self, data: OFRecordDataset):
+        super().__init__()
+        self.data = data
+
+    def build(self) -> Dict[str, flow.Tensor]:
+        return self.data()
+
+
+def read_batches(next_batch: Callable[[], Dict[str, flow.Tensor]], batches: int) -> None:
+    for _ in range(batches):
+        for tensor in next_batch().values():
+            tensor.numpy()
+
+
+def reader(args: argparse.Namespace, split_dir: Path) -> Figures:
+    """The training reader (shuffled, model inputs + labels), eager and in an nn.Graph."""
+    def dataset() -> OFRecordDataset:
+        return OFRecordDataset(split_dir, args.batch, shuffle=True, seed=0, features=(*MODEL_INPUTS, "label_ids"))
+
+    eager = dataset()
+    graph = ReaderGraph(dataset())
+    compile_s = timed_s(graph)
+    examples = args.batch * args.reader_batches
+    size = f"batch {args.batch}, seq {args.seq}"
+    return {
+        "reader_eager_examples_per_s": throughput(f"OFRecord reader, eager ({size})", examples, timed_runs(
+            lambda: read_batches(eager, args.reader_batches), args.warmup, args.repeats)),
+        "reader_graph_examples_per_s": throughput(f"OFRecord reader, nn.Graph ({size})", examples, timed_runs(
+            lambda: read_batches(graph, args.reader_batches), args.warmup, args.repeats), compile_s=compile_s)}
+
+
+def consumption(reader_figures: Figures, student_graph_step: Figure, batch: int, name: str) -> Figures:
+    """What a student training step consumes, and how many times faster the graph reader delivers."""
+    consumed = Figure(f"training consumption, {name} nn.Graph step (batch {batch})",
+                      batch / student_graph_step.value, "examples/s")
+    return {"train_consumption_examples_per_s": consumed,
+            "reader_headroom": ratio("reader nn.Graph / training consumption",
+                                     reader_figures["reader_graph_examples_per_s"], consumed)}
+
+
+# ---------------------------------------------------------------- BERT and BiLSTM models
+
+
+def bert_config(layers: int, hidden: int, heads: int, ffn: int) -> BertConfig:
+    return BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                      intermediate_size=ffn)
+
+
+def bert_name(config: BertConfig) -> str:
+    return f"{config.num_hidden_layers}L-{config.hidden_size}"
+
+
+def cross_entropy(logits: flow.Tensor, labels: flow.Tensor) -> flow.Tensor:
+    return flow.nn.functional.cross_entropy(logits, labels.reshape(-1).to(flow.int64))
+
+
+def graph_step(config: BertConfig, batch: Sequence[flow.Tensor]) -> Callable[[], object]:
+    """A compiled nn.Graph training step (as distil.train.graph.TrainGraph configures it)."""
+    model = BertForSequenceClassification(config).train()
+    optimizer, schedule = build_optimizer(model.named_parameters(), 1e-4, 0.01, 1000)
+    graph = StepGraph(model, optimizer, schedule)
+    graph.config.allow_fuse_model_update_ops(True)
+    graph.config.allow_fuse_add_to_output(True)
+    return lambda: graph(*batch).numpy()
+
+
+def eager_step(config: BertConfig, batch: Sequence[flow.Tensor]) -> Callable[[], object]:
+    """The same step eagerly: forward, backward, clipping, AdamW, zero_grad."""
+    model = BertForSequenceClassification(config).train()
+    optimizer, _ = build_optimizer(model.named_parameters(), 1e-4, 0.01, 1000)
+    ids, segments, mask, labels = batch
+
+    def step() -> object:
+        loss = cross_entropy(model(ids, segments, mask)["logits"], labels)
+        loss.backward()
+        optimizer.clip_grad()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.numpy()
+
+    return step
+
+
+def train_steps(key: str, role: str, config: BertConfig, batch: int, seq: int, warmup: int,
+                repeats: int) -> Figures:
+    """Seconds per training step (AdamW, clip 1.0), eager and nn.Graph; each run ends with a full sync."""
+    data = bert_inputs(batch, seq)
+    name = f"{role} {bert_name(config)}"
+    eager_runs = timed_runs(eager_step(config, data), warmup, repeats)
+    step = graph_step(config, data)
+    compile_s = timed_s(step)
+    graph_runs = timed_runs(step, warmup, repeats)
+    return {f"train_{key}_eager_step_s": seconds(f"train step {name}, eager (batch {batch})", eager_runs),
+            f"train_{key}_graph_step_s": seconds(f"train step {name}, nn.Graph (batch {batch})", graph_runs,
+                                                 compile_s=compile_s)}
+
+
+def graph_throughput(label: str, graph: flow.nn.Graph, batch: Sequence[flow.Tensor], warmup: int,
+                     repeats: int) -> Figure:
+    run = lambda: graph(*batch).numpy()  # noqa: E731
+    compile_s = timed_s(run)
+    return throughput(label, batch[0].shape[0], timed_runs(run, warmup, repeats), compile_s=compile_s)
+
+
+def bert_inference(label: str, config: BertConfig, args: argparse.Namespace, repeats: int) -> Figure:
+    graph = ForwardGraph(BertForSequenceClassification(config).eval())
+    return graph_throughput(f"{label} (batch {args.batch}, seq {args.seq})", graph,
+                            bert_inputs(args.batch, args.seq)[:3], args.warmup, repeats)
+
+
+def lstm_inference(label: str, config: LstmConfig, args: argparse.Namespace) -> Figure:
+    graph = LstmEvalGraph(BiLstmForSequenceClassification(config).eval())
+    batch, _ = make_batch(args.batch, args.lstm_seq, config.vocab_size, config.pad_token_id)
+    return graph_throughput(f"{label} (vocab {config.vocab_size}, batch {args.batch}, seq {args.lstm_seq})", graph,
+                            batch, args.warmup, args.repeats)
+
+
+def inference(args: argparse.Namespace, teacher: BertConfig, student: BertConfig) -> Figures:
+    """Eval nn.Graph throughput of the teacher and each student architecture, and their speed-ups."""
+    pkd = bert_config(args.pkd_layers, args.teacher_hidden, args.teacher_heads, args.teacher_ffn)
+    bilstm = LstmConfig(vocab_size=args.lstm_vocab, pad_token_id=args.lstm_vocab - 1,
+                        embedding_size=args.lstm_embedding, hidden_size=args.lstm_hidden, fc_size=args.lstm_fc)
+    names = {"teacher": f"teacher {bert_name(teacher)}",
+             "kd_tinybert": f"KD/TinyBERT {bert_name(student)} (FFN {student.intermediate_size})",
+             "pkd_theseus": f"BERT-PKD/Theseus {bert_name(pkd)}",
+             "bilstm": f"Distilled-BiLSTM {args.lstm_embedding}/{args.lstm_hidden}/{args.lstm_fc}"}
+    measures: Dict[str, Callable[[str], Figure]] = {
+        "teacher": lambda label: bert_inference(label, teacher, args, args.teacher_repeats),
+        "kd_tinybert": lambda label: bert_inference(label, student, args, args.repeats),
+        "pkd_theseus": lambda label: bert_inference(label, pkd, args, args.repeats),
+        "bilstm": lambda label: lstm_inference(label, bilstm, args)}
+    figures: Figures = {}
+    for key, measure in measures.items():
+        log(f"inference: {names[key]}")
+        figures[f"infer_{key}_examples_per_s"] = measure(f"inference {names[key]}")
+    for key in list(measures)[1:]:
+        figures[f"speedup_{key}"] = ratio(f"speed-up {names[key]} over the teacher",
+                                          figures[f"infer_{key}_examples_per_s"], figures["infer_teacher_examples_per_s"])
+    return figures
+
+
+# ---------------------------------------------------------------- machine, suite, output
+
+
+def cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def process_threads() -> Optional[int]:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Threads:")), None)
+    except OSError:
+        return None
+
+
+def machine() -> Dict[str, object]:
+    return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(),
+            "thread_env": {k: v for k, v in sorted(os.environ.items()) if "THREAD" in k},
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform()}
+
+
+def peak_rss() -> Figures:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"peak_rss_mb": Figure("peak RSS of the process", kib / 1024, "MB",
+                                  details={"largest_child_mb": children_kib / 1024})}
+
+
+def run_suite(args: argparse.Namespace) -> Figures:
+    teacher = bert_config(args.teacher_layers, args.teacher_hidden, args.teacher_heads, args.teacher_ffn)
+    student = bert_config(args.student_layers, args.student_hidden, args.student_heads, args.student_ffn)
+    figures: Figures = {}
+    with tempfile.TemporaryDirectory(prefix="distil-bench-") as tmp:
+        log(f"conversion: {args.convert_examples} train sentences")
+        figures.update(conversion(args, Path(tmp)))
+        log("reader")
+        figures.update(reader(args, Path(tmp) / "ofrecord" / "SST-2" / "train"))
+    log(f"train steps: student {bert_name(student)}")
+    student_steps = train_steps("student", "student", student, args.batch, args.seq, args.warmup, args.repeats)
+    figures.update(consumption(figures, student_steps["train_student_graph_step_s"], args.batch, bert_name(student)))
+    log(f"train steps: teacher {bert_name(teacher)}")
+    figures.update(train_steps("teacher", "teacher", teacher, args.teacher_batch, args.seq, args.warmup,
+                               args.teacher_repeats))
+    figures.update(student_steps)
+    figures.update(inference(args, teacher, student))
+    figures.update(peak_rss())
+    return figures
+
+
+def format_value(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def table(figures: Figures) -> str:
+    width = max(len(f.label) for f in figures.values())
+    values = {key: format_value(f.value) for key, f in figures.items()}
+    value_width = max(len(v) for v in values.values())
+    lines = [f"{'figure':<{width}}  {'value':>{value_width}}  unit", f"{'-' * width}  {'-' * value_width}  ----------"]
+    lines += [f"{f.label:<{width}}  {values[key]:>{value_width}}  {f.unit}" for key, f in figures.items()]
+    return "\n".join(lines)
+
+
+def figure_json(figure: Figure) -> Dict[str, object]:
+    return {**dataclasses.asdict(figure), "value": round(figure.value, 4),
+            "runs_s": [round(t, 4) for t in figure.runs_s],
+            "details": {k: round(v, 4) if isinstance(v, float) else v for k, v in figure.details.items()}}
+
+
+def results(args: argparse.Namespace, figures: Figures, started: datetime.datetime, elapsed: float,
+            machine_info: Dict[str, object]) -> Dict[str, object]:
+    sizes = ("QUICK: every size shrunk for CI (--quick); these figures do not describe the real configurations"
+             if args.quick else "the flags below; their defaults are the real configurations")
+    return {"suite": "bench/run_all.py", "quick": args.quick, "sizes": sizes,
+            "started": started.isoformat(timespec="seconds"), "seconds": round(elapsed, 1),
+            "machine": {**machine_info, "process_threads": process_threads()},
+            "versions": {"python": platform.python_version(), "oneflow": flow.__version__, "numpy": np.__version__},
+            "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "figures": {key: figure_json(f) for key, f in figures.items()}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--output", type=Path, default=ROOT / "bench" / "results.json", help="results JSON (written atomically)")
+    add("--quick", action="store_true", help="shrink every size for CI (flags given explicitly still win): "
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    add("--repeats", type=int, default=5, help="timed runs per figure (the median is reported)")
+    add("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    add("--teacher-repeats", type=int, default=3, help="timed runs of the teacher's figures")
+    add("--batch", type=int, default=32, help="batch of the reader, the student steps and all inference")
+    add("--seq", type=int, default=128, help="BERT sequence length (conversion, reader, steps, inference)")
+    add("--teacher-batch", type=int, default=8, help="batch of the teacher's training steps")
+    add("--teacher-layers", type=int, default=12)
+    add("--teacher-hidden", type=int, default=768)
+    add("--teacher-heads", type=int, default=12)
+    add("--teacher-ffn", type=int, default=3072)
+    add("--student-layers", type=int, default=4, help="KD/TinyBERT student")
+    add("--student-hidden", type=int, default=312)
+    add("--student-heads", type=int, default=12)
+    add("--student-ffn", type=int, default=1200)
+    add("--pkd-layers", type=int, default=3, help="BERT-PKD/Theseus student (teacher width)")
+    add("--lstm-seq", type=int, default=32, help="Distilled-BiLSTM sequence length (conversion and inference)")
+    add("--lstm-vocab", type=int, default=10002)
+    add("--lstm-embedding", type=int, default=300)
+    add("--lstm-hidden", type=int, default=300)
+    add("--lstm-fc", type=int, default=400)
+    add("--convert-examples", type=int, default=20000,
+        help=f"train sentences of the synthetic SST-2 (SST-2 has 67,349; dev {SST2_DEV} and test {SST2_TEST} added)")
+    add("--reader-batches", type=int, default=20, help="batches read per timed reader run")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+    too_small = [name for name, value in vars(args).items() if isinstance(value, int) and not isinstance(value, bool)
+                 and value < (0 if name == "warmup" else 1)]
+    if too_small:
+        parser.error(f"must be positive: {', '.join(too_small)}")
+    if args.convert_examples < args.batch:
+        parser.error("--convert-examples must be at least --batch (the reader reads the converted train split)")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the suite, write the JSON, print the table; return the exit status (OneFlow may crash at teardown)."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # --help or a usage error: argparse has printed why
+        return e.code if isinstance(e.code, int) else 2
+    started, start, machine_info = datetime.datetime.now(), time.perf_counter(), machine()
+    figures = run_suite(args)
+    output = results(args, figures, started, time.perf_counter() - start, machine_info)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.output, output)
+    print(f"{'QUICK run: sizes shrunk, not the real configurations. ' if args.quick else ''}"
+          f"{machine_info['cpu_count']} CPUs ({machine_info['cpu_model']}), OneFlow {flow.__version__}, "
+          f"medians of {args.repeats} runs ({args.teacher_repeats} for the teacher) after {args.warmup} warm-up, "
+          f"{output['seconds']} s")
+    print(table(figures))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        status = main()
+    except Exception:  # noqa: BLE001  (report it, then leave through exit_now like every entry point)
+        traceback.print_exc()
+        status = 1
+    exit_now(status)

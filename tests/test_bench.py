@@ -1,0 +1,49 @@
+"""Smoke test of the benchmark suite at its tiniest sizes (`bash scripts/run_bench.sh --quick`).
+
+It checks that the command runs, prints its table and writes valid JSON with the expected keys;
+speed is never asserted (figures on a shared CPU say nothing about correctness).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from conftest import ROOT, run
+
+FIGURES = {
+    "convert_examples_per_s", "reader_eager_examples_per_s", "reader_graph_examples_per_s",
+    "train_consumption_examples_per_s", "reader_headroom",
+    "train_teacher_eager_step_s", "train_teacher_graph_step_s", "train_student_eager_step_s",
+    "train_student_graph_step_s",
+    "infer_teacher_examples_per_s", "infer_kd_tinybert_examples_per_s", "infer_pkd_theseus_examples_per_s",
+    "infer_bilstm_examples_per_s", "speedup_kd_tinybert", "speedup_pkd_theseus", "speedup_bilstm",
+    "peak_rss_mb",
+}
+SCRIPT = str(ROOT / "scripts" / "run_bench.sh")
+
+
+def test_quick_run_writes_results_json_and_prints_a_row_per_figure(tmp_path):
+    output = tmp_path / "out" / "results.json"
+    result = run(["bash", SCRIPT, "--quick", "--output", str(output)], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [p.name for p in output.parent.iterdir()] == ["results.json"]  # no temporary file left behind
+    data = json.loads(output.read_text(encoding="utf-8"))
+    assert data["quick"] is True and "QUICK" in data["sizes"] and "QUICK" in result.stdout
+    assert {"cpu_count", "cpu_model", "thread_env", "OPENBLAS_CORETYPE", "process_threads"} <= set(data["machine"])
+    assert set(data["versions"]) == {"python", "oneflow", "numpy"}
+    assert data["flags"]["quick"] is True and data["flags"]["batch"] == 4 and data["flags"]["output"] == str(output)
+    assert set(data["figures"]) == FIGURES
+    for key, figure in data["figures"].items():
+        assert isinstance(figure["value"], (int, float)) and math.isfinite(figure["value"]), key
+        assert figure["unit"] in {"examples/s", "s", "x", "MB"}, key
+        assert figure["label"] in result.stdout, key
+    timed = [f for f in data["figures"].values() if f["unit"] in {"examples/s", "s"} and f["runs_s"]]
+    assert all(len(f["runs_s"]) == 1 for f in timed)  # --quick: one timed run each
+    assert data["figures"]["train_student_graph_step_s"]["details"]["compile_s"] > 0
+
+
+def test_explicit_flags_win_over_quick_and_bad_sizes_are_usage_errors(tmp_path):
+    output = tmp_path / "results.json"
+    result = run(["bash", SCRIPT, "--quick", "--batch", "0", "--output", str(output)], cwd=tmp_path)
+    assert result.returncode == 2 and "batch" in result.stderr and not output.exists()
