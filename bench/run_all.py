@@ -7,13 +7,17 @@ Measures, on synthetic data of the real shapes:
 - training step seconds, eager vs nn.Graph (AdamW, clipping, fused updates), teacher and student;
 - eval nn.Graph inference examples/s of the teacher and of each student architecture
   (KD/TinyBERT, BERT-PKD/Theseus, Distilled-BiLSTM) and their speed-ups over the teacher;
-- the process's peak RSS.
-Every figure is the median of --repeats runs after --warmup untimed runs; each run starts and
-ends with a full sync (an nn.Graph returns its loss before its update has finished). Graphs are
-compiled by a separate first call whose time is recorded beside the figure. The defaults are the
-real configurations (about 10 minutes on a quiet 2-core CPU); flags shrink sizes, and --quick
-shrinks all of them for CI (seconds; recorded in the JSON, whose figures then describe nothing
-real). Writes --output (default bench/results.json) atomically and prints a table.
+- peak RSS (getrusage) of the process of each section, and the largest of them.
+Each section (data, student training, teacher training, teacher inference, student inference)
+runs in a fresh process: OneFlow keeps the memory of a graph until the process ends (an eval
+graph of BERT-base at batch 32 holds ~10 GB on CPU), so one process for all would not fit in RAM,
+and each peak RSS then belongs to one workload. Every figure is the median of --repeats runs after
+--warmup untimed runs; each run starts and ends with a full sync (an nn.Graph returns its loss
+before its update has finished). Graphs are compiled by a separate first call whose time is
+recorded beside the figure. The defaults are the real configurations (about 5 minutes on this
+2-core CPU); flags shrink sizes, and --quick shrinks all of them for CI (seconds; recorded
+in the JSON, whose figures then describe nothing real). Writes --output (default
+bench/results.json) atomically and prints a table, one row per figure.
 
 Usage: bash scripts/run_bench.sh [flags]
    or: PYTHONPATH=src .venv/bin/python bench/run_all.py [--quick] [--repeats 5] [--warmup 1] ...
@@ -22,8 +26,10 @@ Usage: bash scripts/run_bench.sh [flags]
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
+import multiprocessing
 import os
 import platform
 import resource
@@ -95,6 +101,7 @@ def timed_s(run: Callable[[], object]) -> float:
 
 
 def timed_runs(run: Callable[[], object], warmup: int, repeats: int) -> List[float]:
+    """Seconds of each of `repeats` synced runs after `warmup` untimed ones."""
     for _ in range(warmup):
         run()
     return [timed_s(run) for _ in range(repeats)]
@@ -158,13 +165,23 @@ def reader(args: argparse.Namespace, split_dir: Path) -> Figures:
             lambda: read_batches(graph, args.reader_batches), args.warmup, args.repeats), compile_s=compile_s)}
 
 
-def consumption(reader_figures: Figures, student_graph_step: Figure, batch: int, name: str) -> Figures:
-    """What a student training step consumes, and how many times faster the graph reader delivers."""
-    consumed = Figure(f"training consumption, {name} nn.Graph step (batch {batch})",
-                      batch / student_graph_step.value, "examples/s")
+def data_section(args: argparse.Namespace) -> Figures:
+    """Conversion, then the reader on the converted BERT train split."""
+    with tempfile.TemporaryDirectory(prefix="distil-bench-") as tmp:
+        log(f"conversion: {args.convert_examples:,} train sentences")
+        figures = conversion(args, Path(tmp))
+        log("OFRecord reader")
+        figures.update(reader(args, Path(tmp) / "ofrecord" / "SST-2" / "train"))
+    return figures
+
+
+def consumption(figures: Figures, args: argparse.Namespace) -> Figures:
+    """What a student nn.Graph training step consumes, and how many times faster the graph reader delivers."""
+    consumed = Figure(f"training consumption, {bert_name(student_config(args))} nn.Graph step (batch {args.batch})",
+                      args.batch / figures["train_student_graph_step_s"].value, "examples/s")
     return {"train_consumption_examples_per_s": consumed,
             "reader_headroom": ratio("reader nn.Graph / training consumption",
-                                     reader_figures["reader_graph_examples_per_s"], consumed)}
+                                     figures["reader_graph_examples_per_s"], consumed)}
 
 
 # ---------------------------------------------------------------- BERT and BiLSTM models
@@ -175,8 +192,36 @@ def bert_config(layers: int, hidden: int, heads: int, ffn: int) -> BertConfig:
                       intermediate_size=ffn)
 
 
+def teacher_config(args: argparse.Namespace) -> BertConfig:
+    return bert_config(args.teacher_layers, args.teacher_hidden, args.teacher_heads, args.teacher_ffn)
+
+
+def student_config(args: argparse.Namespace) -> BertConfig:
+    """The KD/TinyBERT student."""
+    return bert_config(args.student_layers, args.student_hidden, args.student_heads, args.student_ffn)
+
+
+def pkd_config(args: argparse.Namespace) -> BertConfig:
+    """The BERT-PKD/Theseus student: fewer layers of the teacher's width."""
+    return bert_config(args.pkd_layers, args.teacher_hidden, args.teacher_heads, args.teacher_ffn)
+
+
+def lstm_config(args: argparse.Namespace) -> LstmConfig:
+    return LstmConfig(vocab_size=args.lstm_vocab, pad_token_id=args.lstm_vocab - 1, embedding_size=args.lstm_embedding,
+                      hidden_size=args.lstm_hidden, fc_size=args.lstm_fc)
+
+
 def bert_name(config: BertConfig) -> str:
     return f"{config.num_hidden_layers}L-{config.hidden_size}"
+
+
+def model_names(args: argparse.Namespace) -> Dict[str, str]:
+    """Table names of the inference models, by figure key."""
+    student = student_config(args)
+    return {"teacher": f"teacher {bert_name(teacher_config(args))}",
+            "kd_tinybert": f"KD/TinyBERT {bert_name(student)} (FFN {student.intermediate_size})",
+            "pkd_theseus": f"BERT-PKD/Theseus {bert_name(pkd_config(args))}",
+            "bilstm": f"Distilled-BiLSTM {args.lstm_embedding}/{args.lstm_hidden}/{args.lstm_fc}"}
 
 
 def cross_entropy(logits: flow.Tensor, labels: flow.Tensor) -> flow.Tensor:
@@ -244,28 +289,48 @@ def lstm_inference(label: str, config: LstmConfig, args: argparse.Namespace) -> 
                             batch, args.warmup, args.repeats)
 
 
-def inference(args: argparse.Namespace, teacher: BertConfig, student: BertConfig) -> Figures:
-    """Eval nn.Graph throughput of the teacher and each student architecture, and their speed-ups."""
-    pkd = bert_config(args.pkd_layers, args.teacher_hidden, args.teacher_heads, args.teacher_ffn)
-    bilstm = LstmConfig(vocab_size=args.lstm_vocab, pad_token_id=args.lstm_vocab - 1,
-                        embedding_size=args.lstm_embedding, hidden_size=args.lstm_hidden, fc_size=args.lstm_fc)
-    names = {"teacher": f"teacher {bert_name(teacher)}",
-             "kd_tinybert": f"KD/TinyBERT {bert_name(student)} (FFN {student.intermediate_size})",
-             "pkd_theseus": f"BERT-PKD/Theseus {bert_name(pkd)}",
-             "bilstm": f"Distilled-BiLSTM {args.lstm_embedding}/{args.lstm_hidden}/{args.lstm_fc}"}
+def student_train_section(args: argparse.Namespace) -> Figures:
+    log(f"train steps: student {bert_name(student_config(args))}")
+    return train_steps("student", "student", student_config(args), args.batch, args.seq, args.warmup, args.repeats)
+
+
+def teacher_train_section(args: argparse.Namespace) -> Figures:
+    log(f"train steps: teacher {bert_name(teacher_config(args))}")
+    return train_steps("teacher", "teacher", teacher_config(args), args.teacher_batch, args.seq, args.warmup,
+                       args.teacher_repeats)
+
+
+def teacher_inference_section(args: argparse.Namespace) -> Figures:
+    name = model_names(args)["teacher"]
+    log(f"inference: {name}")
+    return {"infer_teacher_examples_per_s": bert_inference(f"inference {name}", teacher_config(args), args,
+                                                           args.teacher_repeats)}
+
+
+def student_inference_section(args: argparse.Namespace) -> Figures:
+    """Eval nn.Graph throughput of each student architecture."""
     measures: Dict[str, Callable[[str], Figure]] = {
-        "teacher": lambda label: bert_inference(label, teacher, args, args.teacher_repeats),
-        "kd_tinybert": lambda label: bert_inference(label, student, args, args.repeats),
-        "pkd_theseus": lambda label: bert_inference(label, pkd, args, args.repeats),
-        "bilstm": lambda label: lstm_inference(label, bilstm, args)}
+        "kd_tinybert": lambda label: bert_inference(label, student_config(args), args, args.repeats),
+        "pkd_theseus": lambda label: bert_inference(label, pkd_config(args), args, args.repeats),
+        "bilstm": lambda label: lstm_inference(label, lstm_config(args), args)}
     figures: Figures = {}
     for key, measure in measures.items():
-        log(f"inference: {names[key]}")
-        figures[f"infer_{key}_examples_per_s"] = measure(f"inference {names[key]}")
-    for key in list(measures)[1:]:
-        figures[f"speedup_{key}"] = ratio(f"speed-up {names[key]} over the teacher",
-                                          figures[f"infer_{key}_examples_per_s"], figures["infer_teacher_examples_per_s"])
+        name = model_names(args)[key]
+        log(f"inference: {name}")
+        figures[f"infer_{key}_examples_per_s"] = measure(f"inference {name}")
     return figures
+
+
+def speedups(figures: Figures, args: argparse.Namespace) -> Figures:
+    teacher = figures["infer_teacher_examples_per_s"]
+    return {f"speedup_{key}": ratio(f"speed-up {name} over the teacher", figures[f"infer_{key}_examples_per_s"],
+                                    teacher)
+            for key, name in model_names(args).items() if key != "teacher"}
+
+
+SECTIONS: Dict[str, Callable[[argparse.Namespace], Figures]] = {
+    "data": data_section, "student_train": student_train_section, "teacher_train": teacher_train_section,
+    "teacher_inference": teacher_inference_section, "student_inference": student_inference_section}
 
 
 # ---------------------------------------------------------------- machine, suite, output
@@ -294,32 +359,41 @@ def machine() -> Dict[str, object]:
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform()}
 
 
-def peak_rss() -> Figures:
+def peak_rss(section: str) -> Figure:
+    """This process's peak RSS; the process ran one section only."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"peak_rss_mb": Figure("peak RSS of the process", kib / 1024, "MB",
-                                  details={"largest_child_mb": children_kib / 1024})}
+    return Figure(f"peak RSS, {section.replace('_', ' ')} process", kib / 1024, "MB",
+                  details={"process_threads": process_threads()})
+
+
+def run_section(section: str, args: argparse.Namespace) -> Dict[str, Dict[str, object]]:
+    """Runs in a fresh process: one section's figures and the process's peak RSS, as plain dicts."""
+    figures = SECTIONS[section](args)
+    figures[f"peak_rss_{section}_mb"] = peak_rss(section)
+    return {key: dataclasses.asdict(figure) for key, figure in figures.items()}
+
+
+def in_fresh_process(section: str, args: argparse.Namespace) -> Figures:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        result = pool.submit(run_section, section, args).result()
+    return {key: Figure(**values) for key, values in result.items()}
 
 
 def run_suite(args: argparse.Namespace) -> Figures:
-    teacher = bert_config(args.teacher_layers, args.teacher_hidden, args.teacher_heads, args.teacher_ffn)
-    student = bert_config(args.student_layers, args.student_hidden, args.student_heads, args.student_ffn)
-    figures: Figures = {}
-    with tempfile.TemporaryDirectory(prefix="distil-bench-") as tmp:
-        log(f"conversion: {args.convert_examples} train sentences")
-        figures.update(conversion(args, Path(tmp)))
-        log("reader")
-        figures.update(reader(args, Path(tmp) / "ofrecord" / "SST-2" / "train"))
-    log(f"train steps: student {bert_name(student)}")
-    student_steps = train_steps("student", "student", student, args.batch, args.seq, args.warmup, args.repeats)
-    figures.update(consumption(figures, student_steps["train_student_graph_step_s"], args.batch, bert_name(student)))
-    log(f"train steps: teacher {bert_name(teacher)}")
-    figures.update(train_steps("teacher", "teacher", teacher, args.teacher_batch, args.seq, args.warmup,
-                               args.teacher_repeats))
-    figures.update(student_steps)
-    figures.update(inference(args, teacher, student))
-    figures.update(peak_rss())
-    return figures
+    """Every section in its own process; then the figures derived from several sections, in table order."""
+    measured: Figures = {}
+    for section in SECTIONS:
+        measured.update(in_fresh_process(section, args))
+    measured.update(consumption(measured, args))
+    measured.update(speedups(measured, args))
+    rss = {key: figure for key, figure in measured.items() if key.startswith("peak_rss_")}
+    largest = max(rss, key=lambda key: rss[key].value)
+    measured["peak_rss_mb"] = Figure("peak RSS, largest section process", rss[largest].value, "MB",
+                                     details={"figure": largest})
+    order = ["convert_", "reader_eager", "reader_graph", "train_consumption", "reader_headroom", "train_teacher",
+             "train_student", "infer_", "speedup_", "peak_rss"]
+    return {key: measured[key] for prefix in order for key in measured if key.startswith(prefix)}
 
 
 def format_value(value: float) -> str:
@@ -347,7 +421,7 @@ def results(args: argparse.Namespace, figures: Figures, started: datetime.dateti
              if args.quick else "the flags below; their defaults are the real configurations")
     return {"suite": "bench/run_all.py", "quick": args.quick, "sizes": sizes,
             "started": started.isoformat(timespec="seconds"), "seconds": round(elapsed, 1),
-            "machine": {**machine_info, "process_threads": process_threads()},
+            "machine": machine_info,
             "versions": {"python": platform.python_version(), "oneflow": flow.__version__, "numpy": np.__version__},
             "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "figures": {key: figure_json(f) for key, f in figures.items()}}
@@ -382,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lstm-fc", type=int, default=400)
     add("--convert-examples", type=int, default=20000,
         help=f"train sentences of the synthetic SST-2 (SST-2 has 67,349; dev {SST2_DEV} and test {SST2_TEST} added)")
-    add("--reader-batches", type=int, default=20, help="batches read per timed reader run")
+    add("--reader-batches", type=int, default=100, help="batches read per timed reader run")
     return parser
 
 

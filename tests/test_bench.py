@@ -18,7 +18,8 @@ FIGURES = {
     "train_student_graph_step_s",
     "infer_teacher_examples_per_s", "infer_kd_tinybert_examples_per_s", "infer_pkd_theseus_examples_per_s",
     "infer_bilstm_examples_per_s", "speedup_kd_tinybert", "speedup_pkd_theseus", "speedup_bilstm",
-    "peak_rss_mb",
+    "peak_rss_data_mb", "peak_rss_student_train_mb", "peak_rss_teacher_train_mb", "peak_rss_teacher_inference_mb",
+    "peak_rss_student_inference_mb", "peak_rss_mb",
 }
 SCRIPT = str(ROOT / "scripts" / "run_bench.sh")
 
@@ -30,7 +31,7 @@ def test_quick_run_writes_results_json_and_prints_a_row_per_figure(tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["results.json"]  # no temporary file left behind
     data = json.loads(output.read_text(encoding="utf-8"))
     assert data["quick"] is True and "QUICK" in data["sizes"] and "QUICK" in result.stdout
-    assert {"cpu_count", "cpu_model", "thread_env", "OPENBLAS_CORETYPE", "process_threads"} <= set(data["machine"])
+    assert {"cpu_count", "cpu_model", "thread_env", "OPENBLAS_CORETYPE"} <= set(data["machine"])
     assert set(data["versions"]) == {"python", "oneflow", "numpy"}
     assert data["flags"]["quick"] is True and data["flags"]["batch"] == 4 and data["flags"]["output"] == str(output)
     assert set(data["figures"]) == FIGURES
@@ -41,6 +42,7 @@ def test_quick_run_writes_results_json_and_prints_a_row_per_figure(tmp_path):
     timed = [f for f in data["figures"].values() if f["unit"] in {"examples/s", "s"} and f["runs_s"]]
     assert all(len(f["runs_s"]) == 1 for f in timed)  # --quick: one timed run each
     assert data["figures"]["train_student_graph_step_s"]["details"]["compile_s"] > 0
+    assert data["figures"]["peak_rss_data_mb"]["details"]["process_threads"] > 0
 
 
 def test_explicit_flags_win_over_quick_and_bad_sizes_are_usage_errors(tmp_path):
