@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, run, write_safetensors
 from distil.data import augment
 from distil.cli import main as cli_main
 from distil.data.augment import Augmentor, GloveIndex, MaskedLMPredictor, STOP_WORDS, top_k
@@ -113,19 +113,6 @@ def test_mlm_reproduces_hf_prediction_logits():
         at = model.logits_at(*(flow.tensor(ref[k].astype(np.int64)) for k in
                                ("input_ids", "token_type_ids", "attention_mask")), flow.tensor(positions)).numpy()
     np.testing.assert_allclose(at, ref["prediction_logits"][np.arange(3), positions], atol=1e-4, rtol=0)
-
-
-def write_safetensors(path: Path, tensors: dict) -> None:
-    import struct
-
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
 def variant_checkpoint(tmp_path: Path, edit) -> Path:

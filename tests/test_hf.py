@@ -6,13 +6,12 @@ References come from transformers + PyTorch in a separate venv; see tests/fixtur
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, run
+from conftest import PYTHON, ROOT, run, write_safetensors
 from distil.errors import UsageError
 from distil.models import io
 from distil.models.bert import flow
@@ -80,17 +79,6 @@ def test_pretraining_layout_keeps_the_encoder_and_reports_the_rest(tmp_path):
     assert result["ignored"] and all(name.startswith("cls.") for name in result["ignored"])
     ref = np.load(FIXTURES / "hf_tiny_pretraining" / "reference.npz")
     assert_matches_reference(forward(io.load_model(tmp_path / "m"), ref), ref)
-
-
-def write_safetensors(path: Path, tensors: dict) -> None:
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
 def broken_copy(tmp_path: Path, edit) -> Path:
