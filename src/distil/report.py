@@ -47,15 +47,14 @@ def _architecture(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def measure(model_dir: Path, data_root: Path, batch_size: int, device: str) -> Dict[str, Any]:
     """One model's row before the teacher-relative columns: sizes and a fresh dev evaluation."""
-    from distil.algorithms.base import data_dirs
+    from distil.algorithms.base import model_eval_dirs
     from distil.data.tasks import get_task
     from distil.models import io
     from distil.train.trainer import evaluate
 
     config = io.read_config(model_dir)
     task = get_task(config["task"]["name"])
-    folder = config.get("data", {}).get("folder", task.name)
-    _, eval_dirs = data_dirs(data_root, task, folder[len(task.name):])
+    eval_dirs = model_eval_dirs(config, data_root)
     results = evaluate(io.load_model(model_dir), {"eval": eval_dirs["eval"]}, task.metrics, batch_size, device,
                        model_dir)
     metric = task.metrics[0]

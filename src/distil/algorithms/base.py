@@ -148,6 +148,13 @@ def data_dirs(data_root: Path, task: TaskSpec, suffix: str = "", train_split: st
     return folder / train_split, evals
 
 
+def model_eval_dirs(config: Dict[str, Any], data_root: Path) -> Dict[str, Path]:
+    """The dev split(s) a model directory's config points at: <data_root>/<its data folder>/eval…"""
+    task = get_task(config["task"]["name"])
+    folder = config.get("data", {}).get("folder", task.name)
+    return data_dirs(data_root, task, folder[len(task.name):])[1]
+
+
 def check_vocab(vocab_file: Path, meta: Dict[str, Any], what: str) -> None:
     """The data must have been tokenized with the model's vocabulary."""
     want = meta.get("vocab", {}).get("sha256")
@@ -243,8 +250,7 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     task = get_task(config["task"]["name"])
     if task_name is not None and get_task(task_name).name != task.name:
         raise UsageError(f"{model_dir} was trained for {task.name}, not {get_task(task_name).name}")
-    folder = config.get("data", {}).get("folder", task.name)
-    _, eval_dirs = data_dirs(data_root, task, folder[len(task.name):])
+    eval_dirs = model_eval_dirs(config, data_root)
     meta = ofrecord.read_meta(eval_dirs["eval"])
     check_vocab(model_dir / io.VOCAB_FILE, meta, f"the model {model_dir}")
     model = io.load_model(model_dir)

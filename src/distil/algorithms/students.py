@@ -59,8 +59,7 @@ def build_bert_student(options: Dict[str, Any], teacher_config: Dict[str, Any], 
     config = {**config, "num_labels": task.num_labels}
     student = io.build_model(config)
     keep_head = init_task == task.name
-    skip = ("classifier.",) if not keep_head else ()
-    skip += tuple(p for p in ("bert.pooler.",) if not any(k.startswith(p) for k in state))
+    skip = io.absent_parts(state) + (() if keep_head else ("classifier.",))
     io.load_state(student, {k: v for k, v in state.items() if not k.startswith("fit_dense")}, str(init), skip)
     return student, config, vocab_file
 

@@ -43,7 +43,7 @@ class Teacher(Algorithm):
         model_config = {**model_config, "num_labels": task.num_labels}
         model = io.build_model(model_config)
         # a pretraining checkpoint may lack the pooler; the task head is new unless it is this task's
-        skip = tuple(p for p in ("bert.pooler.",) if not any(k.startswith(p) for k in state))
-        io.load_state(model, state, str(pretrained), skip=skip + (() if keep_head else ("classifier.",)))
+        skip = io.absent_parts(state) + (() if keep_head else ("classifier.",))
+        io.load_state(model, state, str(pretrained), skip=skip)
         return Built(model=model, model_config=model_config, step_module=SupervisedStep(model),
                      vocab_file=vocab_file)

@@ -262,7 +262,8 @@ def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, i
             (staging / "lstm").mkdir()
             (staging / "lstm" / "vocab.txt").write_text("\n".join(lstm_words) + "\n", encoding="utf-8")
         lstm_vocab = {w: i for i, w in enumerate(lstm_words)} if lstm_words else None
-        summary = _convert_splits(task, examples, files, config, staging, lstm_vocab, workers, label_dtype)
+        summary = _convert_splits(task, examples, files, config, staging, lstm_vocab, workers, label_dtype,
+                                  len(vocab))
         replace_dir(staging / "bert", config.output_dir / task.name)
         if lstm_vocab is not None:
             replace_dir(staging / "lstm", config.output_dir / config.lstm_folder(task))
@@ -281,11 +282,11 @@ def _lstm_vocab(train: List, config: ConvertConfig, workers: int, label_dtype: s
 
 def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, Path], config: ConvertConfig,
                     staging: Path, lstm_vocab: Optional[Dict[str, int]], workers: int,
-                    label_dtype: str) -> Dict[str, Dict[str, int]]:
+                    label_dtype: str, vocab_size: int) -> Dict[str, Dict[str, int]]:
     bert_name, lstm_name = task.name, config.lstm_folder(task)
     summary: Dict[str, Dict[str, int]] = {bert_name: {}, **({lstm_name: {}} if lstm_vocab else {})}
     vocab_info = {"file": str(config.vocab_file.resolve()), "sha256": file_sha256(config.vocab_file),
-                  "size": len(load_vocab(str(config.vocab_file))), "do_lower_case": config.do_lower_case}
+                  "size": vocab_size, "do_lower_case": config.do_lower_case}
     for split, rows in examples.items():
         start = time.perf_counter()
         common = {"task": task.name, "split": split, "source": str(files[split]),

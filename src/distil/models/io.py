@@ -96,6 +96,11 @@ def load_state(model: flow.nn.Module, state: Mapping[str, Any], source: str,
     model.load_state_dict({**own, **converted})
 
 
+def absent_parts(state: Mapping[str, Any], parts: Tuple[str, ...] = ("bert.pooler.",)) -> Tuple[str, ...]:
+    """The optional parts (name prefixes) a checkpoint has no tensor for; a pretraining one may lack the pooler."""
+    return tuple(p for p in parts if not any(k.startswith(p) for k in state))
+
+
 def load_weights(model: flow.nn.Module, model_dir: PathLike, skip: Tuple[str, ...] = ()) -> None:
     weights = Path(model_dir) / WEIGHTS_DIR
     if not weights.is_dir():

@@ -18,7 +18,7 @@ import numpy as np
 from distil.errors import UsageError
 from distil.models.bert import BertConfig, BertModel, LayerNorm, gelu, init_weights
 from distil.models.hf_format import read_hf_weights
-from distil.models.io import CONFIG_FILE, hf_bert_config, load_state
+from distil.models.io import CONFIG_FILE, absent_parts, hf_bert_config, load_state
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -152,6 +152,5 @@ def load_mlm(path: Union[str, Path]) -> BertForMaskedLM:
         model = BertForMaskedLM(BertConfig.from_dict(model_config))
     except (TypeError, ValueError) as e:
         raise UsageError(f"{path}: bad model configuration: {e}") from None
-    skip = () if any(k.startswith("bert.pooler.") for k in state) else ("bert.pooler.",)
-    load_state(model, state, str(path), skip=skip)
+    load_state(model, state, str(path), skip=absent_parts(state))
     return model.eval()
