@@ -70,10 +70,13 @@ def test_weight_decay_skips_bias_and_layernorm():
 
     model = BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=8))
-    optimizer, _ = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10)
+    optimizer, _ = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10, graph=False)
     decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all("bias" not in names[id(p)] and "LayerNorm" not in names[id(p)] for p in decay.parameters)
     assert {names[id(p)] for p in no_decay.parameters} == {n for n in names.values() if "bias" in n or "LayerNorm" in n}
-    assert decay["clip_grad_max_norm"] == 1.0 and optimizer.param_groups[0]["eps"] == 1e-6
+    assert optimizer.param_groups[0]["eps"] == 1e-6
+    graph_optimizer, _ = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10)
+    (group,) = graph_optimizer.param_groups  # one group: the graph clips by one global norm
+    assert group["clip_grad_max_norm"] == 1.0 and group["weight_decay"] == 0.01

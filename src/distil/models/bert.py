@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List
 
+from distil.models.dropout import Dropout
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -84,7 +85,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         # a persistent-free buffer instead of flow.arange inside forward (arange also breaks ONNX export)
         self.register_buffer("position_ids", flow.arange(config.max_position_embeddings).unsqueeze(0),
                              persistent=False)
@@ -105,7 +106,7 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def _heads(self, x: flow.Tensor) -> flow.Tensor:
         batch, seq, _ = x.shape
@@ -128,7 +129,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: flow.Tensor, residual: flow.Tensor) -> flow.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
@@ -237,7 +238,7 @@ class BertForSequenceClassification(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.dropout = Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self, config.initializer_range)
 

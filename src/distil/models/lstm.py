@@ -24,6 +24,7 @@ import dataclasses
 import math
 from typing import Any, Dict
 
+from distil.models.dropout import Dropout
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -185,7 +186,7 @@ class BiLstmForSequenceClassification(nn.Module):
         self.lstm = BiLstm(config.embedding_size, config.hidden_size)
         features = 2 * config.hidden_size * (4 if self.separate else 1)
         self.dense = nn.Linear(features, config.fc_size)
-        self.dropout = nn.Dropout(config.dropout_prob)
+        self.dropout = Dropout(config.dropout_prob)
         self.classifier = nn.Linear(config.fc_size, config.num_labels)
         nn.init.normal_(self.word_embeddings.weight, mean=0.0, std=config.initializer_range)
 

@@ -16,6 +16,7 @@ import numpy as np
 from distil.data.dataset import EvalStream, OFRecordDataset
 from distil.runtime import import_oneflow
 from distil.train.metrics import compute_metrics
+from distil.train.optim import clip_global_norm
 
 flow = import_oneflow()
 
@@ -66,17 +67,17 @@ class EagerStep:
     """
 
     def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule, device: str,
-                 clip: bool):
+                 clip_grad: float):
         self.step_module, self.data, self.device = step_module, data, device
-        self.optimizer, self.schedule, self.clip = optimizer, schedule, clip
+        self.optimizer, self.schedule, self.clip_grad = optimizer, schedule, clip_grad
 
     def __call__(self, *step_inputs) -> Dict[str, flow.Tensor]:
         outputs = self.step_module(_to_device(self.data(), self.device), *step_inputs)
         total = _sum_losses(outputs)
         if total.requires_grad:  # a Theseus step that sampled only frozen predecessors has nothing to learn
             total.backward()
-            if self.clip:
-                self.optimizer.clip_grad()
+            if self.clip_grad > 0:
+                clip_global_norm(self.optimizer, self.clip_grad)
             self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad()

@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from distil.data.dataset import OFRecordDataset
 from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
+from distil.models.dropout import seed_dropout
 from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_weights, size_on_disk
 from distil.runtime import import_oneflow
 from distil.train.graph import EagerStep, Evaluator, TrainGraph
@@ -65,6 +66,23 @@ def model_size(model: flow.nn.Module, model_dir: Path) -> Dict[str, float]:
             "size_on_disk_mb": round(size_on_disk(model_dir / WEIGHTS_DIR) / 2**20, 2)}
 
 
+def seed_everything(step_module: flow.nn.Module, seed: int) -> None:
+    """OneFlow's global RNG and every dropout site of the step's models, from one number."""
+    flow.manual_seed(seed)
+    seed_dropout(step_module, seed)
+
+
+def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settings: TrainSettings, total: int,
+                      device: str = "cpu", eager: bool = False) -> Union[TrainGraph, EagerStep]:
+    """The optimizer, its schedule over `total` steps, and the graph (or eager step) that applies them."""
+    optimizer, schedule = build_optimizer(step_module.named_parameters(), settings.learning_rate,
+                                          settings.weight_decay, total, settings.warmup_proportion, settings.clip_grad,
+                                          graph=not eager)
+    if eager:
+        return EagerStep(step_module, data, optimizer, schedule, device, settings.clip_grad)
+    return TrainGraph(step_module, data, optimizer, schedule, device)
+
+
 class Trainer:
     """Trains `model` through `step_module` on one task and keeps the best dev checkpoint in `model_dir`."""
 
@@ -85,17 +103,11 @@ class Trainer:
     def fit(self) -> RunState:
         """Train to the end (resuming from train_state/ if a previous run was interrupted)."""
         state = self._start_or_resume()
-        flow.manual_seed(self.settings.seed + state.step)
+        seed_everything(self.step_module, self.settings.seed + state.step)
         data = OFRecordDataset(self.train_dir, self.settings.batch_size, shuffle=True,
                                seed=self.settings.seed + state.step)
         total = self.total_steps(data.steps_per_epoch)
-        optimizer, schedule = build_optimizer(self.step_module.named_parameters(), self.settings.learning_rate,
-                                              self.settings.weight_decay, total, self.settings.warmup_proportion,
-                                              self.settings.clip_grad)
-        if self.eager:
-            graph = EagerStep(self.step_module, data, optimizer, schedule, self.device, self.settings.clip_grad > 0)
-        else:
-            graph = TrainGraph(self.step_module, data, optimizer, schedule, self.device)
+        graph = build_step_runner(self.step_module, data, self.settings, total, self.device, self.eager)
         if state.step:
             graph.load_state_dict(flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph")))
             log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)

@@ -1,0 +1,192 @@
+"""The PyTorch side of the real-data acceptance runs (bench/real_data.py): fine-tuning and distillation.
+
+Run with the reference venv (Python 3.11, torch 2.13, transformers, textbrewer), never the project's:
+  /work/torchref/bin/python bench/torch_finetune.py finetune --model HF_DIR --data GLUE_TASK_DIR --out DIR [...]
+  /work/torchref/bin/python bench/torch_finetune.py kd       --model HF_DIR --teacher HF_DIR --data ... --out DIR
+  /work/torchref/bin/python bench/torch_finetune.py tinybert --model HF_DIR --teacher HF_DIR --data ... --out DIR
+finetune: BertForSequenceClassification + torch.optim.AdamW + get_linear_schedule_with_warmup (the recipe the
+project's trainer follows: eps 1e-6, no decay on bias/LayerNorm, 10 % warm-up, clip 1.0). kd and tinybert run
+TextBrewer's GeneralDistiller with the project's losses: kd = alpha·CE(gold) + (1-alpha)·soft-label CE at T
+(TextBrewer's "ce" kd loss, hard_label_weight alpha); tinybert = attention MSE (padding zeroed) + hidden MSE through
+a trained 384->384 projection when widths differ, embeddings included, + soft-label CE, uniform layer map.
+Tokenisation is HF's BertTokenizerFast (independent of the project's). Prints one JSON line per epoch and
+writes DIR/result.json; `finetune` also saves the best model as an HF folder (the teacher of kd/tinybert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BertForSequenceClassification, BertTokenizerFast, get_linear_schedule_with_warmup
+
+NO_DECAY = ("bias", "LayerNorm.weight")
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[int]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [r[0] for r in rows], [int(r[1]) for r in rows]
+
+
+def encode(tokenizer: BertTokenizerFast, texts: list[str], labels: list[int], seq: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(texts, max_length=seq, truncation=True, padding="max_length", return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"],
+            "attention_mask": enc["attention_mask"], "labels": torch.tensor(labels)}
+
+
+def batches(data: dict[str, torch.Tensor], batch: int, order: list[int]):
+    for start in range(0, len(order), batch):
+        index = torch.tensor(order[start:start + batch])
+        yield {k: v[index] for k, v in data.items()}
+
+
+def accuracy(model: torch.nn.Module, data: dict[str, torch.Tensor], batch: int) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for b in batches(data, batch, list(range(len(data["labels"])))):
+            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
+            correct += int((logits.argmax(-1) == b["labels"]).sum())
+    model.train()
+    return correct / len(data["labels"])
+
+
+def optimizer_and_schedule(params: list[tuple[str, torch.nn.Parameter]], args, total: int):
+    groups = [{"params": [p for n, p in params if not any(s in n for s in NO_DECAY)], "weight_decay": args.wd},
+              {"params": [p for n, p in params if any(s in n for s in NO_DECAY)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-6)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(total * 0.1), total)
+
+
+def load(model_dir: str, num_labels: int = 2) -> BertForSequenceClassification:
+    return BertForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+
+
+def epoch_orders(n: int, epochs: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
+def finetune(args, train, dev) -> list[dict]:
+    model = load(args.model)
+    total = args.epochs * -(-len(train["labels"]) // args.batch)
+    optimizer, schedule = optimizer_and_schedule(list(model.named_parameters()), args, total)
+    history, best = [], -1.0
+    model.train()
+    for epoch, order in enumerate(epoch_orders(len(train["labels"]), args.epochs, args.seed), 1):
+        start = time.time()
+        for b in batches(train, args.batch, order):
+            model(**b).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step(), schedule.step(), optimizer.zero_grad()
+        history.append({"epoch": epoch, "accuracy": accuracy(model, dev, 64), "seconds": round(time.time() - start, 1)})
+        print(json.dumps(history[-1]), flush=True)
+        if history[-1]["accuracy"] >= best:
+            best = history[-1]["accuracy"]
+            model.save_pretrained(args.out / "model")
+    return history
+
+
+def distill(args, train, dev) -> list[dict]:
+    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+
+    teacher, student = load(args.teacher).eval(), load(args.model)
+    ratio = teacher.config.num_hidden_layers // student.config.num_hidden_layers
+    matches = []
+    if args.command == "tinybert":
+        width = (student.config.hidden_size, teacher.config.hidden_size)
+        for i in range(student.config.num_hidden_layers + 1):
+            matches.append({"layer_T": i * ratio, "layer_S": i, "feature": "hidden", "loss": "hidden_mse",
+                            "weight": 1, **({"proj": ["linear", *width]} if width[0] != width[1] else {})})
+        for i in range(1, student.config.num_hidden_layers + 1):
+            matches.append({"layer_T": i * ratio - 1, "layer_S": i - 1, "feature": "attention",
+                            "loss": "attention_mse", "weight": 1})
+    hard = args.alpha if args.command == "kd" else 0.0
+    distill_config = DistillationConfig(temperature=args.temperature, kd_loss_type="ce", kd_loss_weight=1.0 - hard,
+                                        hard_label_weight=hard, intermediate_matches=matches)
+
+    def adaptor(batch, outputs):
+        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": outputs.attentions_raw,
+                "inputs_mask": batch["attention_mask"], "losses": [outputs.loss] if outputs.loss is not None else []}
+
+    for model in (teacher, student):
+        model.config.output_hidden_states = True
+        _record_raw_attention(model)
+    total = args.epochs * -(-len(train["labels"]) // args.batch)
+    trainer_config = TrainingConfig(output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1,
+                                    log_dir=str(args.out / "textbrewer"))
+    distiller = GeneralDistiller(train_config=trainer_config, distill_config=distill_config, model_T=teacher,
+                                 model_S=student, adaptor_T=adaptor, adaptor_S=adaptor)
+    optimizer, schedule = optimizer_and_schedule(list(student.named_parameters()) + [
+        (n, p) for n, p in distiller.projs.named_parameters()], args, total)
+    train_batches = [b for order in epoch_orders(len(train["labels"]), args.epochs, args.seed)
+                     for b in batches(train, args.batch, order)]
+    history = []
+    steps_per_epoch = -(-len(train["labels"]) // args.batch)
+
+    def evaluate(step: int) -> None:
+        history.append({"epoch": len(history) + 1, "accuracy": accuracy(student, dev, 64)})
+        print(json.dumps(history[-1]), flush=True)
+
+    with distiller:
+        distiller.train(optimizer, train_batches, num_epochs=1, scheduler=schedule, max_grad_norm=1.0,
+                        callback=None, batch_postprocessor=None, num_steps=total)
+    del steps_per_epoch
+    evaluate(total)
+    return history
+
+
+def _record_raw_attention(model: BertForSequenceClassification) -> None:
+    """TinyBERT compares pre-softmax scores; expose them as `attentions_raw` on the model output."""
+    scores: list[torch.Tensor] = []
+
+    def hook(module, inputs, output):
+        hidden, mask = inputs[0], inputs[1] if len(inputs) > 1 else None
+        del mask
+        return output
+
+    del hook, scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("finetune", "kd", "tinybert"))
+    p.add_argument("--model", required=True)
+    p.add_argument("--teacher")
+    p.add_argument("--data", type=Path, required=True, help="folder with train.tsv and dev.tsv")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--wd", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--temperature", type=float, default=1.0)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    tokenizer = BertTokenizerFast.from_pretrained(args.model)
+    train = encode(tokenizer, *read_tsv(args.data / "train.tsv"), args.seq)
+    dev = encode(tokenizer, *read_tsv(args.data / "dev.tsv"), args.seq)
+    args.out.mkdir(parents=True, exist_ok=True)
+    history = finetune(args, train, dev) if args.command == "finetune" else distill(args, train, dev)
+    (args.out / "result.json").write_text(json.dumps({"command": args.command, "seed": args.seed,
+                                                      "history": history, "settings": vars(args)}, default=str))
+
+
+if __name__ == "__main__":
+    main()
