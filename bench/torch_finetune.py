@@ -7,8 +7,9 @@ Run with the reference venv (Python 3.11, torch 2.13, transformers, textbrewer),
 finetune: BertForSequenceClassification + torch.optim.AdamW + get_linear_schedule_with_warmup (the recipe the
 project's trainer follows: eps 1e-6, no decay on bias/LayerNorm, 10 % warm-up, clip 1.0). kd and tinybert run
 TextBrewer's GeneralDistiller with the project's losses: kd = alpha·CE(gold) + (1-alpha)·soft-label CE at T
-(TextBrewer's "ce" kd loss, hard_label_weight alpha); tinybert = attention MSE (padding zeroed) + hidden MSE through
-a trained 384->384 projection when widths differ, embeddings included, + soft-label CE, uniform layer map.
+(TextBrewer's "ce" kd loss: summed over classes, the gradient of the project's --pred_distill_mode kl at T=1);
+tinybert = attention MSE on pre-softmax scores with padding keys zeroed + hidden MSE (embeddings included, through
+a trained projection when widths differ) + soft-label CE, student layer i against teacher layer i·L_t/L_s.
 Tokenisation is HF's BertTokenizerFast (independent of the project's). Prints one JSON line per epoch and
 writes DIR/result.json; `finetune` also saves the best model as an HF folder (the teacher of kd/tinybert).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -102,7 +104,9 @@ def finetune(args, train, dev) -> list[dict]:
 
 def distill(args, train, dev) -> list[dict]:
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+    from textbrewer.presets import MATCH_LOSS_MAP
 
+    MATCH_LOSS_MAP["attention_mse_tinybert"] = tinybert_attention_mse
     teacher, student = load(args.teacher).eval(), load(args.model)
     ratio = teacher.config.num_hidden_layers // student.config.num_hidden_layers
     matches = []
@@ -113,52 +117,62 @@ def distill(args, train, dev) -> list[dict]:
                             "weight": 1, **({"proj": ["linear", *width]} if width[0] != width[1] else {})})
         for i in range(1, student.config.num_hidden_layers + 1):
             matches.append({"layer_T": i * ratio - 1, "layer_S": i - 1, "feature": "attention",
-                            "loss": "attention_mse", "weight": 1})
+                            "loss": "attention_mse_tinybert", "weight": 1})
     hard = args.alpha if args.command == "kd" else 0.0
     distill_config = DistillationConfig(temperature=args.temperature, kd_loss_type="ce", kd_loss_weight=1.0 - hard,
                                         hard_label_weight=hard, intermediate_matches=matches)
-
-    def adaptor(batch, outputs):
-        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": outputs.attentions_raw,
-                "inputs_mask": batch["attention_mask"], "losses": [outputs.loss] if outputs.loss is not None else []}
-
-    for model in (teacher, student):
-        model.config.output_hidden_states = True
-        _record_raw_attention(model)
+    adaptors = [make_adaptor(model) for model in (teacher, student)]
     total = args.epochs * -(-len(train["labels"]) // args.batch)
     trainer_config = TrainingConfig(output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1,
                                     log_dir=str(args.out / "textbrewer"))
     distiller = GeneralDistiller(train_config=trainer_config, distill_config=distill_config, model_T=teacher,
-                                 model_S=student, adaptor_T=adaptor, adaptor_S=adaptor)
-    optimizer, schedule = optimizer_and_schedule(list(student.named_parameters()) + [
-        (n, p) for n, p in distiller.projs.named_parameters()], args, total)
-    train_batches = [b for order in epoch_orders(len(train["labels"]), args.epochs, args.seed)
-                     for b in batches(train, args.batch, order)]
+                                 model_S=student, adaptor_T=adaptors[0], adaptor_S=adaptors[1])
+    params = list(student.named_parameters()) + [(f"proj{i}.{n}", p) for i, proj in enumerate(distiller.projs)
+                                                 if proj is not None for n, p in proj.named_parameters()]
+    optimizer, schedule = optimizer_and_schedule(params, args, total)
     history = []
-    steps_per_epoch = -(-len(train["labels"]) // args.batch)
-
-    def evaluate(step: int) -> None:
-        history.append({"epoch": len(history) + 1, "accuracy": accuracy(student, dev, 64)})
+    for epoch, order in enumerate(epoch_orders(len(train["labels"]), args.epochs, args.seed), 1):
+        start = time.time()
+        with distiller:
+            distiller.train(optimizer, list(batches(train, args.batch, order)), num_epochs=1, scheduler=schedule,
+                            max_grad_norm=1.0)
+        history.append({"epoch": epoch, "accuracy": accuracy(student, dev, 64), "seconds": round(time.time() - start, 1)})
         print(json.dumps(history[-1]), flush=True)
-
-    with distiller:
-        distiller.train(optimizer, train_batches, num_epochs=1, scheduler=schedule, max_grad_norm=1.0,
-                        callback=None, batch_postprocessor=None, num_steps=total)
-    del steps_per_epoch
-    evaluate(total)
     return history
 
 
-def _record_raw_attention(model: BertForSequenceClassification) -> None:
-    """TinyBERT compares pre-softmax scores; expose them as `attentions_raw` on the model output."""
-    scores: list[torch.Tensor] = []
+def tinybert_attention_mse(scores_s: torch.Tensor, scores_t: torch.Tensor, mask=None) -> torch.Tensor:
+    """TinyBERT's attention loss on pre-softmax scores: padding keys (-10000 added) count as 0, as the project's."""
+    zero = torch.zeros_like(scores_s)
+    return F.mse_loss(torch.where(scores_s <= -100, zero, scores_s),
+                      torch.where(scores_t <= -100, zero.detach(), scores_t))
 
-    def hook(module, inputs, output):
-        hidden, mask = inputs[0], inputs[1] if len(inputs) > 1 else None
-        del mask
-        return output
 
-    del hook, scores
+def make_adaptor(model: BertForSequenceClassification):
+    """TextBrewer's view of a model: logits, hidden states, and each layer's pre-softmax attention scores
+    (QK^T/sqrt(d) plus -10000 on padding keys), which HF does not return, recomputed by a hook."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        b, s, _ = hidden.shape
+        heads, size = module.num_attention_heads, module.attention_head_size
+        q = module.query(hidden).view(b, s, heads, size).transpose(1, 2)
+        k = module.key(hidden).view(b, s, heads, size).transpose(1, 2)
+        captured.append(q @ k.transpose(-1, -2) / math.sqrt(size))
+
+    for layer in model.bert.encoder.layer:
+        layer.attention.self.register_forward_hook(hook, with_kwargs=True)
+    model.config.output_hidden_states = True
+
+    def adaptor(batch, outputs):
+        padding = (1.0 - batch["attention_mask"][:, None, None, :].float()) * -10000.0
+        scores = [s + padding for s in captured]
+        captured.clear()
+        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": scores,
+                "losses": [outputs.loss]}
+
+    return adaptor
 
 
 def main() -> None:

@@ -50,23 +50,6 @@ def hf_tokenizer(vocab_file):
     return BertWordPieceTokenizer(str(vocab_file), lowercase=True)
 
 
-def write_safetensors(path: Path, tensors: dict) -> None:
-    """Write float32 tensors in the safetensors layout (8-byte header size, JSON header, raw data)."""
-    import json
-    import struct
-
-    import numpy as np
-
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
-
-
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
     """Run a command with the project on PYTHONPATH; capture text output; never raise on failure."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run, write_safetensors
+from conftest import ROOT, run
 from distil.data import augment
 from distil.cli import main as cli_main
 from distil.data.augment import Augmentor, GloveIndex, MaskedLMPredictor, STOP_WORDS, top_k
 from distil.data.tasks import get_task, read_examples
 from distil.data.tokenization import BasicTokenizer, FullTokenizer
 from distil.errors import UsageError
-from distil.models.hf_format import read_hf_weights
+from distil.models.hf_format import read_hf_weights, write_safetensors
 from distil.models.mlm import load_mlm
 from distil.runtime import import_oneflow
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, run, write_safetensors
+from conftest import PYTHON, ROOT, run
 from distil.errors import UsageError
 from distil.models import io
 from distil.models.bert import flow
-from distil.models.hf_format import read_hf_weights
+from distil.models.hf_format import read_hf_weights, write_safetensors
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ATOL = 1e-4  # HF's own integration-test tolerance ...

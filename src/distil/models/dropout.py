@@ -48,7 +48,8 @@ class Dropout(flow.nn.Module):
         if not self.training or self.p == 0.0:
             return x
         noise = flow.rand(*x.shape, dtype=x.dtype, device=x.device, generator=self._generator(x.device.type))
-        keep = (noise >= self.p).to(x.dtype)
+        # keep = 1 where noise >= p: floor(noise + 1 - p); a comparison with a scalar is ~10x slower on CPU
+        keep = flow.floor(noise + (1.0 - self.p))
         return x * keep * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:

@@ -57,6 +57,18 @@ def read_safetensors(path: Path) -> Dict[str, np.ndarray]:
     return tensors
 
 
+def write_safetensors(path: Path, tensors: Dict[str, np.ndarray]) -> None:
+    """Write float32 tensors in the safetensors layout (8-byte header size, JSON header, raw data)."""
+    header, offset, blobs = {}, 0, []
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+
+
 class _TorchUnpickler(pickle.Unpickler):
     """Rebuilds the tensors of a torch zip checkpoint as NumPy arrays; refuses every other global."""
 
