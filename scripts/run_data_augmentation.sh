@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/run_data_augmentation.sh [TASK] [extra flags for `python -m distil.data.augment`]
+# Usage: bash scripts/run_data_augmentation.sh [TASK] [extra flags for `python -m distil augment`]
 # TinyBERT data augmentation (original: examples/tinybert/data_augmentation.py): writes $GLUE_DIR/<TASK>/train_aug.tsv,
 # every train.tsv row followed by up to N variants whose words are replaced by masked-LM predictions (single
 # WordPiece) or GloVe neighbours (several). Same header and columns as train.tsv; re-running replaces it.

@@ -42,11 +42,14 @@ def np_att(s, t, targets):
 
 
 def np_pkd(s, t, targets):
-    def unit(x):
-        x = np.float64(x)
-        return x[:, 0] / np.linalg.norm(x[:, 0], axis=-1, keepdims=True)
+    """BERT-PKD's official patience_loss (normalized_patience=True): F.mse_loss over the (B, layers, H) stacks
+    of L2-normalised [CLS] vectors of the intermediate student layers and their teacher layers."""
+    def stack(reps, layers):
+        cls = np.stack([np.float64(reps[i])[:, 0] for i in layers], axis=1)          # (B, L, H)
+        return cls / np.linalg.norm(cls, axis=-1, keepdims=True)
 
-    return sum(float(((unit(s[i]) - unit(t[targets[i]])) ** 2).sum(-1).mean()) for i in range(1, len(s) - 1))
+    student_layers = range(1, len(s) - 1)
+    return float(((stack(s, student_layers) - stack(t, [targets[i] for i in student_layers])) ** 2).mean())
 
 
 # OneFlow 0.9's CPU log_softmax is off by up to ~5e-6 from float64 (a hand-written log-sum-exp: ~5e-7);

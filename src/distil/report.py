@@ -17,10 +17,6 @@ from distil.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("model", "algorithm", "layers", "hidden", "ffn", "parameters", "size_mb", "compression",
-           "examples_per_second", "speedup", "metric", "value", "retained_percent")
-
-
 def find_model_dirs(paths: Sequence[Path]) -> List[Path]:
     """Trained task models (config.json with a task, and weights/) under `paths`, skipping training stages."""
     found = []

@@ -28,7 +28,6 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 
 MODES = ("one_stage", "two_stage")
-STAGES = ("one_stage", "intermediate", "prediction")
 
 
 class TinyBertStep(flow.nn.Module):

@@ -262,13 +262,6 @@ def _check_archive(archive: Path, url: str) -> None:
 # --- atomic installation -------------------------------------------------------------------------
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 def _install(new: Path, dest: Path) -> None:
     """Rename ``new`` to ``dest``; an existing ``dest`` is moved aside first and removed only afterwards."""
     if not os.path.lexists(dest):

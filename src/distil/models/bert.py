@@ -59,7 +59,7 @@ class LayerNorm(nn.Module):
     """LayerNorm over the last axis, computed with matmuls.
 
     `flow.nn.LayerNorm` on CPU broadcasts along the last axis, a path ~40x slower in OneFlow 0.9
-    (bench/bench_bert_ops.py); mean and variance as matmuls with a 1/H column agree with it to
+    (bench/bench_bert.py); mean and variance as matmuls with a 1/H column agree with it to
     ~1e-6 and keep HF's parameter names `weight` and `bias`.
     """
 

@@ -2,15 +2,11 @@
 
 soft-label: `pred_distill`; layer-to-layer: `layer_distill` (and the paper's `pkd_patient_loss`);
 attention: `att_distill`; module replacement: `TheseusEncoder` (in `distil.ops.theseus`).
-`LOSSES` names them as config.json and the loss logs do.
 """
 
 from distil.ops.distill import att_distill, layer_distill, layer_mapping, pkd_patient_loss, pred_distill
 from distil.ops.losses import hard_label_loss
 from distil.ops.theseus import TheseusEncoder
 
-LOSSES = {"pred_distill": pred_distill, "layer_distill": layer_distill, "att_distill": att_distill,
-          "pkd_patient_loss": pkd_patient_loss, "hard_label_loss": hard_label_loss}
-
-__all__ = ["LOSSES", "TheseusEncoder", "att_distill", "hard_label_loss", "layer_distill", "layer_mapping",
+__all__ = ["TheseusEncoder", "att_distill", "hard_label_loss", "layer_distill", "layer_mapping",
            "pkd_patient_loss", "pred_distill"]

@@ -147,8 +147,9 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
 
 def pkd_patient_loss(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
                      mapping: LayerMap = "uniform") -> flow.Tensor:
-    """BERT-PKD's patient loss (Sun et al. 2019): Σ over intermediate pairs i = 1..L_s-1 of
-    (1/B) Σ_b ‖ c_s[i,b]/‖c_s[i,b]‖ - c_t[m(i),b]/‖c_t[m(i),b]‖ ‖², c = the [CLS] vector (position 0).
+    """BERT-PKD's patient loss (Sun et al. 2019) as its official code scales it: the mean over batch ×
+    intermediate pairs (i = 1..L_s-1, teacher layer m(i)) × hidden of (c_s[i]/‖c_s[i]‖ - c_t[m(i)]/‖c_t[m(i)]‖)²,
+    c = the [CLS] vector (position 0); mapped uniformly this is the paper's PKD-skip.
 
     Args:
         student_reps: L_s+1 tensors (B, S, H), embeddings first, L_s >= 2, at the teacher width.
@@ -160,11 +161,9 @@ def pkd_patient_loss(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence
     if len(student_reps) < 3:
         raise ValueError(f"the patient loss needs a student with at least 2 layers (intermediate layers "
                          f"exclude the last one); got {len(student_reps) - 1}")
-    total = None
-    for i, j in _pairs(student_reps, teacher_reps, mapping)[1:-1]:
+    pairs = _pairs(student_reps, teacher_reps, mapping)[1:-1]
+    for i, j in pairs:
         _check_shapes("layer", i, j, student_reps[i], teacher_reps[j])
-        s = F.normalize(student_reps[i][:, 0], p=2.0, dim=-1)         # (B, H)
-        t = F.normalize(teacher_reps[j].detach()[:, 0], p=2.0, dim=-1)
-        term = ((s - t) * (s - t)).sum(dim=-1).mean()
-        total = term if total is None else total + term
-    return total
+    s = F.normalize(flow.stack([student_reps[i][:, 0] for i, _ in pairs], dim=1), p=2.0, dim=-1)       # (B, L, H)
+    t = F.normalize(flow.stack([teacher_reps[j].detach()[:, 0] for _, j in pairs], dim=1), p=2.0, dim=-1)
+    return F.mse_loss(s, t)

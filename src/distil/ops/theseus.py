@@ -3,8 +3,9 @@
 Successor module j replaces the block of predecessor layers [j·r, (j+1)·r). In training, each
 block independently runs its successor with probability `replacing_rate`, else its frozen
 predecessor layers; only the sampled branch is computed (so training runs eagerly). At
-inference only successors run. original: both branches computed and selected with `where`, a
-constant rate, and trainable LayerNorms in the "frozen" predecessor.
+inference only successors run. Frozen predecessors still run in training mode, dropout included,
+as in the paper's code (the whole model is in train mode there). original: both branches computed
+and selected with `where`, a constant rate, and trainable LayerNorms in the "frozen" predecessor.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TheseusEncoder(flow.nn.Module):
         self.predecessors, self.successors = predecessors, successors
         for parameter in predecessors.parameters():
             parameter.requires_grad = False
+        self.train()  # a teacher's layers arrive in eval mode; predecessors follow the encoder's mode
 
     def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor, replacing_rate: float
                 ) -> Tuple[flow.Tensor, List[flow.Tensor], List[flow.Tensor]]:
