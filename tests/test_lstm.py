@@ -85,7 +85,7 @@ def test_initialisation():
 
 
 @pytest.mark.parametrize("num_labels", [2, 3, 1])
-@pytest.mark.parametrize("pair_mode", ["separate", "joint"])
+@pytest.mark.parametrize("pair_mode", ["separate", "joint", "single"])
 def test_output_contract(num_labels, pair_mode):
     model = tiny_model(num_labels=num_labels, pair_mode=pair_mode)
     rng = np.random.default_rng(1)

@@ -109,6 +109,16 @@ def test_served_student_loads_without_its_teacher(workspace, tmp_path):
         shutil.move(moved, str(workspace / "teacher"))
 
 
+def test_single_sentence_bilstm_classifies_the_sentence_features(workspace):
+    """The paper's single-sentence model: [h_fwd; h_bwd] -> ReLU layer, not a pair feature padded with zeros."""
+    model_dir = workspace / "models" / "student_model" / "SST-2" / CASES["distilled_lstm"][4]
+    if not model_dir.is_dir():
+        pytest.fail("run after test_student_trains_beats_majority_and_evaluates_the_same[distilled_lstm]")
+    student = io.load_model(model_dir)
+    assert student.config.pair_mode == "single"
+    assert student.dense.in_features == 2 * student.config.hidden_size
+
+
 def test_pkd_student_generation_copies_the_chosen_teacher_layers(workspace, tmp_path):
     generated = run(["bash", str(ROOT / "scripts" / "run_bert_pkd_generate_student.sh"), "SST-2"],
                     env=env_for(workspace, TMP_STUDENT_DIR=str(tmp_path / "pkd"), LAYER_LIST="1"))

@@ -3,7 +3,9 @@
 Loss (the original's convention, α on the soft term): (1 − kd_alpha) · CE(gold) + kd_alpha ·
 pred_distill(student, teacher); kd_alpha 0.7. `--pred_distill_mode mse` is the paper's logit MSE.
 The student reads <TASK>_lstm_32 records, which carry the teacher's BERT view of the same example,
-so the two can never drift apart (original: two unshuffled readers in lock-step).
+so the two can never drift apart (original: two unshuffled readers in lock-step). On single-sentence
+tasks the ReLU layer sees the sentence's [h_fwd; h_bwd] (600 -> 400, as the paper), whatever
+`--lstm_pair_mode` says; that flag chooses how pairs are encoded.
 Original: examples/distilled-bilstm/task_student_kd_lstm.py.
 """
 
@@ -35,7 +37,8 @@ class DistilledLstm(Algorithm):
         teacher, _ = load_teacher(run.options, task, train_meta, vocab_meta_key="teacher_vocab")
         vocab = train_meta["vocab"]
         config = {"model_type": "bilstm", "vocab_size": vocab["size"], "pad_token_id": vocab["pad_id"],
-                  "num_labels": task.num_labels, "pair_mode": run.options.get("lstm_pair_mode", "separate"),
+                  "num_labels": task.num_labels,
+                  "pair_mode": run.options.get("lstm_pair_mode", "separate") if task.is_pair else "single",
                   **{k: run.options[f"lstm_{k}"] for k in ("embedding_size", "hidden_size", "fc_size")
                      if f"lstm_{k}" in run.options}}
         student = io.build_model(config)

@@ -46,6 +46,11 @@ class TaskSpec:
     def num_labels(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 
+    @property
+    def is_pair(self) -> bool:
+        """Whether examples are sentence pairs (MRPC, QQP, MNLI, ...) rather than single sentences."""
+        return any(s.text_b is not None for s in self.splits.values())
+
     def label_id(self, label: str) -> Union[int, float]:
         """Map a TSV label to the number stored in `label_ids`; raises ValueError if unknown."""
         if self.labels is None:

@@ -8,9 +8,10 @@ token, exactly as if the LSTM had run on the unpadded sentence, so padding never
 
 `pair_mode` (default "separate", as the paper does for sentence pairs): the two sentences of a
 pair (segment 0 then segment 1, packed without a separator by the converter) are encoded by the
-shared BiLSTM on their own and combined as [h_a, h_b, h_a * h_b, |h_a - h_b|]; a single sentence
-has an empty b, whose representation is zero. "joint" encodes all real tokens as one sequence
-(closer to the original OneFlow code, which joined a pair with a <PAD> token into one sequence).
+shared BiLSTM on their own and combined as [h_a, h_b, h_a * h_b, |h_a - h_b|]. "joint" encodes all
+real tokens as one sequence (closer to the original OneFlow code, which joined a pair with a <PAD>
+token into one sequence). "single", for single-sentence tasks (the paper's SST-2 model), feeds the
+sentence's [h_fwd; h_bwd] (2 x 300) to the ReLU layer; it computes what "joint" computes.
 Original (Oneflow-Model-Compression, `LSTMStudentForSequenceClassification`): 300-d embeddings,
 an LSTM's state after the last (padded) position, FC 400 + ReLU, dropout 0.5, FC num_labels.
 
@@ -30,7 +31,7 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 nn = flow.nn
 
-PAIR_MODES = ("separate", "joint")
+PAIR_MODES = ("separate", "joint", "single")
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ class LstmConfig:
     num_labels: int = 2                    # 1 = regression (STS-B)
     initializer_range: float = 0.25        # std of the word-embedding init (original 0.25; paper: word2vec)
     model_type: str = "bilstm"
-    pair_mode: str = "separate"            # "separate" (paper) or "joint"; see the module docstring
+    pair_mode: str = "separate"            # "separate" (paper), "joint" or "single"; see the module docstring
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embedding_size", "hidden_size", "fc_size", "num_labels"):
