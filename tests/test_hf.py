@@ -73,6 +73,30 @@ def test_safetensors_and_pytorch_bin_hold_the_same_tensors():
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def test_legacy_pytorch_bin_reads_without_pytorch(tmp_path):
+    """torch.save before PyTorch 1.6 (General TinyBERT, many older hub checkpoints): no zip, raw storages."""
+    a = read_hf_weights(FIXTURES / "hf_tiny_cls_safetensors")
+    b = read_hf_weights(FIXTURES / "hf_tiny_cls_legacy_bin")
+    assert sorted(b) == sorted([*a, "extra.slice", "extra.transposed"])
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    np.testing.assert_array_equal(b["extra.transposed"], a["classifier.weight"].T)    # a strided view
+    np.testing.assert_array_equal(b["extra.slice"], a["bert.embeddings.word_embeddings.weight"][5:9, 2:6])
+    result = io.convert_hf(FIXTURES / "hf_tiny_cls_legacy_bin", tmp_path / "m")
+    assert sorted(result["ignored"]) == ["extra.slice", "extra.transposed"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pytorch_model.bin").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UsageError, match="bad/pytorch_model.bin: not a PyTorch checkpoint"):
+        read_hf_weights(bad)
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "pytorch_model.bin").write_bytes((FIXTURES / "hf_tiny_cls_legacy_bin" / "pytorch_model.bin")
+                                                  .read_bytes()[:-100])
+    with pytest.raises(UsageError, match="truncated"):
+        read_hf_weights(truncated)
+
+
 def test_pretraining_layout_keeps_the_encoder_and_reports_the_rest(tmp_path):
     result = io.convert_hf(FIXTURES / "hf_tiny_pretraining", tmp_path / "m")
     assert result["initialized"] == ["classifier.bias", "classifier.weight"]

@@ -1,7 +1,8 @@
 """Reading Hugging Face checkpoints without PyTorch: `model.safetensors` and `pytorch_model.bin` as NumPy arrays.
 
 safetensors is a JSON header plus raw little-endian tensors; `pytorch_model.bin` (torch >= 1.6)
-is a zip holding a pickle whose tensors point at raw storage files in the same zip.
+is a zip holding a pickle whose tensors point at raw storage files in the same zip; before
+PyTorch 1.6 it was a run of pickles followed by the raw storages (the "legacy" format).
 """
 
 from __future__ import annotations
@@ -69,18 +70,40 @@ def write_safetensors(path: Path, tensors: Dict[str, np.ndarray]) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
-class _TorchUnpickler(pickle.Unpickler):
-    """Rebuilds the tensors of a torch zip checkpoint as NumPy arrays; refuses every other global."""
+class _Storage:
+    """A storage a checkpoint's pickle refers to; its bytes are read once the pickle is done."""
 
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, key: str, dtype: str):
+        self.key, self.dtype, self.array = key, dtype, None
+
+
+class _TensorRef:
+    """A tensor as the pickle describes it (storage, offset, size, stride), rebuilt once storages are read."""
+
+    def __init__(self, storage: _Storage, offset: int, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def array(self) -> np.ndarray:
+        data = self.storage.array
+        if not self.size:
+            return data[self.offset:self.offset + 1].reshape(()).copy()
+        view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.size,
+                                               strides=tuple(s * data.itemsize for s in self.stride))
+        return np.array(view)
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Reads the pickle of a torch checkpoint into _TensorRefs; refuses every global but tensors and dicts."""
+
+    def __init__(self, file):
         super().__init__(file)
-        self.archive, self.prefix = archive, prefix
+        self.storages: Dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
+            return lambda storage, offset, size, stride, *rest: _TensorRef(storage, offset, size, stride)
         if module == "torch._utils" and name == "_rebuild_parameter":
             return lambda data, requires_grad, hooks, *rest: data
         if module == "torch" and name in _TORCH_STORAGES:
@@ -88,39 +111,70 @@ class _TorchUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unsupported object {module}.{name} in a PyTorch checkpoint")
 
     def persistent_load(self, pid):
-        kind, dtype, key = pid[0], pid[1], pid[2]
+        # zip: ('storage', type, key, location, numel); legacy: the same plus view metadata
+        kind, dtype, key = pid[0], pid[1], str(pid[2])
         if kind != "storage":
             raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
-        raw = self.archive.read(f"{self.prefix}/data/{key}")
-        if dtype == "bfloat16":
-            return _bfloat16_to_float32(np.frombuffer(raw, dtype="<u2"))
-        return np.frombuffer(raw, dtype=dtype)
+        return self.storages.setdefault(key, _Storage(key, dtype))
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *rest) -> np.ndarray:
-    if not size:
-        return storage[offset:offset + 1].reshape(()).copy()
-    item = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * item for s in stride))
-    return np.array(view)
+def _storage_array(raw: bytes, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return _bfloat16_to_float32(np.frombuffer(raw, dtype="<u2"))
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _resolve(path: Path, state) -> Dict[str, np.ndarray]:
+    if not isinstance(state, dict):
+        raise UsageError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return {name: value.array() for name, value in state.items() if isinstance(value, _TensorRef)}
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, before the zip format
+
+
+def _read_legacy(path: Path) -> Dict[str, np.ndarray]:
+    """torch.save before PyTorch 1.6: pickles (magic, protocol, sys info, the object, storage keys), then
+    each storage as an int64 element count and its raw little-endian bytes."""
+    with open(path, "rb") as f:
+        try:
+            magic = pickle.load(f)
+        except Exception:  # noqa: BLE001  (any unpickling failure means: not a checkpoint)
+            magic = None
+        if magic != LEGACY_MAGIC:
+            raise UsageError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor the legacy format)")
+        pickle.load(f)                                       # protocol version
+        sys_info = pickle.load(f)
+        if not sys_info.get("little_endian", True):
+            raise UsageError(f"{path}: saved on a big-endian machine; not supported")
+        unpickler = _TorchUnpickler(f)
+        state = unpickler.load()
+        for key in pickle.load(f):
+            storage = unpickler.storages[str(key)]
+            (count,) = struct.unpack("<q", f.read(8))
+            size = count * np.dtype("<u2" if storage.dtype == "bfloat16" else storage.dtype).itemsize
+            raw = f.read(size)
+            if len(raw) != size:
+                raise UsageError(f"{path}: truncated (storage {key} needs {size} bytes, {len(raw)} left)")
+            storage.array = _storage_array(raw, storage.dtype)
+    return _resolve(path, state)
 
 
 def read_pytorch_bin(path: Path) -> Dict[str, np.ndarray]:
-    """All tensors of a zip-format `pytorch_model.bin` (what torch.save writes since PyTorch 1.6)."""
+    """All tensors of a `pytorch_model.bin`: the zip format (torch >= 1.6) or the legacy one before it."""
     if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path}: not a zip-format PyTorch checkpoint (saved before PyTorch 1.6?); "
-                         "re-save it with a current PyTorch or as model.safetensors")
+        return _read_legacy(path)
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise UsageError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
         prefix = pickles[0][: -len("/data.pkl")]
         with archive.open(pickles[0]) as f:
-            state = _TorchUnpickler(f, archive, prefix).load()
-    if not isinstance(state, dict):
-        raise UsageError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return dict(state)
+            unpickler = _TorchUnpickler(f)
+            state = unpickler.load()
+        for storage in unpickler.storages.values():
+            storage.array = _storage_array(archive.read(f"{prefix}/data/{storage.key}"), storage.dtype)
+    return _resolve(path, state)
 
 
 def read_hf_weights(model_dir: Path) -> Dict[str, np.ndarray]:
