@@ -179,12 +179,29 @@ def test_missing_split_message_lists_only_the_files_that_are_required(ws, tmp_pa
     assert "train_aug.tsv" not in error, error
 
 
-def test_row_with_a_wrong_column_count_gives_file_line_and_text(ws, tmp_path):
+def test_malformed_training_row_is_skipped_with_file_line_and_counted(ws, tmp_path):
+    folder = copy_glue(ws, tmp_path / "glue")
+    sentence = edit_line(folder / "train.tsv", 5, lambda line: line + "\textra").split("\t")[0]
+    rows = len((folder / "train.tsv").read_text().splitlines()) - 1
+    data = tmp_path / "ofrecord"
+    result = script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", data))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"skipped a malformed row: {folder / 'train.tsv'}:5: expected 2 tab-separated columns, found 3" \
+        in result.stderr and sentence in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["SST-2_skipped_rows"] == {"train": 1} and summary["SST-2"]["train"] == rows - 1
+    meta = json.loads((data / "SST-2" / "train" / "meta.json").read_text())
+    assert meta["skipped_rows"] == 1 and meta["skipped_row_locations"] == [f"{folder / 'train.tsv'}:5"]
+    assert meta["num_examples"] == rows - 1
+    assert json.loads((data / "SST-2" / "eval" / "meta.json").read_text())["skipped_rows"] == 0
+
+
+def test_row_with_a_wrong_column_count_is_an_error_with_strict(ws, tmp_path):
     folder = copy_glue(ws, tmp_path / "glue")
     sentence = edit_line(folder / "train.tsv", 5, lambda line: line + "\textra").split("\t")[0]
     data = good_data(ws, tmp_path / "ofrecord")
     before = snapshot(data)
-    result = script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", data))
+    result = script("glue_process.sh", "SST-2", "--strict", env=glue_env(tmp_path / "glue", data))
     error = failed_cleanly(result, f"{folder / 'train.tsv'}:5:", "expected 2 tab-separated columns, found 3",
                            sentence, "extra")
     assert error.count(":5:") == 1
@@ -199,6 +216,8 @@ def test_label_outside_the_tasks_list_gives_file_line_label_and_text(ws, tmp_pat
     result = script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", data))
     failed_cleanly(result, f"{folder / 'dev.tsv'}:7:", "unknown label '2' for SST-2", "valid: 0, 1", sentence)
     assert snapshot(data) == before
+    skipping = script("glue_process.sh", "SST-2", "--skip_bad_eval_rows", env=glue_env(tmp_path / "glue", data))
+    assert skipping.returncode == 0 and json.loads(skipping.stdout)["SST-2_skipped_rows"] == {"eval": 1}
 
 
 @pytest.mark.parametrize("score", ["nan", "inf"])

@@ -73,6 +73,11 @@ def _add_glue_process(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lstm_vocab_size", type=int, default=10000, help="most frequent training words kept")
     p.add_argument("--records_per_part", type=int, default=16384, help="records per part-NNNNN file")
     p.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU core)")
+    p.add_argument("--strict", action="store_true",
+                   help="a malformed training row (wrong column count, unknown label) is an error; by default "
+                        "it is skipped with a warning naming file:line and counted in meta.json")
+    p.add_argument("--skip_bad_eval_rows", action="store_true",
+                   help="skip malformed dev/test rows too (by default they are an error: metrics would change)")
     p.set_defaults(run=_run_glue_process)
 
 
@@ -88,7 +93,8 @@ def _run_glue_process(args: argparse.Namespace) -> Dict:
     config = ConvertConfig(glue_dir=args.glue_dir, output_dir=args.output_dir, vocab_file=args.vocab_file or DEFAULT_VOCAB,
                            max_seq_length=args.max_seq_length, do_lower_case=args.do_lower_case,
                            lstm_seq_length=args.lstm_seq_length, lstm_vocab_size=args.lstm_vocab_size,
-                           records_per_part=args.records_per_part, workers=args.workers)
+                           records_per_part=args.records_per_part, workers=args.workers, strict=args.strict,
+                           skip_bad_eval_rows=args.skip_bad_eval_rows)
     if args.task.lower() != "all":
         return convert_task(args.task, config)
     present = [t.name for t in TASKS.values() if (args.glue_dir / t.folder).is_dir()]

@@ -49,6 +49,8 @@ class ConvertConfig:
     lstm_vocab_size: int = 10000
     records_per_part: int = 16384
     workers: int = 0  # 0: one per CPU core
+    strict: bool = False              # a malformed training row is an error, not a skipped row
+    skip_bad_eval_rows: bool = False  # dev/test rows: skipped (with a warning) instead of an error
 
     def lstm_folder(self, task: TaskSpec) -> str:
         return f"{task.name}_lstm_{self.lstm_seq_length}"
@@ -202,6 +204,14 @@ def _split_files(task: TaskSpec, glue_dir: Path) -> Dict[str, Path]:
     return found
 
 
+def _skip_list(split: str, config: ConvertConfig, skipped: Dict[str, List[str]]) -> Optional[List[str]]:
+    """Where a split records the rows it skips; None (malformed rows are errors) for dev/test and --strict."""
+    training = split.startswith("train")
+    if (training and config.strict) or (not training and not config.skip_bad_eval_rows):
+        return None
+    return skipped.setdefault(split, [])
+
+
 def _label_value(task: TaskSpec, example: Example) -> float:
     return 0 if example.label is None else task.label_id(example.label)
 
@@ -242,15 +252,19 @@ class _SplitWriter:
 
 
 def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, int]]:
-    """Convert every split of one task; returns {output folder: {split: example count}}."""
+    """Convert every split of one task; returns {output folder: {split: example count}}, plus
+    {"<TASK>_skipped_rows": {split: count}} when malformed rows were skipped (each split's meta.json
+    also records `skipped_rows` and where they were)."""
     task = get_task(task_name)
     vocab = load_vocab(str(config.vocab_file))
     for token in ("[CLS]", "[SEP]", "[UNK]"):
         if token not in vocab:
             raise UsageError(f"{config.vocab_file}: not a BERT vocabulary (no {token} token)")
     files = _split_files(task, config.glue_dir)
+    skipped: Dict[str, List[str]] = {}
     examples = {split: [(e.text_a, e.text_b, _label_value(task, e))
-                        for e in read_examples(task, split, config.glue_dir)] for split in files}
+                        for e in read_examples(task, split, config.glue_dir, _skip_list(split, config, skipped))]
+                for split in files}
     label_dtype = "float32" if task.is_regression else "int32"
     with_lstm = config.lstm_seq_length > 0 and "train" in examples
     workers = config.workers or os.cpu_count() or 1
@@ -263,12 +277,14 @@ def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, i
             (staging / "lstm" / "vocab.txt").write_text("\n".join(lstm_words) + "\n", encoding="utf-8")
         lstm_vocab = {w: i for i, w in enumerate(lstm_words)} if lstm_words else None
         summary = _convert_splits(task, examples, files, config, staging, lstm_vocab, workers, label_dtype,
-                                  len(vocab))
+                                  len(vocab), skipped)
         replace_dir(staging / "bert", config.output_dir / task.name)
         if lstm_vocab is not None:
             replace_dir(staging / "lstm", config.output_dir / config.lstm_folder(task))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if any(skipped.values()):
+        summary[f"{task.name}_skipped_rows"] = {split: len(rows) for split, rows in skipped.items() if rows}
     return summary
 
 
@@ -282,7 +298,7 @@ def _lstm_vocab(train: List, config: ConvertConfig, workers: int, label_dtype: s
 
 def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, Path], config: ConvertConfig,
                     staging: Path, lstm_vocab: Optional[Dict[str, int]], workers: int,
-                    label_dtype: str, vocab_size: int) -> Dict[str, Dict[str, int]]:
+                    label_dtype: str, vocab_size: int, skipped: Dict[str, List[str]]) -> Dict[str, Dict[str, int]]:
     bert_name, lstm_name = task.name, config.lstm_folder(task)
     summary: Dict[str, Dict[str, int]] = {bert_name: {}, **({lstm_name: {}} if lstm_vocab else {})}
     vocab_info = {"file": str(config.vocab_file.resolve()), "sha256": file_sha256(config.vocab_file),
@@ -291,7 +307,8 @@ def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, 
         start = time.perf_counter()
         common = {"task": task.name, "split": split, "source": str(files[split]),
                   "labeled": task.splits[split].label is not None, "labels": task.labels,
-                  "num_labels": task.num_labels, "metrics": list(task.metrics), "created_by": f"distil {__version__}"}
+                  "num_labels": task.num_labels, "metrics": list(task.metrics), "created_by": f"distil {__version__}",
+                  "skipped_rows": len(skipped.get(split, [])), "skipped_row_locations": skipped.get(split, [])[:100]}
         writers = [_SplitWriter(staging / "bert" / split, config.records_per_part, {
             "format": "bert", **common, "seq_length": config.max_seq_length, "vocab": vocab_info,
             "features": _features_meta(BERT_FEATURES, config.max_seq_length, label_dtype)})]

@@ -7,11 +7,14 @@ plus the tasks it lacked (STS-B regression, SNLI, the diagnostic set) and unlabe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from distil.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 Column = Union[int, str]  # an index for header-less files, a header name otherwise
 
@@ -179,11 +182,14 @@ def _column_index(column: Column, header: Optional[List[str]], path: Path) -> in
     return header.index(column)
 
 
-def read_examples(task: TaskSpec, split: str, glue_dir: Union[str, Path]) -> Iterator[Example]:
+def read_examples(task: TaskSpec, split: str, glue_dir: Union[str, Path],
+                  skipped: Optional[List[str]] = None) -> Iterator[Example]:
     """Read one split of a task from `<glue_dir>/<task folder>/<file>`, validating every row.
 
     A row with a different number of columns than the header (or than the first row, for
-    header-less files) or an unknown label stops with `file:line` and the offending text.
+    header-less files) or an unknown label stops with `file:line` and the offending text; with
+    a `skipped` list (the official QQP and SNLI files hold a few such rows) it is logged as a
+    warning, its `file:line` appended to `skipped`, and reading goes on.
     """
     spec = task.splits[split]
     path = Path(glue_dir) / task.folder / spec.file
@@ -197,20 +203,32 @@ def read_examples(task: TaskSpec, split: str, glue_dir: Union[str, Path]) -> Ite
     for number, fields in rows:
         if width is None:
             width = len(fields)
-        if len(fields) != width or max(c for c in cols if c is not None) >= width:
-            raise UsageError(f"{path}:{number}: expected {width} tab-separated columns, found "
-                             f"{len(fields)}: {_clip(fields)}")
-        a, b, label = (fields[c] if c is not None else None for c in cols)
-        if label is not None:
-            if label in task.skip_labels:
-                continue
-            try:
-                task.label_id(label)
-            except ValueError:
-                valid = "a number" if task.labels is None else ", ".join(task.labels)
-                raise UsageError(f"{path}:{number}: unknown label '{label}' for {task.name} "
-                                 f"(valid: {valid}): {_clip(fields)}") from None
-        yield Example(a, b, label, number)
+        problem = _row_problem(task, fields, width, cols)
+        if problem is None:
+            a, b, label = (fields[c] if c is not None else None for c in cols)
+            if label is None or label not in task.skip_labels:
+                yield Example(a, b, label, number)
+            continue
+        message = f"{path}:{number}: {problem}: {_clip(fields)}"
+        if skipped is None:
+            raise UsageError(message)
+        log.warning("skipped a malformed row: %s", message)
+        skipped.append(f"{path}:{number}")
+
+
+def _row_problem(task: TaskSpec, fields: List[str], width: int, cols: List[Optional[int]]) -> Optional[str]:
+    """Why a row cannot be read (wrong column count, unknown label), or None."""
+    if len(fields) != width or max(c for c in cols if c is not None) >= width:
+        return f"expected {width} tab-separated columns, found {len(fields)}"
+    label = fields[cols[2]] if cols[2] is not None else None
+    if label is None or label in task.skip_labels:
+        return None
+    try:
+        task.label_id(label)
+    except ValueError:
+        valid = "a number" if task.labels is None else ", ".join(task.labels)
+        return f"unknown label '{label}' for {task.name} (valid: {valid})"
+    return None
 
 
 def _clip(fields: List[str], limit: int = 200) -> str:
