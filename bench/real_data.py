@@ -56,13 +56,17 @@ def prepare_corpus(work: Path, train_size: int, dev_size: int) -> Path:
     task = work / "glue_data" / "SST-2"
     task.mkdir(parents=True, exist_ok=True)
     for name, keep in (("train.tsv", train_size), ("dev.tsv", dev_size)):
+        if (task / name).is_file() and len((task / name).read_text(encoding="utf-8").splitlines()) == keep + 1:
+            continue
         lines = (full / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (task / name).write_text("".join(lines[:keep + 1]), encoding="utf-8")
     return task
 
 
 def cut_layers(src: Path, dst: Path, layers: int) -> Path:
-    """An HF BERT folder holding the first `layers` encoder layers of `src`."""
+    """An HF BERT folder holding the first `layers` encoder layers of `src` (kept if already there)."""
+    if (dst / "model.safetensors").is_file():
+        return dst
     dst.mkdir(parents=True, exist_ok=True)
     config = json.loads((src / "config.json").read_text())
     (dst / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}, indent=2))

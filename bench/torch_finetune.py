@@ -121,7 +121,7 @@ def distill(args, train, dev) -> list[dict]:
     hard = args.alpha if args.command == "kd" else 0.0
     distill_config = DistillationConfig(temperature=args.temperature, kd_loss_type="ce", kd_loss_weight=1.0 - hard,
                                         hard_label_weight=hard, intermediate_matches=matches)
-    adaptors = [make_adaptor(model) for model in (teacher, student)]
+    adaptors = [make_adaptor(model, with_attention=args.command == "tinybert") for model in (teacher, student)]
     total = args.epochs * -(-len(train["labels"]) // args.batch)
     trainer_config = TrainingConfig(output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1,
                                     log_dir=str(args.out / "textbrewer"))
@@ -148,9 +148,9 @@ def tinybert_attention_mse(scores_s: torch.Tensor, scores_t: torch.Tensor, mask=
                       torch.where(scores_t <= -100, zero.detach(), scores_t))
 
 
-def make_adaptor(model: BertForSequenceClassification):
-    """TextBrewer's view of a model: logits, hidden states, and each layer's pre-softmax attention scores
-    (QK^T/sqrt(d) plus -10000 on padding keys), which HF does not return, recomputed by a hook."""
+def make_adaptor(model: BertForSequenceClassification, with_attention: bool):
+    """TextBrewer's view of a model: logits, hidden states, and (with_attention) each layer's pre-softmax
+    attention scores (QK^T/sqrt(d) plus -10000 on padding keys), which HF does not return, recomputed by hooks."""
     captured: list[torch.Tensor] = []
 
     def hook(module, args, kwargs, output):
@@ -161,8 +161,10 @@ def make_adaptor(model: BertForSequenceClassification):
         k = module.key(hidden).view(b, s, heads, size).transpose(1, 2)
         captured.append(q @ k.transpose(-1, -2) / math.sqrt(size))
 
-    for layer in model.bert.encoder.layer:
-        layer.attention.self.register_forward_hook(hook, with_kwargs=True)
+    if with_attention:
+        model.register_forward_pre_hook(lambda module, args: captured.clear())  # dev passes leave scores behind
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.register_forward_hook(hook, with_kwargs=True)
     model.config.output_hidden_states = True
 
     def adaptor(batch, outputs):
