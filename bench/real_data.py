@@ -101,7 +101,8 @@ def export_hf(model_dir: Path, dst: Path) -> Path:
 
 def ours(script: str, env: Dict[str, str], model_dir: Path, seed: int, flags: List[str]) -> float:
     if not (model_dir / "results_eval.json").is_file():
-        sh(["bash", f"scripts/{script}", "SST-2", "--seed", str(seed), "--overwrite", *flags],
+        # no --overwrite: a finished run is reused, a killed one resumes from its train_state/
+        sh(["bash", f"scripts/{script}", "SST-2", "--seed", str(seed), *flags],
            {**env, "STUDENT_DIR" if "student" in script else "MODEL_SAVE_DIR": str(model_dir)},
            model_dir.with_suffix(".log"))
     return json.loads((model_dir / "results_eval.json").read_text())["accuracy"]
