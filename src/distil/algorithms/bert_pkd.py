@@ -5,8 +5,8 @@ the layer term being the MSE of full hidden-state sequences, embeddings included
 against teacher layer 4i (12 -> 3); kd_alpha 0.2, kd_beta 10. `--pkd_loss patient` uses the
 paper's normalised-[CLS] patient loss instead, scaled as the official code does (a mean over
 batch × layers × hidden, so the paper's β of 100-500 applies, not the layer-MSE's 10). The student
-starts from teacher layers `--layer_list` (default 2,6,10, 0-based, as the original) plus the teacher's embeddings, pooler
-and classifier, unless `--from_scratch`. Original: examples/bert-pkd/task_student_bert-pkd.py.
+starts from teacher layers `--layer_list` (default 2,6,10, 0-based, as the original) plus the
+teacher's embeddings, pooler and classifier, unless `--from_scratch`. Original: examples/bert-pkd/task_student_bert-pkd.py.
 """
 
 from __future__ import annotations
