@@ -17,12 +17,13 @@ from typing import Dict, Optional
 import pytest
 
 from conftest import PYTHON, ROOT, run
-from distil.algorithms import RunConfig, run_training
+from distil.algorithms.options import TeacherOptions
 from distil.algorithms.teacher import Teacher
 from distil.data import ofrecord
 from distil.data.convert import ConvertConfig, convert_task
 from distil.fileio import file_sha256
 from distil.models import io
+from distil.train.run import RunConfig, train_algorithm
 from distil.train.settings import TrainSettings
 from glue_fixtures import FILLER, LAYOUTS, write_learnable_sst2
 
@@ -45,9 +46,9 @@ def ws(tmp_path_factory, vocab_file):
                                         lstm_seq_length=0, workers=1))
     io.init_bert(root / "pretrained", vocab_file, TINY, seed=0)
     settings = TrainSettings(epochs=1, learning_rate=1e-3, weight_decay=0.01, batch_size=16, eval_batch_size=16)
-    run_training(Teacher(), RunConfig(task="SST-2", data_root=root / "data", settings=settings,
-                                      model_save_dir=root / "models" / "finetuned_teacher" / TEACHER_ID,
-                                      options={"pretrained_model": root / "pretrained"}))
+    train_algorithm(Teacher(), RunConfig(task="SST-2", data_root=root / "data", settings=settings,
+                                         model_save_dir=root / "models" / "finetuned_teacher" / TEACHER_ID,
+                                         options=TeacherOptions(pretrained_model=root / "pretrained")))
     return root
 
 

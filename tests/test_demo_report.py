@@ -10,7 +10,7 @@ import pytest
 from conftest import PYTHON, ROOT, run
 from distil.data.demo import LABEL_NOISE, NEGATIVE, POSITIVE, build_vocab, make_example, write_demo_task
 from distil.data.tokenization import FullTokenizer
-from distil.report import find_model_dirs, to_markdown
+from distil.report import find_model_dirs
 
 
 def test_demo_task_is_deterministic_and_reused(tmp_path):
@@ -90,8 +90,12 @@ def test_report_compares_students_with_the_teacher(tmp_path):
     assert kd_row["layers"] == 1 and kd_row["hidden"] == 16
     saved = json.loads((tmp_path / "models" / "kd" / "results_eval.json").read_text())
     assert kd_row["value"] == saved["accuracy"]
-    assert report.stdout.startswith(to_markdown(rows).splitlines()[0])
-    assert (tmp_path / "models" / "report.md").read_text() == to_markdown(rows)
+    header = ("| model | algorithm | layers | hidden | FFN | parameters | size (MB) | compression | examples/s | "
+              "speed-up | metric | retained |")
+    markdown = (tmp_path / "models" / "report.md").read_text().splitlines()
+    assert report.stdout.splitlines()[0] == markdown[0] == header and len(markdown) == 4
+    assert markdown[3].startswith(f"| kd | kd | 1 | 16 | 24 | {kd_row['parameters']:,} | ")
+    assert f"| accuracy {saved['accuracy']:.4f} | {kd_row['retained_percent']:.1f} % |" in markdown[3]
     assert (tmp_path / "models" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = run([PYTHON, "-m", "distil", "report", str(tmp_path / "nothing")])
     assert missing.returncode == 2 and "nothing does not exist" in missing.stderr

@@ -408,8 +408,10 @@ def test_parse_tasks_rejects_bad_names(spec):
 
 
 def test_resolve_urls_defaults_mirror_and_overrides():
-    assert resolve_urls() == URLS
-    assert resolve_urls() is not URLS
+    defaults = resolve_urls()
+    assert defaults["MRPC_TRAIN"] == "https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_train.txt"
+    defaults["CoLA"] = "http://changed/"  # a copy: the table itself is not changed
+    assert resolve_urls()["CoLA"].startswith("https://firebasestorage.googleapis.com/")
 
     mirrored = resolve_urls(mirror="http://127.0.0.1:8000/glue/")
     assert mirrored == {

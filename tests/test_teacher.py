@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, ROOT, run
-from distil.algorithms import RunConfig, run_training
+from distil.algorithms.options import TeacherOptions
 from distil.algorithms.teacher import Teacher
 from distil.data.convert import ConvertConfig, convert_task
 from distil.errors import UsageError
 from distil.models import io
+from distil.train.graph import Evaluator
+from distil.train.run import RunConfig, train_algorithm
 from distil.train.settings import TrainSettings
 from glue_fixtures import write_learnable_sst2, write_task
 
@@ -69,8 +71,8 @@ def train_api(root: Path, task: str, model_dir: Path, **settings) -> dict:
     values = {"epochs": 1, "learning_rate": 1e-3, "weight_decay": 0.01, "batch_size": 8, "eval_batch_size": 5,
               **settings}
     run_config = RunConfig(task=task, data_root=root / "data", model_save_dir=model_dir,
-                           settings=TrainSettings(**values), options={"pretrained_model": root / "pretrained"})
-    return run_training(Teacher(), run_config)
+                           settings=TrainSettings(**values), options=TeacherOptions(root / "pretrained"))
+    return train_algorithm(Teacher(), run_config)
 
 
 def test_mnli_head_has_three_classes_and_both_dev_sets(workspace, tmp_path):
@@ -85,7 +87,14 @@ def test_mnli_head_has_three_classes_and_both_dev_sets(workspace, tmp_path):
 def test_sts_b_head_is_a_regression(workspace, tmp_path):
     results = train_api(workspace, "STS-B", tmp_path / "stsb", max_steps=3)
     assert {"pearson", "spearman", "mse"} <= set(results) and "accuracy" not in results
-    assert -1 <= results["pearson"] <= 1 and io.load_model(tmp_path / "stsb").classifier.weight.shape == (1, 32)
+    model = io.load_model(tmp_path / "stsb")
+    assert model.classifier.weight.shape == (1, 32)
+    _, outputs, _ = Evaluator(model, workspace / "data" / "STS-B" / "eval", ("pearson",), 5, "cpu").run()
+    assert outputs["logits"].shape == (outputs["labels"].shape[0], 1)
+    expected = np.corrcoef(outputs["logits"].reshape(-1), outputs["labels"].reshape(-1))[0, 1]
+    assert results["pearson"] == pytest.approx(expected, abs=1e-5)
+    assert results["mse"] == pytest.approx(np.mean((outputs["logits"].reshape(-1) - outputs["labels"].reshape(-1)) ** 2),
+                                           rel=1e-5)
 
 
 def test_training_resumes_after_being_killed_and_keeps_the_lr_schedule(workspace, tmp_path):

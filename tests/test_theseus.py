@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distil.algorithms.theseus import Theseus
+from distil.algorithms.options import TheseusOptions
+from distil.algorithms.theseus import replacing_rates
 from distil.models.bert import BertConfig, BertLayer, additive_attention_mask
 from distil.models.dropout import seed_dropout
 from distil.ops import TheseusEncoder
@@ -68,6 +69,8 @@ def test_linear_schedule_values():
     assert linear_replacing_rate(0, 0.001, 0.3) == pytest.approx(0.3)
     assert linear_replacing_rate(200, 0.001, 0.3) == pytest.approx(0.5)
     assert linear_replacing_rate(10_000, 0.001, 0.3) == 1.0
-    rates = Theseus._replacing_rate({"replacing_rate": 0.5, "replace_scheduler": "linear"})
+    rates = replacing_rates(TheseusOptions(replacing_rate=0.5, replace_scheduler="linear"))
     assert rates(0, 100) == (0.5,) and rates(50, 100)[0] == pytest.approx(0.75) and rates(100, 100) == (1.0,)
-    assert Theseus._replacing_rate({"replacing_rate": 0.3})(77, 100) == (0.3,)
+    assert replacing_rates(TheseusOptions(replacing_rate=0.3))(77, 100) == (0.3,)
+    slope = replacing_rates(TheseusOptions(replacing_rate=0.3, replace_scheduler="linear", scheduler_k=0.01))
+    assert slope(10, 1000)[0] == pytest.approx(0.4)

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distil.algorithms.base import SupervisedStep
 from distil.data import ofrecord
 from distil.data.dataset import OFRecordDataset
 from distil.fileio import file_sha256
 from distil.models import io
 from distil.models.dropout import Dropout, seed_dropout
+from distil.models.hf_format import read_hf
 from distil.runtime import import_oneflow
 from distil.train.settings import TrainSettings
+from distil.train.step import DistillStep, hard_label
 from distil.train.trainer import build_step_runner, seed_everything
 
 flow = import_oneflow()
@@ -62,7 +63,8 @@ def split(tmp_path_factory, batches) -> Path:
 
 
 def initial_model(dropout: float):
-    config, state, _, _ = io.read_pretrained(FIXTURES / "model")
+    pretrained = io.read_pretrained(FIXTURES / "model")
+    config, state = pretrained.config, pretrained.state
     config = {**config, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
               "classifier_dropout": dropout}
     model = io.build_model(config)
@@ -72,7 +74,7 @@ def initial_model(dropout: float):
 
 def train(split: Path, steps: int, dropout: float, eager: bool, seed: int = 0):
     model = initial_model(dropout)
-    step_module = SupervisedStep(model)
+    step_module = DistillStep(model, [hard_label()])
     seed_everything(step_module, seed)
     data = OFRecordDataset(split, SETTINGS.batch_size, shuffle=False)
     runner = build_step_runner(step_module, data, SETTINGS, steps, eager=eager)
@@ -155,7 +157,7 @@ def test_dropout_masks_follow_the_seed():
 
 def minilm3(minilm_dir: Path, head: dict, dropout: float):
     """The first 3 layers of the real all-MiniLM-L6-v2 with the fixture's 2-label head."""
-    config, state, _ = io.read_hf(minilm_dir)
+    config, state, _ = read_hf(minilm_dir)
     config = {**config, "num_hidden_layers": 3, "num_labels": 2, "hidden_dropout_prob": dropout,
               "attention_probs_dropout_prob": dropout, "classifier_dropout": dropout}
     state = {k: v for k, v in state.items() if not k.startswith(tuple(f"bert.encoder.layer.{i}." for i in (3, 4, 5)))}

@@ -10,19 +10,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from distil.algorithms.options import OPTIONS, str2bool
 from distil.errors import UsageError
 
 log = logging.getLogger("distil")
-
-
-def str2bool(value: str) -> bool:
-    """A real boolean flag value (original: `type=bool` made '--do_lower_case False' true)."""
-    lowered = value.lower()
-    if lowered in ("yes", "true", "t", "y", "1"):
-        return True
-    if lowered in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got '{value}'")
 
 
 def _key_value(text: str) -> tuple:
@@ -117,7 +108,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
         if "_" in field.name:
             flags.append(f"--{field.name.replace('_', '-')}")
         from_table = field.name in TABLE_SETTINGS
-        group.add_argument(*flags, dest=field.name, type=type(field.default), default=None if from_table else
+        kind = str2bool if isinstance(field.default, bool) else type(field.default)
+        group.add_argument(*flags, dest=field.name, type=kind, default=None if from_table else
                            field.default, help="default: the algorithm's per-task table" if from_table else
                            f"default {field.default}")
 
@@ -130,8 +122,7 @@ def _device(name: str) -> str:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with one algorithm (teacher fine-tuning, distillation)")
-    p.add_argument("--algorithm", required=True,
-                   help="teacher, kd, distilled_lstm, bert_pkd, tinybert or theseus")
+    p.add_argument("--algorithm", required=True, choices=tuple(OPTIONS), help="what to train")
     p.add_argument("--task", "--task_name", dest="task", default="SST-2", help="GLUE task")
     p.add_argument("--data_root", type=Path, default=Path("data/glue_ofrecord"), help="OFRecord root")
     p.add_argument("--model_save_dir", type=Path, default=None,
@@ -148,70 +139,61 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_train)
 
 
-# Algorithm options: (flag, type, help). Unset ones take the algorithm's default (its module docstring).
-ALGORITHM_FLAGS = (
-    ("pretrained_model", Path, "teacher: a model dir or a Hugging Face BERT folder to fine-tune"),
-    ("teacher_model", Path, "students: the fine-tuned teacher's model dir (FT_BERT_BASE_DIR)"),
-    ("student_model", Path, "students: initial student (TMP_STUDENT_DIR): a model dir or HF folder"),
-    ("kd_alpha", float, "loss weight alpha (meaning per algorithm, as the original)"),
-    ("kd_beta", float, "BERT-PKD: weight of the layer loss"),
-    ("temperature", float, "soft-label temperature"),
-    ("pred_distill_mode", str, "soft_ce (original), kl (Hinton, with T^2) or mse (logit MSE)"),
-    ("student_num_hidden_layers", int, "BERT student layers"),
-    ("student_hidden_size", int, "BERT student width"),
-    ("student_num_attention_heads", int, "BERT student heads"),
-    ("student_intermediate_size", int, "BERT student FFN width"),
-    ("layer_list", str, "BERT-PKD: 0-based teacher layers that initialise the student (2,6,10)"),
-    ("from_scratch", str2bool, "BERT-PKD: random student instead of teacher layers"),
-    ("pkd_loss", str, "BERT-PKD: layer_mse (original) or patient (paper)"),
-    ("tinybert_mode", str, "TinyBERT: one_stage (original scripts) or two_stage (paper)"),
-    ("intermediate_epochs", int, "TinyBERT two_stage: epochs of intermediate-layer distillation"),
-    ("aug_train", str2bool, "TinyBERT: train on the augmented train_aug split"),
-    ("lstm_seq_length", int, "Distilled-BiLSTM: data folder <TASK>_lstm_<N> (32)"),
-    ("lstm_pair_mode", str, "Distilled-BiLSTM: separate (paper) or joint sentence-pair encoding"),
-    ("lstm_embedding_size", int, "Distilled-BiLSTM: word embedding size (300)"),
-    ("lstm_hidden_size", int, "Distilled-BiLSTM: LSTM units per direction (300)"),
-    ("lstm_fc_size", int, "Distilled-BiLSTM: ReLU layer size (400)"),
-    ("replacing_rate", float, "Theseus: probability of running a successor module (0.5)"),
-    ("replace_scheduler", str, "Theseus: constant or linear (min(1, k*t + b), b = replacing_rate)"),
-    ("scheduler_k", float, "Theseus linear: slope k per step (default reaches 1 at the last step)"),
-    ("successor_layers", int, "Theseus: successor layers (3)"),
-    ("successor_init", str, "Theseus: teacher layers that initialise the successors (0,1,2)"),
-    ("successor_epochs", int, "Theseus: epochs of successor-only fine-tuning (default: --epochs)"),
-    ("successor_learning_rate", float, "Theseus: its learning rate (default: --learning_rate)"),
-)
-ALGORITHM_OPTIONS = tuple(flag for flag, _, _ in ALGORITHM_FLAGS)
+def algorithm_flags() -> Dict[str, dataclasses.Field]:
+    """Every algorithm's options by flag name (the first declaration of a shared name gives its type)."""
+    flags: Dict[str, dataclasses.Field] = {}
+    for options in OPTIONS.values():
+        for field in dataclasses.fields(options):
+            flags.setdefault(field.name, field)
+    return flags
 
 
 def _add_algorithm_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("algorithm options")
-    for flag, kind, help_text in ALGORITHM_FLAGS:
-        group.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
+    """One flag per field of the algorithms' options dataclasses; unset flags take the algorithm's default."""
+    group = p.add_argument_group("algorithm options (defaults per algorithm)")
+    for name, field in algorithm_flags().items():
+        defaults = {algorithm: options.__dataclass_fields__[name].default for algorithm, options in OPTIONS.items()
+                    if name in options.__dataclass_fields__}
+        shown = ", ".join(f"{algorithm} {'-' if default is None else default}" for algorithm, default in defaults.items())
+        group.add_argument(f"--{name}", type=field.metadata["parse"], default=None,
+                           help=f"{field.metadata['help']} [{shown}]")
+
+
 TABLE_SETTINGS = ("learning_rate", "epochs", "weight_decay")  # defaults come from the algorithm's task table
 
 
+def _algorithm_options(algorithm, args: argparse.Namespace, task):
+    """The algorithm's options dataclass from the flags given; flags of other algorithms are ignored loudly."""
+    from distil.algorithms.teacher import default_teacher
+
+    given = {name: getattr(args, name) for name in algorithm_flags() if getattr(args, name) is not None}
+    fields = {f.name for f in dataclasses.fields(algorithm.options)}
+    for name in sorted(set(given) - fields):
+        log.warning("--%s is not an option of %s; ignored", name, algorithm.name)
+    options = algorithm.options(**{k: v for k, v in given.items() if k in fields})
+    if "teacher_model" in fields and options.teacher_model is None:
+        options = dataclasses.replace(options, teacher_model=default_teacher(args.models_root, task))
+    return options
+
+
 def _run_train(args: argparse.Namespace) -> Dict:
-    from distil.algorithms import ALGORITHMS, RunConfig, default_teacher
+    from distil.algorithms import get_algorithm
     from distil.data.tasks import get_task
+    from distil.train.run import RunConfig, train_algorithm
     from distil.train.settings import TrainSettings
 
-    if args.algorithm not in ALGORITHMS:
-        raise UsageError(f"unknown algorithm '{args.algorithm}'; valid: {', '.join(ALGORITHMS)}")
-    algorithm, task = ALGORITHMS[args.algorithm](), get_task(args.task)
+    algorithm, task = get_algorithm(args.algorithm), get_task(args.task)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     if any(values[k] is None for k in TABLE_SETTINGS):
         values.update({k: v for k, v in zip(TABLE_SETTINGS, algorithm.defaults(task)) if values[k] is None})
     settings = TrainSettings(**values)
-    options = {k: getattr(args, k) for k in ALGORITHM_OPTIONS if getattr(args, k) is not None}
-    if algorithm.name != "teacher" and "teacher_model" not in options:
-        options["teacher_model"] = default_teacher(args.models_root, task)
+    options = _algorithm_options(algorithm, args, task)
     model_id = algorithm.model_id(task, settings, options)
     model_dir = args.model_save_dir or algorithm.default_dir(args.models_root, task, model_id)
     run = RunConfig(task=task.name, data_root=args.data_root, model_save_dir=model_dir, settings=settings,
-                    result_dir=Path(args.result_dir) if args.result_dir else None,
-                    serve_for_online=args.serve_for_online, overwrite=args.overwrite, device=_device(args.device),
-                    options=options)
-    results = algorithm.run(run)
+                    options=options, result_dir=Path(args.result_dir) if args.result_dir else None,
+                    serve_for_online=args.serve_for_online, overwrite=args.overwrite, device=_device(args.device))
+    results = train_algorithm(algorithm, run)
     log.info("model id: %s (in %s)", model_dir.name, model_dir)
     if args.model_save_dir is None:
         log.info("evaluate it with: bash scripts/%s 0 %s %s", algorithm.eval_script, task.name, model_dir.name)
@@ -231,8 +213,8 @@ def _add_pkd_student(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pkd_student(args: argparse.Namespace) -> Dict:
-    from distil.algorithms import default_teacher
-    from distil.algorithms.bert_pkd import generate_student
+    from distil.algorithms.students import generate_student
+    from distil.algorithms.teacher import default_teacher
     from distil.data.tasks import get_task
 
     teacher = args.teacher_model or default_teacher(args.models_root, get_task(args.task))
@@ -265,9 +247,10 @@ def _add_augment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_augment(args: argparse.Namespace) -> Dict:
-    from distil.data.augment import run
+    from distil.data.augment import AugmentConfig, run
 
-    return run(args)
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    return run(AugmentConfig(**{k: v for k, v in vars(args).items() if k in fields}))
 
 
 def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
@@ -315,7 +298,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> Dict:
-    from distil.algorithms.base import evaluate_model_dir
+    from distil.train.run import evaluate_model_dir
 
     return evaluate_model_dir(args.model_dir, args.data_root, Path(args.result_dir) if args.result_dir else None,
                               args.eval_batch_size, _device(args.device), args.task)

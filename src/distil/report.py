@@ -43,7 +43,7 @@ def _architecture(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def measure(model_dir: Path, data_root: Path, batch_size: int, device: str) -> Dict[str, Any]:
     """One model's row before the teacher-relative columns: sizes and a fresh dev evaluation."""
-    from distil.algorithms.base import model_eval_dirs
+    from distil.train.run import model_eval_dirs
     from distil.data.tasks import get_task
     from distil.models import io
     from distil.train.trainer import evaluate
@@ -128,27 +128,3 @@ def write_report(rows: List[Dict[str, Any]], output: Path) -> Dict[str, str]:
     write_json_atomic(output.with_suffix(".json"), rows)
     plot(rows, output.with_suffix(".png"))
     return {"markdown": str(markdown), "json": str(output.with_suffix(".json")), "chart": str(output.with_suffix(".png"))}
-
-
-def plot_history(history: Dict[str, Any], metric: str, path: Path) -> None:
-    """A training run's loss curve and per-epoch dev metric, beside its results_eval.json."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, loss_axis = plt.subplots(figsize=(6.4, 4.0))
-    if history["losses"]:
-        steps, losses = zip(*history["losses"])
-        loss_axis.plot(steps, losses, color="tab:blue", label="training loss")
-    loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("training loss", color="tab:blue")
-    metric_axis = loss_axis.twinx()
-    epochs = history["epochs"]
-    metric_axis.plot([e["step"] for e in epochs], [e["metrics"][metric] for e in epochs], "o-", color="tab:orange")
-    metric_axis.set_ylabel(f"dev {metric}", color="tab:orange")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)

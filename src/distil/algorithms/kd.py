@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from distil.algorithms.base import Algorithm, Built, RunConfig, format_number, table
-from distil.algorithms.students import SoftLabelStep, build_bert_student, load_teacher
+from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, format_number, table
+from distil.algorithms.options import KDOptions
+from distil.algorithms.students import build_bert_student, load_teacher
 from distil.data.tasks import TaskSpec
-from distil.train.settings import TrainSettings
+from distil.train.step import DistillStep, hard_label, soft_labels
 
 TINY_STUDENT = {"num_hidden_layers": 4, "hidden_size": 312, "num_attention_heads": 12, "intermediate_size": 1200}
 
@@ -21,18 +22,20 @@ TINY_STUDENT = {"num_hidden_layers": 4, "hidden_size": 312, "num_attention_heads
 class KD(Algorithm):
     name = "kd"
     eval_script = "run_eval_student_kd.sh"
+    options = KDOptions
     task_settings = table({"CoLA": (5e-5, 70, 0.0001), "MRPC": (2e-5, 5, 0.001), "SST-2": (2e-5, 4, 0.0001),
                            "QQP": (5e-5, 5, 0.0001)})
 
-    def build(self, run: RunConfig, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
-        teacher, teacher_config = load_teacher(run.options, task, train_meta)
-        student, config, vocab = build_bert_student(run.options, teacher_config, task, TINY_STUDENT, train_meta)
-        alpha = run.options.get("kd_alpha", 0.8)
-        step = SoftLabelStep(student, teacher, alpha, 1 - alpha, run.options)
-        return Built(student, config, step, vocab)
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+        options: KDOptions = run.options
+        teacher, teacher_config = load_teacher(options, task, train_meta)
+        student, config, vocab, _ = build_bert_student(options, teacher_config, task, TINY_STUDENT, train_meta)
+        terms = [hard_label(options.kd_alpha),
+                 soft_labels(1 - options.kd_alpha, options.temperature, options.pred_distill_mode)]
+        return Built(student, config, DistillStep(student, terms, teacher), vocab)
 
-    def model_id(self, task: TaskSpec, settings: TrainSettings, options: Dict[str, Any]) -> str:
-        return f"{super().model_id(task, settings, options)}_kd_alpha-{format_number(options.get('kd_alpha', 0.8))}"
-
-    def id_prefix(self, task: TaskSpec, options: Dict[str, Any]) -> str:
+    def id_prefix(self, task: TaskSpec, options: KDOptions) -> str:
         return "bert-kd-distl"
+
+    def id_suffix(self, options: KDOptions) -> str:
+        return f"_kd_alpha-{format_number(options.kd_alpha)}"

@@ -1,4 +1,5 @@
-"""What the distillation algorithms share: a frozen teacher, BERT students, the width projection.
+"""What the distillation algorithms share: their common options, a frozen teacher, BERT students, the
+width projection.
 
 The teacher is loaded once, switched to eval mode (no dropout) and frozen (original: it ran with
 dropout on inside the training job). A BERT student is built from `--student_*` sizes, or taken
@@ -7,25 +8,27 @@ from `--student_model` (a model dir or a Hugging Face folder, e.g. a general Tin
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from distil.algorithms.base import check_vocab
+import numpy as np
+
+from distil.algorithms.options import BertStudentOptions, StudentOptions, parse_layer_list
+from distil.data.ofrecord import check_vocab
 from distil.data.tasks import TaskSpec
 from distil.errors import UsageError
 from distil.models import io
-from distil.ops import hard_label_loss, layer_mapping, pred_distill
+from distil.ops import layer_mapping
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
+log = logging.getLogger(__name__)
 
-STUDENT_FLAGS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
-
-
-def load_teacher(options: Dict[str, Any], task: TaskSpec, meta: Dict[str, Any],
+def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any],
                  vocab_meta_key: str = "vocab") -> Tuple[flow.nn.Module, Dict[str, Any]]:
     """The fine-tuned teacher of `--teacher_model`, frozen and in eval mode, checked against task and data."""
-    path = options.get("teacher_model")
+    path = options.teacher_model
     if not path:
         raise UsageError("--teacher_model is required: the fine-tuned teacher's model directory "
                          "(bash scripts/run_train_teacher.sh writes one)")
@@ -41,73 +44,84 @@ def load_teacher(options: Dict[str, Any], task: TaskSpec, meta: Dict[str, Any],
     return teacher, config["model"]
 
 
-def _sizes_from_options(options: Dict[str, Any], defaults: Dict[str, int]) -> Dict[str, int]:
-    return {name: int(options.get(f"student_{name}") or defaults[name]) for name in STUDENT_FLAGS}
-
-
-def build_bert_student(options: Dict[str, Any], teacher_config: Dict[str, Any], task: TaskSpec,
-                       defaults: Dict[str, int], meta: Dict[str, Any]) -> Tuple[flow.nn.Module, Dict[str, Any], Path]:
-    """(student, its config, its vocab file): random init with the teacher's vocab, or `--student_model`."""
-    init = options.get("student_model")
+def build_bert_student(options: BertStudentOptions, teacher_config: Dict[str, Any], task: TaskSpec,
+                       defaults: Dict[str, int], meta: Dict[str, Any], init: Optional[Path] = None
+                       ) -> Tuple[flow.nn.Module, Dict[str, Any], Path, Dict[str, Any]]:
+    """(student, its config, its vocab file, a checkpoint's fit_dense weights): random init with the teacher's
+    vocab, or from `init` (default `--student_model`)."""
+    init = init or options.student_model
     if not init:
-        config = {**teacher_config, **_sizes_from_options(options, defaults), "num_labels": task.num_labels}
-        return io.build_model(config), config, Path(options["teacher_model"]) / io.VOCAB_FILE
-    config, state, vocab_file, init_task = io.read_pretrained(Path(init))
-    check_vocab(vocab_file, meta, f"the student {init}")
-    if config.get("model_type", "bert") != "bert":
+        config = {**teacher_config, **options.sizes(defaults), "num_labels": task.num_labels}
+        return io.build_model(config), config, Path(options.teacher_model) / io.VOCAB_FILE, {}
+    pretrained = io.read_pretrained(Path(init))
+    check_vocab(pretrained.vocab_file, meta, f"the student {init}")
+    if pretrained.config.get("model_type", "bert") != "bert":
         raise UsageError(f"--student_model {init} is not a BERT model")
-    config = {**config, "num_labels": task.num_labels}
+    config = {**pretrained.config, "num_labels": task.num_labels}
     student = io.build_model(config)
-    keep_head = init_task == task.name
-    skip = io.absent_parts(state) + (() if keep_head else ("classifier.",))
-    io.load_state(student, {k: v for k, v in state.items() if not k.startswith("fit_dense")}, str(init), skip)
-    return student, config, vocab_file
+    keep_head = pretrained.task == task.name
+    skip = io.absent_parts(pretrained.state) + (() if keep_head else ("classifier.",))
+    io.load_state(student, pretrained.state, str(init), skip)
+    return student, config, pretrained.vocab_file, pretrained.projection
 
 
-def fit_dense(student_width: int, teacher_width: int) -> Optional[flow.nn.Linear]:
+def fit_dense(student_width: int, teacher_width: int, state: Optional[Dict[str, Any]] = None,
+              source: str = "") -> Optional[flow.nn.Linear]:
     """The recipe's width projection of student hidden states (TinyBERT's fit_dense), or None when widths match.
 
+    `state` ({"weight", "bias"}, e.g. a General TinyBERT's own) initialises it; else N(0, 0.02) and zeros.
     original: one was created (and saved) for every BERT student, even where unused or 768 -> 768.
     """
     if student_width == teacher_width:
         return None
     layer = flow.nn.Linear(student_width, teacher_width)
-    flow.nn.init.normal_(layer.weight, mean=0.0, std=0.02)
-    flow.nn.init.zeros_(layer.bias)
+    if not state:
+        flow.nn.init.normal_(layer.weight, mean=0.0, std=0.02)
+        flow.nn.init.zeros_(layer.bias)
+        return layer
+    want = {"weight": (teacher_width, student_width), "bias": (teacher_width,)}
+    got = {k: tuple(np.shape(v)) for k, v in state.items()}
+    if got != want:
+        raise UsageError(f"{source}: its fit_dense has shapes {got}, this student and teacher need {want}")
+    io.load_state(layer, state, source)
+    log.info("fit_dense loaded from %s", source)
     return layer
 
 
-def check_layer_mapping(student_config: Dict[str, Any], teacher_config: Dict[str, Any]) -> None:
-    """Fail before training (not at graph compile time) when the layers cannot be mapped uniformly."""
+def check_layer_mapping(student_config: Dict[str, Any], teacher_config: Dict[str, Any], mapping: Any = "uniform",
+                        flag: str = "--student_num_hidden_layers") -> None:
+    """Fail before training (not at graph compile time) when the layers cannot be mapped."""
     try:
-        layer_mapping(student_config["num_hidden_layers"], teacher_config["num_hidden_layers"])
+        layer_mapping(student_config["num_hidden_layers"], teacher_config["num_hidden_layers"], mapping)
     except ValueError as e:
         raise UsageError(f"{str(e).split('; ')[0]}; choose a student layer count that divides the teacher's "
-                         "(--student_num_hidden_layers, or LAYER_LIST / --layer_list for BERT-PKD)") from None
+                         f"or another layer map ({flag})") from None
 
 
-def model_inputs(batch: Dict[str, flow.Tensor], prefix: str = "") -> Tuple[flow.Tensor, ...]:
-    """(input_ids, segment_ids, input_mask) of a batch; prefix "teacher_" picks the teacher's view."""
-    return batch[f"{prefix}input_ids"], batch[f"{prefix}segment_ids"], batch[f"{prefix}input_mask"]
+def student_from_teacher(teacher: flow.nn.Module, teacher_config: Dict[str, Any],
+                         layers: List[int]) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+    """A BERT whose layer j is a copy of teacher layer layers[j]; embeddings, pooler, classifier copied too."""
+    config = {**teacher_config, "num_hidden_layers": len(layers)}
+    student = io.build_model(config)
+    state = {}
+    for name, value in teacher.state_dict().items():
+        if name.startswith("bert.encoder.layer."):
+            index, rest = name[len("bert.encoder.layer."):].split(".", 1)
+            if int(index) in layers:
+                state[f"bert.encoder.layer.{layers.index(int(index))}.{rest}"] = value
+        else:
+            state[name] = value
+    io.load_state(student, state, "the teacher")
+    return student, config
 
 
-class SoftLabelStep(flow.nn.Module):
-    """hard_weight · CE(gold) + soft_weight · pred_distill: the loss of KD and of Distilled-BiLSTM.
-
-    `teacher_prefix` picks the teacher's view of the batch ("teacher_" for the BiLSTM's records).
-    """
-
-    def __init__(self, student, teacher, hard_weight: float, soft_weight: float, options: Dict[str, Any],
-                 teacher_prefix: str = ""):
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.hard_weight, self.soft_weight, self.teacher_prefix = hard_weight, soft_weight, teacher_prefix
-        self.temperature = options.get("temperature", 1.0)
-        self.mode = options.get("pred_distill_mode", "soft_ce")
-
-    def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-        logits = self.student(*model_inputs(batch))["logits"]
-        teacher_logits = self.teacher(*model_inputs(batch, self.teacher_prefix))["logits"]
-        return {"hard_label_loss": self.hard_weight * hard_label_loss(logits, batch["label_ids"]),
-                "pred_distill_loss": self.soft_weight * pred_distill(logits, teacher_logits, self.temperature,
-                                                                     self.mode)}
+def generate_student(teacher_dir: Path, student_dir: Path, layer_list: str) -> Dict[str, Any]:
+    """Write the student built from teacher layers as a model dir (original: bert-pkd_generate_student_model.py)."""
+    teacher = io.load_model(teacher_dir)
+    config = io.read_config(teacher_dir)
+    layers = parse_layer_list(layer_list, config["model"]["num_hidden_layers"])
+    student, model_config = student_from_teacher(teacher, config["model"], layers)
+    io.write_new_model_dir(student_dir, student, model_config, teacher_dir / io.VOCAB_FILE,
+                           {"name": "bert_pkd_init", "teacher": str(teacher_dir), "layer_list": layers},
+                           task=config["task"], data=config["data"])
+    return {"model_dir": str(student_dir), "teacher": str(teacher_dir), "layer_list": layers}

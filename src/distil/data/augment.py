@@ -31,8 +31,8 @@ Deviations from the original, on purpose:
 
 from __future__ import annotations
 
-import argparse
 import collections
+import dataclasses
 import logging
 import os
 import random
@@ -43,7 +43,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from distil.data.tasks import TaskSpec, get_task
+from distil.data.tasks import TaskSpec, column_index, get_task, tsv_rows
 from distil.data.tokenization import FullTokenizer
 from distil.errors import UsageError
 
@@ -340,30 +340,6 @@ class Augmentor:
 # ---------------------------------------------------------------- a task's train.tsv
 
 
-def _rows(path: Path) -> Iterator[Tuple[int, List[str]]]:
-    """(line number, fields) as `tasks.read_examples` reads them: no quoting, only '\\n' ends a row."""
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line:
-                yield number, line.split("\t")
-
-
-def text_columns(task: TaskSpec, header: Optional[List[str]], path: Path) -> List[int]:
-    spec = task.splits["train"]
-    columns = []
-    for column in (spec.text_a, spec.text_b):
-        if column is None:
-            continue
-        if isinstance(column, int):
-            columns.append(column)
-        elif header is None or column not in header:
-            raise UsageError(f"{path}:1: header {header} has no column '{column}'")
-        else:
-            columns.append(header.index(column))
-    return columns
-
-
 def augment_file(augmentor: Augmentor, task: TaskSpec, train_file: Path, output: Path, seed: int = 0,
                  chunk_rows: int = 256, log_every: int = 1000) -> Dict:
     """Write train_file's rows and their variants to `output` (via a temporary name); return counts."""
@@ -371,9 +347,9 @@ def augment_file(augmentor: Augmentor, task: TaskSpec, train_file: Path, output:
     started = time.time()
     with open(train_file, "rb") as f:
         bom = f.read(3) == b"\xef\xbb\xbf"
-    rows = _rows(train_file)
+    rows = tsv_rows(train_file)
     header = next(rows, (1, None))[1] if spec.header else None
-    columns = text_columns(task, header, train_file)
+    columns = [column_index(c, header, train_file) for c in (spec.text_a, spec.text_b) if c is not None]
     width = len(header) if header is not None else None
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     rows_in = rows_out = 0
@@ -422,28 +398,51 @@ def augment_file(augmentor: Augmentor, task: TaskSpec, train_file: Path, output:
 # ---------------------------------------------------------------- the command
 
 
-def run(args: argparse.Namespace) -> Dict:
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """One augmentation run (`python -m distil augment`, scripts/run_data_augmentation.sh), checked on creation."""
+
+    pretrained_model: Path        # HF BERT folder with its masked-LM head
+    glove_embs: Path
+    glue_dir: Path
+    task_name: str
+    N: Optional[int] = None       # draws per sentence; None: the original's per-task value
+    M: int = DEFAULT_M
+    p: float = DEFAULT_P
+    seed: int = 42
+    output: Optional[Path] = None  # None: <glue_dir>/<TASK>/train_aug.tsv
+    max_seq_length: int = MAX_SEQ_LENGTH
+    batch_size: int = 64
+    glove_words: int = GLOVE_WORDS
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.M < 1 or (self.N is not None and self.N < 0) or not 0.0 <= self.p <= 1.0 or self.batch_size < 1 \
+                or self.glove_words < 1:
+            raise UsageError("need --M >= 1, --N >= 0, 0 <= --p <= 1, --batch_size >= 1, --glove_words >= 1")
+        if self.max_seq_length < 4:
+            raise UsageError(f"--max_seq_length {self.max_seq_length} is too small")
+
+
+def run(config: AugmentConfig) -> Dict:
+    """Augment a task's train.tsv; returns counts and timings."""
     started = time.time()
-    task = get_task(args.task_name)
+    task = get_task(config.task_name)
     if "train" not in task.splits:
         raise UsageError(f"{task.name} has no train split")
-    n = args.N if args.N is not None else DEFAULT_N.get(task.name, FALLBACK_N)
-    if args.M < 1 or n < 0 or not 0.0 <= args.p <= 1.0 or args.batch_size < 1 or args.glove_words < 1:
-        raise UsageError("need --M >= 1, --N >= 0, 0 <= --p <= 1, --batch_size >= 1, --glove_words >= 1")
-    if args.max_seq_length < 4:
-        raise UsageError(f"--max_seq_length {args.max_seq_length} is too small")
-    train_file = Path(args.glue_dir) / task.folder / task.splits["train"].file
+    n = config.N if config.N is not None else DEFAULT_N.get(task.name, FALLBACK_N)
+    train_file = Path(config.glue_dir) / task.folder / task.splits["train"].file
     if not train_file.is_file():
         raise UsageError(f"{task.name}: missing training file {train_file}")
-    if not Path(args.glove_embs).is_file():
-        raise UsageError(f"GloVe file {args.glove_embs} does not exist (--glove_embs / GLOVE_EMB)")
-    model_dir = Path(args.pretrained_model)
+    if not Path(config.glove_embs).is_file():
+        raise UsageError(f"GloVe file {config.glove_embs} does not exist (--glove_embs / GLOVE_EMB)")
+    model_dir = Path(config.pretrained_model)
     if not model_dir.is_dir():
         raise UsageError(f"pretrained model folder {model_dir} does not exist (--pretrained_model / PRETRAINED_MODEL)")
     vocab_file = model_dir / "vocab.txt"
     if not vocab_file.is_file():
         raise UsageError(f"{model_dir}: no vocab.txt")
-    output = Path(args.output) if args.output else train_file.with_name("train_aug.tsv")
+    output = Path(config.output) if config.output else train_file.with_name("train_aug.tsv")
     if output.resolve() == train_file.resolve():
         raise UsageError(f"--output {output} would overwrite the training file")
 
@@ -456,14 +455,14 @@ def run(args: argparse.Namespace) -> Dict:
         raise UsageError(f"{vocab_file} has {len(tokenizer.vocab)} tokens but the model only "
                          f"{model.config.vocab_size}")
     loaded = time.time()
-    glove = GloveIndex.load(args.glove_embs, args.glove_words)
+    glove = GloveIndex.load(config.glove_embs, config.glove_words)
     log.info("model and vocabulary loaded in %.1f s, %d GloVe vectors in %.1f s", loaded - started,
              len(glove.words), time.time() - loaded)
-    device = args.device or default_device()
-    predictor = MaskedLMPredictor(model, args.batch_size, device, tokenizer.vocab.get("[PAD]", 0))
-    max_len = min(args.max_seq_length, model.config.max_position_embeddings)
-    augmentor = Augmentor(predictor, tokenizer, glove, M=args.M, N=n, p=args.p, max_seq_length=max_len)
-    counts = augment_file(augmentor, task, train_file, output, seed=args.seed)
+    device = config.device or default_device()
+    predictor = MaskedLMPredictor(model, config.batch_size, device, tokenizer.vocab.get("[PAD]", 0))
+    max_len = min(config.max_seq_length, model.config.max_position_embeddings)
+    augmentor = Augmentor(predictor, tokenizer, glove, M=config.M, N=n, p=config.p, max_seq_length=max_len)
+    counts = augment_file(augmentor, task, train_file, output, seed=config.seed)
     return {"task": task.name, "input": str(train_file), "output": str(output), **counts,
-            "N": n, "M": args.M, "p": args.p, "seed": args.seed, "mlm_sequences": predictor.sequences,
+            "N": n, "M": config.M, "p": config.p, "seed": config.seed, "mlm_sequences": predictor.sequences,
             "mlm_calls": predictor.calls, "seconds": round(time.time() - started, 2)}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
 
 from distil.errors import UsageError
+from distil.fileio import file_sha256
 
 PART_PREFIX = "part-"
 PART_SUFFIX_LENGTH = 5
@@ -147,3 +148,11 @@ def read_meta(split_dir: Union[str, Path]) -> Dict:
     except (ValueError, KeyError) as e:
         raise UsageError(f"{path}: not a valid meta.json ({e})") from None
     return meta
+
+
+def check_vocab(vocab_file: Path, meta: Mapping, what: str) -> None:
+    """The data (described by its meta.json) must have been tokenized with the model's vocabulary."""
+    want = meta.get("vocab", {}).get("sha256")
+    if want and file_sha256(vocab_file) != want:
+        raise UsageError(f"the data in {meta.get('source')} was converted with {meta['vocab'].get('file')}, "
+                         f"but {what} uses {vocab_file}; re-run glue_process.sh with VOCAB_FILE={vocab_file}")

@@ -162,7 +162,7 @@ class Example:
     line: int
 
 
-def _tsv_rows(path: Path) -> Iterator[Tuple[int, List[str]]]:
+def tsv_rows(path: Path) -> Iterator[Tuple[int, List[str]]]:
     """Yield (line number, fields) of a TSV file without quoting (GLUE text contains bare quotes).
 
     Only '\\n' ends a row: text may contain '\\r' or Unicode line separators.
@@ -174,7 +174,8 @@ def _tsv_rows(path: Path) -> Iterator[Tuple[int, List[str]]]:
                 yield number, line.split("\t")
 
 
-def _column_index(column: Column, header: Optional[List[str]], path: Path) -> int:
+def column_index(column: Column, header: Optional[List[str]], path: Path) -> int:
+    """A split's column (an index, or a header name) as an index into the row."""
     if isinstance(column, int):
         return column
     if header is None or column not in header:
@@ -195,10 +196,10 @@ def read_examples(task: TaskSpec, split: str, glue_dir: Union[str, Path],
     path = Path(glue_dir) / task.folder / spec.file
     if not path.is_file():
         raise UsageError(f"{task.name} {split}: missing file {path} (expected {spec.file} in {path.parent})")
-    rows = _tsv_rows(path)
+    rows = tsv_rows(path)
     header = next(rows, (1, None))[1] if spec.header else None
     width = len(header) if header is not None else None
-    cols = [_column_index(c, header, path) if c is not None else None
+    cols = [column_index(c, header, path) if c is not None else None
             for c in (spec.text_a, spec.text_b, spec.label)]
     for number, fields in rows:
         if width is None:

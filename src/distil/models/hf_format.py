@@ -1,4 +1,6 @@
-"""Reading Hugging Face checkpoints without PyTorch: `model.safetensors` and `pytorch_model.bin` as NumPy arrays.
+"""Hugging Face BERT import, all of it: checkpoint readers, config and parameter-name maps.
+
+Readers work without PyTorch, `model.safetensors` and `pytorch_model.bin` as NumPy arrays.
 
 safetensors is a JSON header plus raw little-endian tensors; `pytorch_model.bin` (torch >= 1.6)
 is a zip holding a pickle whose tensors point at raw storage files in the same zip; before
@@ -8,16 +10,24 @@ PyTorch 1.6 it was a run of pickles followed by the raw storages (the "legacy" f
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from distil.errors import UsageError
+from distil.models.bert import BertConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+PROJECTION_PREFIX = "fit_dense."   # TinyBERT's student-to-teacher width projection
+MLM_HEAD_PREFIX = "cls.predictions."
 
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
                        "I8": "i1", "U8": "u1", "BOOL": "?"}
@@ -184,3 +194,105 @@ def read_hf_weights(model_dir: Path) -> Dict[str, np.ndarray]:
             return reader(model_dir / name)
     raise UsageError(f"{model_dir}: no model.safetensors or pytorch_model.bin "
                      "(sharded checkpoints are not supported; merge them first)")
+
+
+# ---------------------------------------------------------------- names and configs
+
+
+def hf_key(name: str) -> Optional[str]:
+    """Map an HF BERT parameter name to ours (None: not part of a sequence classifier).
+
+    A General TinyBERT's width projection `fit_dense.*` is kept under its name for TinyBERT to load.
+    """
+    if name.startswith(("embeddings.", "encoder.", "pooler.")):
+        name = "bert." + name
+    if not name.startswith(("bert.", "classifier.", PROJECTION_PREFIX)) or name.endswith("position_ids"):
+        return None
+    if ".LayerNorm." in name:
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    return name
+
+
+def hf_bert_config(hf_config: Dict[str, Any]) -> Dict[str, Any]:
+    """Our model section from an HF BERT config.json (HF field names are ours)."""
+    if hf_config.get("model_type", "bert") != "bert":
+        raise UsageError(f"model_type '{hf_config.get('model_type')}' is not BERT")
+    if hf_config.get("position_embedding_type", "absolute") != "absolute":
+        raise UsageError("only absolute position embeddings are supported")
+    model = {k: v for k, v in hf_config.items() if not k.startswith("_")}
+    if "id2label" in hf_config:
+        model["num_labels"] = len(hf_config["id2label"])
+    if hf_config.get("problem_type") == "regression":
+        model["num_labels"] = 1
+    return BertConfig.from_dict(model).to_dict()
+
+
+def read_hf(src: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], List[str]]:
+    """(model config, state with our parameter names, ignored HF tensors) of an HF BERT folder."""
+    src = Path(src)
+    hf_config_path = src / CONFIG_FILE
+    if not hf_config_path.is_file():
+        raise UsageError(f"{src}: no {CONFIG_FILE}; expected a Hugging Face BERT folder")
+    model_config = hf_bert_config(json.loads(hf_config_path.read_text(encoding="utf-8")))
+    state, ignored = {}, []
+    for name, array in read_hf_weights(src).items():
+        key = hf_key(name)
+        if key is None:
+            ignored.append(name)
+        else:
+            state[key] = array.astype(np.float32) if array.dtype.kind == "f" else array
+    return model_config, state, ignored
+
+
+def mlm_key(name: str) -> str:
+    """HF masked-LM names are ours except the old LayerNorm gamma/beta spelling."""
+    if ".LayerNorm." in name:
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    return name
+
+
+def mlm_state(weights: Dict[str, np.ndarray], source: str) -> Dict[str, np.ndarray]:
+    """HF tensors -> our names for BertForMaskedLM; checks the head is there and the decoder is tied."""
+    state: Dict[str, np.ndarray] = {}
+    decoder_weight = decoder_bias = None
+    for name, array in weights.items():
+        array = array.astype(np.float32) if array.dtype.kind == "f" else array
+        key = mlm_key(name)
+        if key == MLM_HEAD_PREFIX + "decoder.weight":
+            decoder_weight = array
+        elif key == MLM_HEAD_PREFIX + "decoder.bias":
+            decoder_bias = array
+        elif key.startswith(("bert.", MLM_HEAD_PREFIX)) and not key.endswith("position_ids"):
+            state[key] = array
+        else:
+            log.debug("not part of a masked LM, ignored: %s", name)
+    if not any(k.startswith(MLM_HEAD_PREFIX) for k in state) and decoder_weight is None:
+        raise UsageError(f"{source}: the checkpoint has no masked-LM head ({MLM_HEAD_PREFIX}* tensors); the data "
+                         "augmentation needs a BERT with its masked-LM head, e.g. Hugging Face bert-base-uncased "
+                         "(BertForPreTraining or BertForMaskedLM weights)")
+    if MLM_HEAD_PREFIX + "bias" not in state and decoder_bias is not None:
+        state[MLM_HEAD_PREFIX + "bias"] = decoder_bias
+    embeddings = state.get("bert.embeddings.word_embeddings.weight")
+    if decoder_weight is not None and embeddings is not None and (
+            decoder_weight.shape != embeddings.shape or not np.allclose(decoder_weight, embeddings, atol=1e-6)):
+        raise UsageError(f"{source}: {MLM_HEAD_PREFIX}decoder.weight differs from the word embeddings; only "
+                         "BERT's tied decoder is supported")
+    return state
+
+
+def read_mlm_config(path: Union[str, Path]) -> Dict[str, Any]:
+    """The model config of an HF BERT folder that must hold a masked-LM head (data augmentation)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"pretrained model folder {path} does not exist")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise UsageError(f"{path}: no {CONFIG_FILE}; expected a Hugging Face BERT folder with the masked-LM head")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UsageError(f"{config_path}: not valid JSON ({e})") from None
+    if "format" in hf_config:
+        raise UsageError(f"{path} is a distil model directory, which keeps no masked-LM head; pass the "
+                         "Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
+    return hf_bert_config(hf_config)

@@ -7,6 +7,7 @@ Face BERT checkpoints are imported with `convert_hf` (no PyTorch needed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import numpy as np
 from distil import __version__
 from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
-from distil.models.hf_format import read_hf_weights
+from distil.models.hf_format import PROJECTION_PREFIX, read_hf
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -180,51 +181,20 @@ def serve_for_online(model_dir: PathLike) -> None:
 # ---------------------------------------------------------------- Hugging Face import
 
 
-def _hf_key(name: str) -> Optional[str]:
-    """Map an HF BERT parameter name to ours (None: not part of a sequence classifier)."""
-    if name.startswith(("embeddings.", "encoder.", "pooler.")):
-        name = "bert." + name
-    if not name.startswith(("bert.", "classifier.")) or name.endswith("position_ids"):
-        return None
-    if ".LayerNorm." in name:
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-    return name
+@dataclasses.dataclass
+class Pretrained:
+    """A model dir or HF folder to start from: config, weights, vocabulary, its task (if fine-tuned), and a
+    General TinyBERT's width projection (`fit_dense.*`) when it has one."""
+
+    config: Dict[str, Any]
+    state: Dict[str, Any]
+    vocab_file: Path
+    task: Optional[str] = None
+    projection: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def hf_bert_config(hf_config: Dict[str, Any]) -> Dict[str, Any]:
-    """Our model section from an HF BERT config.json (HF field names are ours)."""
-    if hf_config.get("model_type", "bert") != "bert":
-        raise UsageError(f"model_type '{hf_config.get('model_type')}' is not BERT")
-    if hf_config.get("position_embedding_type", "absolute") != "absolute":
-        raise UsageError("only absolute position embeddings are supported")
-    model = {k: v for k, v in hf_config.items() if not k.startswith("_")}
-    if "id2label" in hf_config:
-        model["num_labels"] = len(hf_config["id2label"])
-    if hf_config.get("problem_type") == "regression":
-        model["num_labels"] = 1
-    from distil.models.bert import BertConfig
-    return BertConfig.from_dict(model).to_dict()
-
-
-def read_hf(src: PathLike) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], List[str]]:
-    """(model config, state with our parameter names, ignored HF tensors) of an HF BERT folder."""
-    src = Path(src)
-    hf_config_path = src / CONFIG_FILE
-    if not hf_config_path.is_file():
-        raise UsageError(f"{src}: no {CONFIG_FILE}; expected a Hugging Face BERT folder")
-    model_config = hf_bert_config(json.loads(hf_config_path.read_text(encoding="utf-8")))
-    state, ignored = {}, []
-    for name, array in read_hf_weights(src).items():
-        key = _hf_key(name)
-        if key is None:
-            ignored.append(name)
-        else:
-            state[key] = array.astype(np.float32) if array.dtype.kind == "f" else array
-    return model_config, state, ignored
-
-
-def read_pretrained(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, Any], Path, Optional[str]]:
-    """(model config, weights, vocab file, task name) of a model dir or of a Hugging Face BERT folder."""
+def read_pretrained(path: PathLike) -> Pretrained:
+    """A model directory or a Hugging Face BERT folder, read for initialising a model."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise UsageError(f"{path} is neither a model directory nor a Hugging Face checkpoint (no {CONFIG_FILE})")
@@ -234,10 +204,11 @@ def read_pretrained(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, Any], Pat
         config = read_config(path)
         if not (path / WEIGHTS_DIR).is_dir():
             raise UsageError(f"{path}: no {WEIGHTS_DIR}/ folder (the model was never saved)")
-        task = (config.get("task") or {}).get("name")
-        return config["model"], flow.load(str(path / WEIGHTS_DIR)), path / VOCAB_FILE, task
+        return Pretrained(config["model"], flow.load(str(path / WEIGHTS_DIR)), path / VOCAB_FILE,
+                          (config.get("task") or {}).get("name"))
     model_config, state, _ = read_hf(path)
-    return model_config, state, path / VOCAB_FILE, None
+    projection = {k[len(PROJECTION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PROJECTION_PREFIX)}
+    return Pretrained(model_config, state, path / VOCAB_FILE, projection=projection)
 
 
 def convert_hf(src: PathLike, dst: PathLike) -> Dict[str, Any]:
@@ -248,6 +219,8 @@ def convert_hf(src: PathLike, dst: PathLike) -> Dict[str, Any]:
     if not (src / VOCAB_FILE).is_file():
         raise UsageError(f"{src}: no {VOCAB_FILE}")
     model_config, state, ignored = read_hf(src)
+    ignored += [k for k in state if k.startswith(PROJECTION_PREFIX)]
+    state = {k: v for k, v in state.items() if not k.startswith(PROJECTION_PREFIX)}
     model = build_model(model_config)
     initialized = sorted(k for k in model.state_dict() if k not in state and k.startswith(("classifier.", "bert.pooler.")))
     load_state(model, state, str(src), skip=tuple(initialized))

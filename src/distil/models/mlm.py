@@ -17,15 +17,14 @@ import numpy as np
 
 from distil.errors import UsageError
 from distil.models.bert import BertConfig, BertModel, LayerNorm, gelu, init_weights
-from distil.models.hf_format import read_hf_weights
-from distil.models.io import CONFIG_FILE, absent_parts, hf_bert_config, load_state
+from distil.models.hf_format import MLM_HEAD_PREFIX as HEAD_PREFIX, mlm_state, read_mlm_config, read_hf_weights
+from distil.models.io import absent_parts, load_state
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
 nn = flow.nn
 log = logging.getLogger(__name__)
 
-HEAD_PREFIX = "cls.predictions."
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -87,58 +86,6 @@ class BertForMaskedLM(nn.Module):
         return self._logits(flow.index_select(last.reshape(batch * seq, width), 0, flat))
 
 
-def _mlm_key(name: str) -> str:
-    if ".LayerNorm." in name:
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-    return name
-
-
-def mlm_state(weights: Dict[str, np.ndarray], source: str) -> Dict[str, np.ndarray]:
-    """HF tensors -> our names for BertForMaskedLM; checks the head is there and the decoder is tied."""
-    state: Dict[str, np.ndarray] = {}
-    decoder_weight = decoder_bias = None
-    for name, array in weights.items():
-        array = array.astype(np.float32) if array.dtype.kind == "f" else array
-        key = _mlm_key(name)
-        if key == HEAD_PREFIX + "decoder.weight":
-            decoder_weight = array
-        elif key == HEAD_PREFIX + "decoder.bias":
-            decoder_bias = array
-        elif key.startswith(("bert.", HEAD_PREFIX)) and not key.endswith("position_ids"):
-            state[key] = array
-        else:
-            log.debug("not part of a masked LM, ignored: %s", name)
-    if not any(k.startswith(HEAD_PREFIX) for k in state) and decoder_weight is None:
-        raise UsageError(f"{source}: the checkpoint has no masked-LM head ({HEAD_PREFIX}* tensors); the data "
-                         "augmentation needs a BERT with its masked-LM head, e.g. Hugging Face bert-base-uncased "
-                         "(BertForPreTraining or BertForMaskedLM weights)")
-    if HEAD_PREFIX + "bias" not in state and decoder_bias is not None:
-        state[HEAD_PREFIX + "bias"] = decoder_bias
-    embeddings = state.get("bert.embeddings.word_embeddings.weight")
-    if decoder_weight is not None and embeddings is not None and (
-            decoder_weight.shape != embeddings.shape or not np.allclose(decoder_weight, embeddings, atol=1e-6)):
-        raise UsageError(f"{source}: {HEAD_PREFIX}decoder.weight differs from the word embeddings; only "
-                         "BERT's tied decoder is supported")
-    return state
-
-
-def read_hf_config(path: Union[str, Path]) -> Dict[str, Any]:
-    path = Path(path)
-    if not path.is_dir():
-        raise UsageError(f"pretrained model folder {path} does not exist")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise UsageError(f"{path}: no {CONFIG_FILE}; expected a Hugging Face BERT folder with the masked-LM head")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise UsageError(f"{config_path}: not valid JSON ({e})") from None
-    if "format" in hf_config:
-        raise UsageError(f"{path} is a distil model directory, which keeps no masked-LM head; pass the "
-                         "Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
-    return hf_bert_config(hf_config)
-
-
 def load_mlm(path: Union[str, Path]) -> BertForMaskedLM:
     """BertForMaskedLM with the weights of a Hugging Face BERT folder, in eval mode.
 
@@ -146,7 +93,7 @@ def load_mlm(path: Union[str, Path]) -> BertForMaskedLM:
     checkpoints have none; it is not used here).
     """
     path = Path(path)
-    model_config = read_hf_config(path)
+    model_config = read_mlm_config(path)
     state = mlm_state(read_hf_weights(path), str(path))
     try:
         model = BertForMaskedLM(BertConfig.from_dict(model_config))

@@ -10,11 +10,15 @@ and selected with `where`, a constant rate, and trainable LayerNorms in the "fro
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
+from distil.models.bert import additive_attention_mask
+from distil.ops.losses import hard_label_loss
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
+
+FROZEN = ("bert.embeddings.", "bert.pooler.", "classifier.")  # shared with the predecessor, never trained
 
 
 def linear_replacing_rate(step: int, k: float, b: float) -> float:
@@ -48,3 +52,26 @@ class TheseusEncoder(flow.nn.Module):
                 hidden_states.append(hidden)
                 scores.append(layer_scores)
         return hidden, hidden_states, scores
+
+
+def freeze_shared(model: flow.nn.Module) -> None:
+    """Freeze what a successor shares with its predecessor: embeddings, pooler, classifier."""
+    for name, parameter in model.named_parameters():
+        if name.startswith(FROZEN):
+            parameter.requires_grad = False
+
+
+class TheseusStep(flow.nn.Module):
+    """One replacement-training step: the successor's embeddings/head around a mixed encoder."""
+
+    def __init__(self, successor: flow.nn.Module, teacher: flow.nn.Module):
+        super().__init__()
+        self.successor = successor
+        self.encoder = TheseusEncoder(teacher.bert.encoder.layer, successor.bert.encoder.layer)
+
+    def forward(self, batch: Dict[str, flow.Tensor], replacing_rate: float) -> Dict[str, flow.Tensor]:
+        bert = self.successor.bert
+        hidden = bert.embeddings(batch["input_ids"], batch["segment_ids"])
+        hidden, _, _ = self.encoder(hidden, additive_attention_mask(batch["input_mask"]), replacing_rate)
+        logits = self.successor.classifier(self.successor.dropout(bert.pooler(hidden)))
+        return {"hard_label_loss": hard_label_loss(logits, batch["label_ids"])}

@@ -47,7 +47,7 @@ class RunState:
     best_value: Optional[float] = None
     best_epoch: int = 0
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # one entry per epoch
-    losses: List[List[float]] = dataclasses.field(default_factory=list)       # [step, total loss] as logged
+    losses: List[Dict[str, float]] = dataclasses.field(default_factory=list)  # {step, loss, each term} as logged
     finished: bool = False
     settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the teacher a student learns from
@@ -57,7 +57,9 @@ def read_run_state(model_dir: Path) -> Optional[RunState]:
     path = model_dir / TRAIN_STATE_DIR / STATE_FILE
     if not path.is_file():
         return None
-    return RunState(**json.loads(path.read_text(encoding="utf-8")))
+    values = json.loads(path.read_text(encoding="utf-8"))
+    values["losses"] = [{"step": e[0], "loss": e[1]} if isinstance(e, list) else e for e in values.get("losses", [])]
+    return RunState(**values)
 
 
 def model_size(model: flow.nn.Module, model_dir: Path) -> Dict[str, float]:
@@ -136,14 +138,15 @@ class Trainer:
         return min(total, self.settings.max_steps) if self.settings.max_steps else total
 
     def _log_losses(self, outputs: Dict[str, flow.Tensor], state: RunState, total: int, progress: tqdm) -> None:
-        """Every `log_every` steps: each loss term, the learning rate and the throughput (original: Metric)."""
+        """Every `log_every` steps: each weighted loss term by name, their sum `loss`, the learning rate and
+        the throughput (original: Metric)."""
         losses = {k: round(float(v.numpy()), 6) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
         warmup = warmup_steps(total, self.settings.warmup_proportion)
         lr = self.settings.learning_rate * warmup_linear_factor(state.step - 1, total, warmup)
         if not all(np.isfinite(v) for v in losses.values()):
             raise UsageError(f"training diverged: non-finite loss at step {state.step} ({losses}); lower "
                              f"--learning_rate (now {self.settings.learning_rate}) or check the data")
-        state.losses.append([state.step, losses["loss"]])
+        state.losses.append({"step": state.step, **losses})
         now, (then, then_step) = time.perf_counter(), self._last_log
         self._last_log = (now, state.step)
         progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")

@@ -1,0 +1,221 @@
+"""Running an algorithm: its stages end to end, and evaluating a saved model directory.
+
+For every stage the same sequence: check the inputs (data, options) before anything is written,
+write the model directory's config.json and vocab.txt, train with the one Trainer, evaluate the
+saved best, write results_eval.json / train_history.json / train_curve.png, and strip the model
+for serving when asked. An algorithm only declares (`distil.algorithms.base.Algorithm`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from distil.data import ofrecord
+from distil.data.dataset import open_split
+from distil.data.tasks import TaskSpec, get_task
+from distil.errors import UsageError
+from distil.fileio import write_json_atomic
+from distil.models import io
+from distil.runtime import import_oneflow
+from distil.train.settings import TrainSettings
+from distil.train.trainer import RunState, Trainer, evaluate, read_run_state
+
+flow = import_oneflow()
+log = logging.getLogger(__name__)
+
+RESULTS_FILE, HISTORY_FILE, CURVE_FILE = "results_eval.json", "train_history.json", "train_curve.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run as the command line describes it."""
+
+    task: str
+    data_root: Path
+    model_save_dir: Path
+    settings: TrainSettings
+    options: Any                           # the algorithm's Options dataclass
+    result_dir: Optional[Path] = None      # None: results go into the model directory
+    serve_for_online: bool = False
+    overwrite: bool = False
+    device: str = "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training of a run. Multi-stage algorithms train a first stage in a nested directory and start
+    the final one from it (`init`); results, `--result_dir` and SERVE_FOR_ONLINE concern the final stage."""
+
+    name: str
+    model_dir: Path
+    settings: TrainSettings
+    init: Optional[Path] = None
+    final: bool = True
+
+
+@dataclasses.dataclass
+class Built:
+    """What an algorithm's `build` returns: the model to train and save, and how one step computes its losses."""
+
+    model: flow.nn.Module
+    model_config: Dict[str, Any]
+    step_module: flow.nn.Module
+    vocab_file: Path
+    extra_state: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    step_inputs: Optional[Callable[[int, int], Tuple]] = None
+    eager: bool = False            # True: steps run eagerly (Theseus samples a different network each step)
+
+
+def data_dirs(data_root: Path, task: TaskSpec, suffix: str = "", train_split: str = "train"
+              ) -> Tuple[Path, Dict[str, Path]]:
+    """(train split, {eval split name: dir}) under <data_root>/<TASK><suffix>/, with a clear error if absent."""
+    folder = data_root / f"{task.name}{suffix}"
+    evals = {name: folder / name for name in ("eval", "eval_mismatched") if name in task.splits}
+    for split in (folder / train_split, *evals.values()):
+        if not (split / ofrecord.META_FILE).is_file():
+            raise UsageError(f"no converted data at {split} (run: bash scripts/glue_process.sh {task.name}"
+                             f" with DATA_ROOT={data_root})")
+    return folder / train_split, evals
+
+
+def model_eval_dirs(config: Dict[str, Any], data_root: Path) -> Dict[str, Path]:
+    """The dev split(s) a model directory's config points at: <data_root>/<its data folder>/eval…"""
+    task = get_task(config["task"]["name"])
+    folder = config.get("data", {}).get("folder", task.name)
+    return data_dirs(data_root, task, folder[len(task.name):])[1]
+
+
+def _already_trained(model_dir: Path) -> bool:
+    state = read_run_state(model_dir)
+    return (model_dir / io.WEIGHTS_DIR).is_dir() and (state is None or state.finished)
+
+
+def plot_history(history: Dict[str, Any], metric: str, path: Path) -> None:
+    """A run's loss terms (each by name) and total against steps, and the per-epoch dev metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, loss_axis = plt.subplots(figsize=(6.4, 4.0))
+    names = sorted({k for entry in history["losses"] for k in entry if k.endswith("loss")} - {"loss"})
+    steps = [entry["step"] for entry in history["losses"]]
+    if steps:
+        loss_axis.plot(steps, [entry["loss"] for entry in history["losses"]], color="black", label="loss (sum)")
+        for name in names if len(names) > 1 else ():
+            loss_axis.plot(steps, [entry.get(name) for entry in history["losses"]], label=name, linewidth=1)
+        loss_axis.legend(fontsize=7, loc="upper right")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("training loss")
+    metric_axis = loss_axis.twinx()
+    epochs = history["epochs"]
+    metric_axis.plot([e["step"] for e in epochs], [e["metrics"][metric] for e in epochs], "o-", color="tab:orange")
+    metric_axis.set_ylabel(f"dev {metric}", color="tab:orange")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_results(results: Dict[str, Any], state: RunState, target: Path, metric: str) -> Path:
+    """results_eval.json, train_history.json and the loss/metric curve train_curve.png."""
+    target.mkdir(parents=True, exist_ok=True)
+    history = {"epochs": state.history, "losses": state.losses}
+    write_json_atomic(target / HISTORY_FILE, history)
+    plot_history(history, metric, target / CURVE_FILE)
+    write_json_atomic(target / RESULTS_FILE, results)
+    return target / RESULTS_FILE
+
+
+def train_algorithm(algorithm, run: RunConfig) -> Dict[str, Any]:
+    """Train every stage of `algorithm`; returns the final metrics of the saved best model."""
+    results: Dict[str, Any] = {}
+    for index, stage in enumerate(algorithm.stages(run)):
+        results = train_stage(algorithm, run, stage, clear=run.overwrite and index == 0)
+    return results
+
+
+def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) -> Dict[str, Any]:
+    """Train one stage. `clear`: remove the run's model directory once the inputs have been checked."""
+    task = get_task(run.task)
+    model_dir, result_dir = stage.model_dir, run.result_dir if stage.final else None
+    if result_dir is not None:
+        result_dir.mkdir(parents=True, exist_ok=True)  # fail now, not after training
+    if _already_trained(model_dir) and not clear:
+        if not stage.final:
+            return {}
+        log.warning("%s already holds a trained model; not training again (use --overwrite to retrain)", model_dir)
+        results = (result_dir or model_dir) / RESULTS_FILE
+        if results.is_file():
+            return json.loads(results.read_text())
+        return evaluate_model_dir(model_dir, run.data_root, result_dir, run.settings.eval_batch_size, run.device)
+    suffix = algorithm.data_suffix(run.options)
+    train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run.options))
+    for split in (train_dir, *eval_dirs.values()):  # bad data must fail before anything is written
+        open_split(split)
+    train_meta = ofrecord.read_meta(train_dir)
+    built = algorithm.build(run, stage, task, train_meta)
+    if clear and run.model_save_dir.exists():
+        log.warning("--overwrite: removing the earlier run in %s", run.model_save_dir)
+        shutil.rmtree(run.model_save_dir)
+    options = run.options.as_json()
+    io.write_config(model_dir, {
+        "model": built.model_config,
+        "task": {"name": task.name, "labels": task.labels, "num_labels": task.num_labels,
+                 "metrics": list(task.metrics)},
+        "data": {"format": train_meta.get("format", "bert"), "folder": f"{task.name}{suffix}",
+                 "seq_length": train_meta.get("seq_length"), "do_lower_case": train_meta["vocab"].get("do_lower_case")},
+        "algorithm": {"name": algorithm.name, "model_id": run.model_save_dir.name, "stage": stage.name,
+                      "settings": dataclasses.asdict(stage.settings), "options": options},
+    })
+    io.copy_vocab(built.vocab_file, model_dir)
+    extra_state = {"options": options, "stage": stage.name, **built.extra_state}  # a resume must not change them
+    trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,
+                      model_dir, run.device, built.step_inputs, extra_state, built.eager)
+    state = trainer.fit()
+    results = {"task": task.name, "algorithm": algorithm.name, "model_id": run.model_save_dir.name,
+               "best_epoch": state.best_epoch, **trainer.evaluate_best()}
+    path = write_results(results, state, result_dir or model_dir, task.metrics[0])
+    log.info("results of the saved best model (epoch %d) in %s", state.best_epoch, path)
+    if run.serve_for_online and stage.final:
+        io.serve_for_online(model_dir)
+    return results
+
+
+def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
+    """A missing model id gets the list of the ids of that task that do exist beside it."""
+    if model_dir.is_dir():
+        return
+    configs = model_dir.parent.glob(f"*/{io.CONFIG_FILE}") if model_dir.parent.is_dir() else []
+    ids = sorted(p.parent.name for p in configs
+                 if task is None or (json.loads(p.read_text()).get("task") or {}).get("name") == get_task(task).name)
+    raise UsageError(f"no model {model_dir.name} in {model_dir.parent}; "
+                     + (f"models there: {', '.join(ids)}" if ids else "it holds no model"))
+
+
+def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Path], batch_size: int,
+                       device: str, task_name: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate a saved model on its task's dev split(s) and write results_eval.json (original: run_eval_*.sh)."""
+    _check_model_exists(model_dir, task_name)
+    config = io.read_config(model_dir)
+    if not config.get("task"):
+        raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
+    task = get_task(config["task"]["name"])
+    if task_name is not None and get_task(task_name).name != task.name:
+        raise UsageError(f"{model_dir} was trained for {task.name}, not {get_task(task_name).name}")
+    eval_dirs = model_eval_dirs(config, data_root)
+    meta = ofrecord.read_meta(eval_dirs["eval"])
+    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, meta, f"the model {model_dir}")
+    model = io.load_model(model_dir)
+    results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
+               **evaluate(model, eval_dirs, task.metrics, batch_size, device, model_dir)}
+    target = result_dir or model_dir
+    target.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(target / RESULTS_FILE, results)
+    return results
