@@ -114,13 +114,13 @@ def project(step, hidden):
     return hidden @ step.fit_dense.weight.numpy().T + step.fit_dense.bias.numpy()
 
 
-def evaluated(built, train_dir):
-    """(the step's outputs as floats, student outputs, teacher outputs, labels) on one batch, dropout off."""
+def evaluated(built, train_dir, teacher_view: str = ""):
+    """(the step's outputs as floats, student outputs, teacher outputs on `teacher_view`, labels) on one batch,
+    dropout off."""
     step = built.step_module.eval()
     batch = first_batch(train_dir)
     got = {k: float(v.numpy()) for k, v in step(batch).items()}
-    view = getattr(step, "teacher_view", "")
-    teacher = numpy_outputs(step.teacher, batch, view) if getattr(step, "teacher", None) is not None else None
+    teacher = numpy_outputs(step.teacher, batch, teacher_view) if step.teacher is not None else None
     return got, numpy_outputs(built.model, batch), teacher, batch["label_ids"].numpy()
 
 
@@ -147,7 +147,7 @@ def test_distilled_lstm_recipe_weights_soft_labels_by_alpha_and_reads_the_teache
     built, _, train_dir = build(ws, "distilled_lstm", kd_alpha=0.3, lstm_embedding_size=8, lstm_hidden_size=8,
                                 lstm_fc_size=8)
     assert train_dir.parent.name == "SST-2_lstm_32"
-    got, s, t, labels = evaluated(built, train_dir)
+    got, s, t, labels = evaluated(built, train_dir, teacher_view="teacher_")
     check(got, {"hard_label_loss": 0.7 * cross_entropy(s["logits"], labels),
                 "pred_loss": 0.3 * soft_ce(s["logits"], t["logits"], 1.0)})
 

@@ -208,7 +208,8 @@ def _add_pkd_student(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher_model", type=Path, default=None, help="default: the teacher table's model id")
     p.add_argument("--models_root", type=Path, default=Path("models"))
     p.add_argument("--student_model", type=Path, required=True, help="the model directory to create")
-    p.add_argument("--layer_list", default="2,6,10", help="0-based teacher layers, one per student layer")
+    p.add_argument("--layer_list", default=OPTIONS["bert_pkd"].layer_list,
+                   help="0-based teacher layers, one per student layer (default: BERT-PKD's)")
     p.set_defaults(run=_run_pkd_student)
 
 

@@ -1,4 +1,4 @@
-"""Small file helpers every writer shares: atomic JSON, atomic folder replacement, checksums."""
+"""Small file helpers: atomic JSON, atomic folder replacement, checksums, reading a folder's config.json."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Dict, Union
+
+from distil.errors import UsageError
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
@@ -35,3 +38,18 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_config_json(folder: Union[str, Path], kind: str, not_one: str) -> Dict[str, Any]:
+    """<folder>/config.json, with errors naming the folder: missing (`kind` says what it should be), no
+    config.json (`not_one` follows the folder's name), or not valid JSON."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{kind} {folder} does not exist")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{folder}{not_one}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None

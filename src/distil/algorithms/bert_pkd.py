@@ -43,7 +43,7 @@ class BertPKD(Algorithm):
             student, config = student_from_teacher(teacher, teacher_config, layers)
             vocab = options.teacher_model / io.VOCAB_FILE
         mapping = parse_layer_map(options.pkd_layer_map)
-        check_layer_mapping(config, teacher_config, mapping, "--pkd_layer_map")
+        check_layer_mapping(config, teacher_config, mapping, "LAYER_LIST / --layer_list, or --pkd_layer_map")
         operator = "pkd_patient" if options.pkd_loss == "patient" else "layer_distill"
         terms = [hard_label(1 - options.kd_alpha),
                  soft_labels(options.kd_alpha, options.temperature, options.pred_distill_mode),

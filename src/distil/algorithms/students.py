@@ -95,7 +95,7 @@ def check_layer_mapping(student_config: Dict[str, Any], teacher_config: Dict[str
         layer_mapping(student_config["num_hidden_layers"], teacher_config["num_hidden_layers"], mapping)
     except ValueError as e:
         raise UsageError(f"{str(e).split('; ')[0]}; choose a student layer count that divides the teacher's "
-                         f"or another layer map ({flag})") from None
+                         f"({flag})") from None
 
 
 def student_from_teacher(teacher: flow.nn.Module, teacher_config: Dict[str, Any],

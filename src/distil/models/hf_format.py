@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from distil.errors import UsageError
+from distil.fileio import read_config_json
 from distil.models.bert import BertConfig
 
 log = logging.getLogger(__name__)
@@ -282,16 +283,8 @@ def mlm_state(weights: Dict[str, np.ndarray], source: str) -> Dict[str, np.ndarr
 
 def read_mlm_config(path: Union[str, Path]) -> Dict[str, Any]:
     """The model config of an HF BERT folder that must hold a masked-LM head (data augmentation)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UsageError(f"pretrained model folder {path} does not exist")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise UsageError(f"{path}: no {CONFIG_FILE}; expected a Hugging Face BERT folder with the masked-LM head")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise UsageError(f"{config_path}: not valid JSON ({e})") from None
+    hf_config = read_config_json(path, "pretrained model folder",
+                                 f": no {CONFIG_FILE}; expected a Hugging Face BERT folder with the masked-LM head")
     if "format" in hf_config:
         raise UsageError(f"{path} is a distil model directory, which keeps no masked-LM head; pass the "
                          "Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")

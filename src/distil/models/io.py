@@ -20,7 +20,7 @@ import numpy as np
 
 from distil import __version__
 from distil.errors import UsageError
-from distil.fileio import replace_dir, write_json_atomic
+from distil.fileio import read_config_json, replace_dir, write_json_atomic
 from distil.models.hf_format import PROJECTION_PREFIX, read_hf
 from distil.runtime import import_oneflow
 
@@ -58,14 +58,7 @@ def build_model(model_config: Mapping[str, Any]) -> flow.nn.Module:
 def read_config(model_dir: PathLike) -> Dict[str, Any]:
     """config.json of a model directory, with a clear error for anything that is not one."""
     path = Path(model_dir) / CONFIG_FILE
-    if not Path(model_dir).is_dir():
-        raise UsageError(f"model directory {model_dir} does not exist")
-    if not path.is_file():
-        raise UsageError(f"{model_dir} is not a model directory: it has no {CONFIG_FILE}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    config = read_config_json(model_dir, "model directory", f" is not a model directory: it has no {CONFIG_FILE}")
     if config.get("format") != FORMAT:
         hint = " (a Hugging Face checkpoint? import it with: python -m distil convert-hf SRC DST)" \
             if "model_type" in config else ""
