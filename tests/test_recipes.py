@@ -8,6 +8,7 @@ or the wrong soft-label mode fails here.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from distil.models.bert import BertConfig
 from distil.runtime import import_oneflow
 from distil.train.run import RunConfig, data_dirs
 from distil.train.settings import TrainSettings
-from distil.train.trainer import Trainer
+from distil.train.trainer import Trainer, build_step_runner
 from glue_fixtures import write_learnable_sst2
 
 flow = import_oneflow()
@@ -225,7 +226,7 @@ def test_tinybert_loads_a_general_tinyberts_own_fit_dense(ws, tmp_path):
     write_safetensors(general / "model.safetensors", state)
     config = {**{k: v for k, v in built.model_config.items() if k != "num_labels"}, "model_type": "bert",
               "architectures": ["TinyBertForPreTraining"]}
-    (general / "config.json").write_text(__import__("json").dumps(config))
+    (general / "config.json").write_text(json.dumps(config))
     (general / "vocab.txt").write_bytes((ws / "teacher" / io.VOCAB_FILE).read_bytes())
     loaded, _, _ = build(ws, "tinybert", student_model=general)
     assert np.array_equal(loaded.step_module.fit_dense.weight.numpy(), state["fit_dense.weight"])
@@ -294,3 +295,26 @@ def test_kd_with_only_the_soft_term_moves_the_student_toward_the_teacher(ws, tmp
     start = divergence()
     train_briefly(built, stage, train_dir, tmp_path, epochs=4, warmup_proportion=0.0)
     assert divergence() < 0.5 * start, (start, divergence())
+
+
+@pytest.mark.parametrize("name, options", [("kd", SMALL), ("theseus", {"successor_layers": 2})])
+def test_train_state_keeps_no_frozen_teacher_and_a_resume_restores_the_rest(ws, tmp_path, name, options):
+    built, stage, train_dir = build(ws, name, **options)
+    train_briefly(built, stage, train_dir, tmp_path, max_steps=4)
+    saved = flow.load(str(tmp_path / "train_state" / "graph"))["step_module"]
+    frozen = {k for k, p in built.step_module.named_parameters() if not p.requires_grad}
+    assert frozen and not frozen & set(saved)
+    assert set(saved) == set(built.step_module.state_dict()) - frozen
+    trained = {k: v.numpy().copy() for k, v in built.step_module.state_dict().items()}
+    state_file = tmp_path / "train_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "step": 3, "finished": False}))  # as if killed after step 3
+    resumed, stage, _ = build(ws, name, **options)
+    runner = build_step_runner(resumed.step_module, OFRecordDataset(train_dir, 16), stage.settings, 4,
+                               eager=resumed.eager)
+    Trainer(resumed.model, resumed.step_module, stage.settings, train_dir, {}, TASK.metrics, tmp_path, "cpu",
+            eager=resumed.eager)._load_train_state(runner)
+    for key, value in resumed.step_module.state_dict().items():  # trained weights back, the teacher from its dir
+        assert np.array_equal(value.numpy(), trained[key]), key
+    again, stage, _ = build(ws, name, **options)
+    assert train_briefly(again, stage, train_dir, tmp_path, max_steps=4).step == 4  # the run resumes and ends

@@ -84,11 +84,12 @@ class EagerStep:
         return {**outputs, "loss": total}
 
     def state_dict(self) -> Dict:
-        return {"module": self.step_module.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Keyed as a TrainGraph's: the step module's weights under "step_module", then the rest."""
+        return {"step_module": self.step_module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: Dict) -> None:
-        self.step_module.load_state_dict(state["module"])
+        """The optimizer and schedule (the trainer loads the step module's weights itself)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
 

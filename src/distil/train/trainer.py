@@ -36,6 +36,7 @@ flow = import_oneflow()
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+STEP_MODULE = "step_module"   # the key of the step module's weights in a runner's state dict
 StepInputs = Callable[[int, int], Tuple[flow.Tensor, ...]]
 
 
@@ -111,7 +112,7 @@ class Trainer:
         total = self.total_steps(data.steps_per_epoch)
         graph = build_step_runner(self.step_module, data, self.settings, total, self.device, self.eager)
         if state.step:
-            graph.load_state_dict(flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph")))
+            self._load_train_state(graph)
             log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
         evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics, self.settings.eval_batch_size,
                               self.device)
@@ -185,15 +186,33 @@ class Trainer:
                              "--overwrite to start again")
         return previous
 
+    def _frozen(self) -> set:
+        """Names of the step module's frozen parameters (the teacher): rebuilt from their source on resume."""
+        return {name for name, p in self.step_module.named_parameters() if not p.requires_grad}
+
     def _save_train_state(self, graph: Union[TrainGraph, EagerStep], state: RunState) -> None:
+        """Everything resuming needs except frozen weights, written to a temporary folder and renamed."""
         staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
+        frozen = self._frozen()
+        saved = graph.state_dict()
+        saved[STEP_MODULE] = {k: v for k, v in saved[STEP_MODULE].items() if k not in frozen}
         try:
-            flow.save(graph.state_dict(), str(staged / "graph"))
+            flow.save(saved, str(staged / "graph"))
             write_json_atomic(staged / STATE_FILE, dataclasses.asdict(state))
             replace_dir(staged, self.model_dir / TRAIN_STATE_DIR)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+    def _load_train_state(self, graph: Union[TrainGraph, EagerStep]) -> None:
+        saved = flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph"))
+        module_state = saved.pop(STEP_MODULE)
+        expected = set(self.step_module.state_dict()) - self._frozen()
+        if set(module_state) != expected:
+            raise UsageError(f"{self.model_dir / TRAIN_STATE_DIR} does not match this run's model (differs in "
+                             f"{sorted(set(module_state) ^ expected)[:5]}); use --overwrite to start again")
+        self.step_module.load_state_dict(module_state, strict=False)
+        graph.load_state_dict(saved)
 
     # ------------------------------------------------------------ final evaluation
 
