@@ -115,9 +115,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str) -> str:
-    from distil.runtime import default_device
+    """The run's device, checked before anything runs: `--device cuda` without a GPU is a usage error."""
+    from distil.train.placement import resolve_device
 
-    return default_device() if name == "auto" else name
+    return resolve_device(name)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -243,7 +244,7 @@ def _add_augment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch_size", type=int, default=64,
                    help="masked sequences per MLM call (at most; fewer for sequences over 128 tokens)")
     p.add_argument("--glove_words", type=int, default=GLOVE_WORDS, help="GloVe lines read")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when visible")
     p.set_defaults(run=_run_augment)
 
 
@@ -251,7 +252,8 @@ def _run_augment(args: argparse.Namespace) -> Dict:
     from distil.data.augment import AugmentConfig, run
 
     fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    return run(AugmentConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return run(AugmentConfig(**{**values, "device": _device(args.device)}))
 
 
 def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
@@ -282,7 +284,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> str:
     from distil.report import build_report, find_model_dirs, to_markdown, write_report
 
-    rows = build_report(find_model_dirs(args.dirs), args.data_root, args.eval_batch_size, _device(args.device))
+    device = _device(args.device)
+    rows = build_report(find_model_dirs(args.dirs), args.data_root, args.eval_batch_size, device)
     files = write_report(rows, args.output or args.dirs[0] / "report")
     return to_markdown(rows) + "\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items())
 

@@ -1,4 +1,4 @@
-"""Importing OneFlow quietly and picking the device; exiting with the job's own status.
+"""Importing OneFlow quietly; exiting with the job's own status.
 
 OneFlow 0.9's CUDA wheel prints start-up noise on CPU-only machines (a libibverbs line written
 straight to fd 2, glog warnings about the missing CUDA driver) and sometimes segfaults while
@@ -54,12 +54,6 @@ def import_oneflow() -> ModuleType:
         os.close(devnull)
     _flow = oneflow
     return oneflow
-
-
-def default_device() -> str:
-    """'cuda' when OneFlow sees a GPU (respects CUDA_VISIBLE_DEVICES), else 'cpu'."""
-    flow = import_oneflow()
-    return "cuda" if flow.cuda.is_available() else "cpu"
 
 
 def exit_now(status: int) -> None:

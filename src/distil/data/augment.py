@@ -188,8 +188,11 @@ class MaskedLMPredictor:
         from distil.runtime import import_oneflow
 
         self.flow = import_oneflow()
-        self.model = model.to(device).eval()
-        self.batch_size, self.device, self.pad_id = batch_size, device, pad_id
+        from distil.train.placement import Placement
+
+        self.placement = Placement(device)
+        self.model = self.placement.module(model).eval()
+        self.batch_size, self.device, self.pad_id = batch_size, self.placement.device, pad_id
         self.calls = self.sequences = 0
 
     def _batches(self, sequences: Sequence[Tuple[List[int], List[int], int]]) -> Iterator[List[int]]:
@@ -447,8 +450,6 @@ def run(config: AugmentConfig) -> Dict:
         raise UsageError(f"--output {output} would overwrite the training file")
 
     from distil.models.mlm import load_mlm
-    from distil.runtime import default_device
-
     model = load_mlm(model_dir)
     tokenizer = FullTokenizer(vocab_file, do_lower_case=True)
     if len(tokenizer.vocab) > model.config.vocab_size:
@@ -458,8 +459,7 @@ def run(config: AugmentConfig) -> Dict:
     glove = GloveIndex.load(config.glove_embs, config.glove_words)
     log.info("model and vocabulary loaded in %.1f s, %d GloVe vectors in %.1f s", loaded - started,
              len(glove.words), time.time() - loaded)
-    device = config.device or default_device()
-    predictor = MaskedLMPredictor(model, config.batch_size, device, tokenizer.vocab.get("[PAD]", 0))
+    predictor = MaskedLMPredictor(model, config.batch_size, config.device or "auto", tokenizer.vocab.get("[PAD]", 0))
     max_len = min(config.max_seq_length, model.config.max_position_embeddings)
     augmentor = Augmentor(predictor, tokenizer, glove, M=config.M, N=n, p=config.p, max_seq_length=max_len)
     counts = augment_file(augmentor, task, train_file, output, seed=config.seed)

@@ -17,14 +17,11 @@ from distil.data.dataset import EvalStream, OFRecordDataset
 from distil.runtime import import_oneflow
 from distil.train.metrics import compute_metrics
 from distil.train.optim import clip_global_norm
+from distil.train.placement import Placement
 
 flow = import_oneflow()
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
-
-
-def _to_device(batch: Dict[str, flow.Tensor], device: str) -> Dict[str, flow.Tensor]:
-    return batch if device == "cpu" else {k: v.to(device) for k, v in batch.items()}
 
 
 def _sum_losses(outputs: Dict[str, flow.Tensor]) -> flow.Tensor:
@@ -42,18 +39,19 @@ class TrainGraph(flow.nn.Graph):
     each call: a Python float read in `build` would be frozen when the graph compiles.
     """
 
-    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule, device: str):
+    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule,
+                 placement: Placement):
         super().__init__()
         self.step_module = step_module
         self.data = data
-        self.device = device
+        self.placement = placement
         self.add_optimizer(optimizer, lr_sch=schedule)
         # fused AdamW update and residual adds: ~7 % per step on CPU (bench/bench_bert.py --only step)
         self.config.allow_fuse_model_update_ops(True)
         self.config.allow_fuse_add_to_output(True)
 
     def build(self, *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
-        outputs = self.step_module(_to_device(self.data(), self.device), *step_inputs)
+        outputs = self.step_module(self.placement.batch(self.data()), *step_inputs)
         total = _sum_losses(outputs)
         total.backward()
         return {**outputs, "loss": total}
@@ -66,13 +64,13 @@ class EagerStep:
     compute every branch. Same call and state interface as TrainGraph.
     """
 
-    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule, device: str,
-                 clip_grad: float):
-        self.step_module, self.data, self.device = step_module, data, device
+    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule,
+                 placement: Placement, clip_grad: float):
+        self.step_module, self.data, self.placement = step_module, data, placement
         self.optimizer, self.schedule, self.clip_grad = optimizer, schedule, clip_grad
 
     def __call__(self, *step_inputs) -> Dict[str, flow.Tensor]:
-        outputs = self.step_module(_to_device(self.data(), self.device), *step_inputs)
+        outputs = self.step_module(self.placement.batch(self.data()), *step_inputs)
         total = _sum_losses(outputs)
         if total.requires_grad:  # a Theseus step that sampled only frozen predecessors has nothing to learn
             total.backward()
@@ -97,14 +95,14 @@ class EagerStep:
 class EvalGraph(flow.nn.Graph):
     """Logits and labels of the next evaluation batch (the model must be in eval mode when it compiles)."""
 
-    def __init__(self, model: flow.nn.Module, data: OFRecordDataset, device: str):
+    def __init__(self, model: flow.nn.Module, data: OFRecordDataset, placement: Placement):
         super().__init__()
         self.model = model
         self.data = data
-        self.device = device
+        self.placement = placement
 
     def build(self) -> Dict[str, flow.Tensor]:
-        batch = _to_device(self.data(), self.device)
+        batch = self.placement.batch(self.data())
         logits = self.model(*(batch[name] for name in MODEL_INPUTS))["logits"]
         return {"logits": logits, "labels": batch["label_ids"]}
 
@@ -113,10 +111,10 @@ class Evaluator:
     """Evaluates a model on one split, every example exactly once, and times its throughput."""
 
     def __init__(self, model: flow.nn.Module, split_dir: Path, metrics: Sequence[str], batch_size: int,
-                 device: str):
-        self.model, self.metrics = model, tuple(metrics)
+                 placement: Placement):
+        self.model, self.metrics = placement.module(model), tuple(metrics)
         self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"))
-        self.graph = EvalGraph(model, self.data, device)
+        self.graph = EvalGraph(model, self.data, placement)
         self.stream = EvalStream(self.data.num_examples, batch_size)
 
     @property

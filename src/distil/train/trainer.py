@@ -29,6 +29,7 @@ from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_we
 from distil.runtime import import_oneflow
 from distil.train.graph import EagerStep, Evaluator, TrainGraph
 from distil.train.optim import build_optimizer
+from distil.train.placement import Placement
 from distil.train.schedules import warmup_linear_factor, warmup_steps
 from distil.train.settings import TrainSettings
 
@@ -76,14 +77,17 @@ def seed_everything(step_module: flow.nn.Module, seed: int) -> None:
 
 
 def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settings: TrainSettings, total: int,
-                      device: str = "cpu", eager: bool = False) -> Union[TrainGraph, EagerStep]:
-    """The optimizer, its schedule over `total` steps, and the graph (or eager step) that applies them."""
+                      placement: Optional[Placement] = None, eager: bool = False) -> Union[TrainGraph, EagerStep]:
+    """Place the step module, then build the optimizer, its schedule over `total` steps, and the graph (or
+    eager step) that applies them."""
+    placement = placement or Placement()
+    placement.module(step_module)
     optimizer, schedule = build_optimizer(step_module.named_parameters(), settings.learning_rate,
                                           settings.weight_decay, total, settings.warmup_proportion, settings.clip_grad,
                                           graph=not eager)
     if eager:
-        return EagerStep(step_module, data, optimizer, schedule, device, settings.clip_grad)
-    return TrainGraph(step_module, data, optimizer, schedule, device)
+        return EagerStep(step_module, data, optimizer, schedule, placement, settings.clip_grad)
+    return TrainGraph(step_module, data, optimizer, schedule, placement)
 
 
 class Trainer:
@@ -95,7 +99,7 @@ class Trainer:
                  eager: bool = False):
         self.model, self.step_module, self.settings = model, step_module, settings
         self.train_dir, self.eval_dirs, self.metrics = train_dir, eval_dirs, metrics
-        self.model_dir, self.device = model_dir, device
+        self.model_dir, self.placement = model_dir, Placement(device)
         self.step_inputs = step_inputs or (lambda step, total: ())
         self.extra_state = extra_state or {}
         self.main_metric = metrics[0]
@@ -110,12 +114,12 @@ class Trainer:
         data = OFRecordDataset(self.train_dir, self.settings.batch_size, shuffle=True,
                                seed=self.settings.seed + state.step)
         total = self.total_steps(data.steps_per_epoch)
-        graph = build_step_runner(self.step_module, data, self.settings, total, self.device, self.eager)
+        graph = build_step_runner(self.step_module, data, self.settings, total, self.placement, self.eager)
         if state.step:
             self._load_train_state(graph)
             log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
         evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics, self.settings.eval_batch_size,
-                              self.device)
+                              self.placement)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
                         dynamic_ncols=True, disable=None)
@@ -219,16 +223,17 @@ class Trainer:
     def evaluate_best(self) -> Dict[str, Any]:
         """Reload the saved best weights and evaluate them (original: reported the last epoch's)."""
         load_weights(self.model, self.model_dir)
-        return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size, self.device,
-                        self.model_dir)
+        return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size,
+                        self.placement.device, self.model_dir)
 
 
 def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], batch_size: int,
              device: str, model_dir: Path) -> Dict[str, Any]:
     """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput."""
     results: Dict[str, Any] = {}
+    placement = Placement(device)
     for name, split_dir in eval_dirs.items():
-        evaluator = Evaluator(model, split_dir, metrics, batch_size, device)
+        evaluator = Evaluator(model, split_dir, metrics, batch_size, placement)
         values, _, timing = evaluator.run()
         entry = {**values, "num_examples": evaluator.num_examples,
                  "examples_per_second": round(timing["examples_per_second"], 1),
@@ -238,5 +243,5 @@ def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[s
         else:
             results[name] = entry
     results["model"] = model_size(model, model_dir)
-    results["batch_size"], results["device"] = batch_size, device
+    results["batch_size"], results["device"] = batch_size, placement.device
     return results
