@@ -83,7 +83,51 @@ def test_eval_passes_see_every_example_exactly_once_in_order(converted, mode):
         assert set(result) == {"input_ids", "label_ids"}
         np.testing.assert_array_equal(result["input_ids"], full["input_ids"])
         np.testing.assert_array_equal(result["label_ids"], full["label_ids"])
-    assert stream.position == (3 * 25) % 23
+    assert stream.positions == [(3 * 25) % 23]
+
+
+@pytest.mark.parametrize("examples, shards, batch", [(23, 2, 5), (10, 3, 4), (7, 7, 1), (9, 2, 16)])
+def test_sharded_eval_passes_see_every_example_once_in_file_order(examples, shards, batch):
+    """N ranks, rank r reading examples r, r+N, ... and wrapping: each pass gives every example once, in order."""
+    streams = [list(range(r, examples, shards)) for r in range(shards)]
+    offsets = [0] * shards
+
+    def next_batch():
+        rows = []
+        for r, stream in enumerate(streams):
+            rows += [stream[(offsets[r] + k) % len(stream)] for k in range(batch)]
+            offsets[r] += batch
+        return {"ids": np.array(rows)}
+
+    eval_stream = EvalStream(examples, batch, shards)
+    for _ in range(4):
+        assert eval_stream.run(next_batch)["ids"].tolist() == list(range(examples))
+
+
+def test_shards_deal_records_round_robin_and_are_reused(converted, tmp_path):
+    import shutil
+
+    from distil.data.dataset import open_split, write_shards
+
+    out, _ = converted
+    split = tmp_path / "train"
+    shutil.copytree(out / "MRPC" / "train", split)
+    full = to_numpy(OFRecordDataset(split, batch_size=23)())["input_ids"]
+    target = write_shards(split, 3)
+    meta = open_split(target)  # sizes, byte counts and checksums all consistent
+    assert [p["records"] for p in meta["parts"]] == [8, 8, 7] and meta["num_examples"] == 23
+    from distil.data import ofrecord
+    from oneflow.core.record import record_pb2
+
+    for r in range(3):
+        ids = []
+        for body in ofrecord.iter_frames(target / ofrecord.part_name(r)):
+            record = record_pb2.OFRecord()
+            record.ParseFromString(body)
+            ids.append(list(record.feature["input_ids"].int32_list.value))
+        assert np.array_equal(np.array(ids), full[r::3])
+    stamp = (target / "meta.json").stat().st_mtime_ns
+    assert write_shards(split, 3) == target and (target / "meta.json").stat().st_mtime_ns == stamp
 
 
 def test_training_reader_reshuffles_reproducibly(converted):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from distil import launch
 from distil.algorithms.options import OPTIONS, str2bool
 from distil.errors import UsageError
 
@@ -137,6 +138,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when visible")
     _add_algorithm_options(p)
     _add_settings(p)
+    launch.add_flags(p)
     p.set_defaults(run=_run_train)
 
 
@@ -278,6 +280,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=None, help="writes OUTPUT.md/.json/.png (default: <first dir>/report)")
     p.add_argument("--eval_batch_size", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    launch.add_flags(p)
     p.set_defaults(run=_run_report)
 
 
@@ -298,6 +301,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--result_dir", default="", help="where results_eval.json goes ('' = the model dir)")
     p.add_argument("--eval_batch_size", "--eval_batch_size_per_device", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    launch.add_flags(p)
     p.set_defaults(run=_run_eval)
 
 
@@ -373,15 +377,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help or a usage error: argparse has printed why
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    rank = launch.rank()
+    level = logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, datefmt="%H:%M:%S", format=f"%(asctime)s %(levelname)s"
+                        f"{f' [rank {rank}]' if launch.launched() else ''} %(name)s: %(message)s")
     try:
+        if launch.wants_launch(args):
+            return launch.launch(args, sys.argv[1:] if argv is None else argv)
         result = args.run(args)
     except (UsageError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         log.error("%s", e)
         return 2
+    except launch.JobFailed as e:
+        log.error("%s", e)
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    print(result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False))
+    if rank == 0:
+        print(result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False))
     return 0

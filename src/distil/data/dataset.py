@@ -8,7 +8,10 @@ missing part file or a length mismatch instead of raising.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -17,7 +20,7 @@ import numpy as np
 
 from distil.data import ofrecord
 from distil.errors import UsageError
-from distil.fileio import file_sha256
+from distil.fileio import file_sha256, replace_dir
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
@@ -92,21 +95,79 @@ def open_split(split_dir: Union[str, Path], verify_checksums: bool = True) -> Di
     return meta
 
 
+SHARDS_PREFIX = ".shards-"
+
+
+def shard_sizes(num_examples: int, shards: int) -> List[int]:
+    """Records per shard when example i goes to shard i mod `shards`."""
+    return [len(range(r, num_examples, shards)) for r in range(shards)]
+
+
+def write_shards(split_dir: Path, shards: int) -> Path:
+    """<split>/.shards-N/: the split's records dealt round-robin into N part files (example i in part
+    i mod N), so that N ranks each read one part and together see every example once per epoch.
+    Written once, to a temporary name, then renamed; reused while the split's meta.json is unchanged."""
+    target = split_dir / f"{SHARDS_PREFIX}{shards}"
+    source_meta = (split_dir / ofrecord.META_FILE).read_text(encoding="utf-8")
+    if (target / "source_meta.json").is_file() and (target / "source_meta.json").read_text(encoding="utf-8") == source_meta:
+        return target
+    meta = json.loads(source_meta)
+    staged = split_dir / f".{SHARDS_PREFIX[1:]}{shards}.tmp-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    try:
+        handles = [open(staged / ofrecord.part_name(r), "wb") for r in range(shards)]
+        index = 0
+        for part in meta["parts"]:
+            for body in ofrecord.iter_frames(split_dir / part["name"]):
+                handles[index % shards].write(ofrecord.frame(body))
+                index += 1
+        for handle in handles:
+            handle.close()
+        meta["parts"] = [{"name": ofrecord.part_name(r), "records": n,
+                          "bytes": (staged / ofrecord.part_name(r)).stat().st_size,
+                          "sha256": file_sha256(staged / ofrecord.part_name(r))}
+                         for r, n in enumerate(shard_sizes(index, shards))]
+        (staged / ofrecord.META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (staged / "source_meta.json").write_text(source_meta, encoding="utf-8")
+        replace_dir(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+def sharded_split(split_dir: Path, placement) -> Path:
+    """The folder a run's reader opens: the split itself, or with N ranks its N shards (rank 0 writes them)."""
+    if placement is None or not placement.distributed:
+        return split_dir
+    examples = ofrecord.read_meta(split_dir)["num_examples"]
+    if examples < placement.world_size:
+        raise UsageError(f"{split_dir}: {examples} examples cannot be shared by {placement.world_size} processes")
+    if placement.writer:
+        write_shards(split_dir, placement.world_size)
+    placement.barrier()
+    return split_dir / f"{SHARDS_PREFIX}{placement.world_size}"
+
+
 class OFRecordDataset(flow.nn.Module):
     """One converted split as a module: each call returns the next batch as {feature: tensor}.
 
     Shapes, counts and part files come from meta.json. With `shuffle`, the reader shuffles in
     a buffer and reshuffles each epoch, seeded by `seed`; without it, records come in file
-    order and wrap around at the end. Works eagerly and inside an `nn.Graph`.
+    order and wrap around at the end. Works eagerly and inside an `nn.Graph`. With a distributed
+    `placement` (N ranks), `batch_size` is per rank, each rank reads its shard (examples r, r+N, ...)
+    and a call returns the global batch of N·batch_size rows, split on dim 0.
     """
 
     def __init__(self, split_dir: Union[str, Path], batch_size: int, shuffle: bool = False,
                  seed: Optional[int] = None, features: Optional[Sequence[str]] = None,
-                 verify_checksums: bool = True):
+                 verify_checksums: bool = True, placement=None):
         super().__init__()
-        self.split_dir = Path(split_dir)
+        self.source_dir = Path(split_dir)
+        self.split_dir = sharded_split(self.source_dir, placement)
         self.meta = open_split(self.split_dir, verify_checksums)
-        self.batch_size = batch_size
+        self.shards = placement.world_size if placement is not None and placement.distributed else 1
+        self.batch_size = batch_size * self.shards
         if self.num_examples == 0:
             raise UsageError(f"{self.split_dir}: the split has no examples")
         names = list(features) if features is not None else list(self.meta["features"])
@@ -114,11 +175,11 @@ class OFRecordDataset(flow.nn.Module):
         if unknown:
             raise UsageError(f"{self.split_dir}: no feature(s) {unknown}; it has {list(self.meta['features'])}")
         self.reader = flow.nn.OFRecordReader(
-            str(self.split_dir), batch_size=batch_size, data_part_num=len(self.meta["parts"]),
+            str(self.split_dir), batch_size=self.batch_size, data_part_num=len(self.meta["parts"]),
             part_name_prefix=ofrecord.PART_PREFIX, part_name_suffix_length=ofrecord.PART_SUFFIX_LENGTH,
             random_shuffle=shuffle, shuffle_after_epoch=shuffle,
             shuffle_buffer_size=min(self.num_examples, MAX_SHUFFLE_BUFFER),
-            random_seed=-1 if seed is None else seed)
+            random_seed=-1 if seed is None else seed, **(placement.reader() if placement is not None else {}))
         self.names = names
         self.decoders = flow.nn.ModuleList([
             flow.nn.OFRecordRawDecoder(n, shape=tuple(self.meta["features"][n]["shape"]),
@@ -138,26 +199,35 @@ class OFRecordDataset(flow.nn.Module):
 
 
 class EvalStream:
-    """Evaluation passes over an unshuffled, wrapping reader that see every example exactly once.
+    """Evaluation passes over unshuffled, wrapping readers that see every example exactly once.
 
-    Any `num_examples` consecutive records of the stream hold each example once, so a pass takes
-    ceil(N/B) batches, keeps only the first N rows, and remembers where the next pass starts
-    (the rows after N are the start of the next lap). Results come back in file order.
+    One reader per shard (N ranks: shard r holds examples r, r+N, ...; one process: the whole
+    split); a batch holds `batch_size` rows of each shard in turn. Any n_r consecutive records of
+    shard r's stream hold each of its examples once, so a pass takes ceil(max n_r / B) batches,
+    keeps the first n_r rows of each shard, and remembers where each shard's next pass starts (the
+    rows after n_r are the start of its next lap). Results come back in file order.
     """
 
-    def __init__(self, num_examples: int, batch_size: int):
-        self.num_examples, self.batch_size = num_examples, batch_size
-        self.position = 0  # stream offset of the next pass, modulo num_examples
+    def __init__(self, num_examples: int, batch_size: int, shards: int = 1):
+        self.num_examples, self.batch_size, self.shards = num_examples, batch_size, shards
+        self.sizes = shard_sizes(num_examples, shards)
+        self.positions = [0] * shards  # stream offset of each shard's next pass, modulo its size
 
     def run(self, next_batch: Callable[[], Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-        """Call `next_batch` ceil(N/B) times; return each output's rows for all N examples, in order."""
-        steps = math.ceil(self.num_examples / self.batch_size)
+        """Call `next_batch` ceil(max n_r / B) times; return each output's rows for all examples, in order."""
+        b = self.batch_size
+        steps = math.ceil(max(self.sizes) / b)
         collected: Dict[str, List[np.ndarray]] = {}
-        for step in range(steps):
-            valid = min(self.batch_size, self.num_examples - step * self.batch_size)
+        for _ in range(steps):
             for name, value in next_batch().items():
-                collected.setdefault(name, []).append(np.asarray(value)[:valid])
-        start = self.position
-        self.position = (self.position + steps * self.batch_size) % self.num_examples
-        # row k of the pass is example (start + k) mod N: rotate back to file order
-        return {name: np.roll(np.concatenate(parts), start, axis=0) for name, parts in collected.items()}
+                collected.setdefault(name, []).append(np.asarray(value))
+        results = {}
+        for name, batches in collected.items():
+            out = np.empty((self.num_examples, *batches[0].shape[1:]), dtype=batches[0].dtype)
+            for r, size in enumerate(self.sizes):
+                rows = np.concatenate([batch[r * b:(r + 1) * b] for batch in batches])[:size]
+                # row k of shard r's pass is its example (start + k) mod n_r: rotate back to shard order
+                out[r::self.shards] = np.roll(rows, self.positions[r], axis=0)
+            results[name] = out
+        self.positions = [(p + steps * b) % size for p, size in zip(self.positions, self.sizes)]
+        return results

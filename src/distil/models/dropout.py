@@ -47,7 +47,11 @@ class Dropout(flow.nn.Module):
     def forward(self, x: flow.Tensor) -> flow.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        noise = flow.rand(*x.shape, dtype=x.dtype, device=x.device, generator=self._generator(x.device.type))
+        if x.is_global:  # N processes: one mask over the global batch, each rank drawing its own rows
+            noise = flow.rand(*x.shape, dtype=x.dtype, placement=x.placement, sbp=x.sbp,
+                              generator=self._generator(x.placement.type))
+        else:
+            noise = flow.rand(*x.shape, dtype=x.dtype, device=x.device, generator=self._generator(x.device.type))
         # keep = 1 where noise >= p: floor(noise + 1 - p); a comparison with a scalar is ~10x slower on CPU
         keep = flow.floor(noise + (1.0 - self.p))
         return x * keep * (1.0 / (1.0 - self.p))

@@ -87,6 +87,9 @@ def load_state(model: flow.nn.Module, state: Mapping[str, Any], source: str,
                              f"{tuple(own[name].shape)} in the model (check config.json)")
     converted = {k: v if isinstance(v, flow.Tensor) else flow.tensor(np.ascontiguousarray(v))
                  for k, v in state.items() if k in wanted}
+    for k, v in converted.items():  # a model placed on N ranks takes the same values on every rank
+        if own[k].is_global and not v.is_global:
+            converted[k] = v.to_global(placement=own[k].placement, sbp=own[k].sbp)
     model.load_state_dict({**own, **converted})
 
 
@@ -114,12 +117,14 @@ def load_model(model_dir: PathLike) -> flow.nn.Module:
 
 
 def save_weights(model: flow.nn.Module, model_dir: PathLike) -> None:
-    """flow.save the model's state dict into <model_dir>/weights, atomically."""
+    """flow.save the model's state dict into <model_dir>/weights, atomically (global tensors as local copies)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     staged = model_dir / f".{WEIGHTS_DIR}.tmp-{os.getpid()}"
+    state = {k: v.to_global(sbp=flow.sbp.broadcast).to_local() if v.is_global else v
+             for k, v in model.state_dict().items()}
     try:
-        flow.save(model.state_dict(), str(staged))
+        flow.save(state, str(staged))
         replace_dir(staged, model_dir / WEIGHTS_DIR)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

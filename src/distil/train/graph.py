@@ -93,7 +93,8 @@ class EagerStep:
 
 
 class EvalGraph(flow.nn.Graph):
-    """Logits and labels of the next evaluation batch (the model must be in eval mode when it compiles)."""
+    """Logits and labels of the next evaluation batch, from every rank (the model must be in eval mode when
+    it compiles)."""
 
     def __init__(self, model: flow.nn.Module, data: OFRecordDataset, placement: Placement):
         super().__init__()
@@ -104,7 +105,7 @@ class EvalGraph(flow.nn.Graph):
     def build(self) -> Dict[str, flow.Tensor]:
         batch = self.placement.batch(self.data())
         logits = self.model(*(batch[name] for name in MODEL_INPUTS))["logits"]
-        return {"logits": logits, "labels": batch["label_ids"]}
+        return {"logits": self.placement.gather(logits), "labels": self.placement.gather(batch["label_ids"])}
 
 
 class Evaluator:
@@ -113,9 +114,9 @@ class Evaluator:
     def __init__(self, model: flow.nn.Module, split_dir: Path, metrics: Sequence[str], batch_size: int,
                  placement: Placement):
         self.model, self.metrics = placement.module(model), tuple(metrics)
-        self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"))
+        self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
         self.graph = EvalGraph(model, self.data, placement)
-        self.stream = EvalStream(self.data.num_examples, batch_size)
+        self.stream = EvalStream(self.data.num_examples, batch_size, self.data.shards)
 
     @property
     def num_examples(self) -> int:
@@ -131,7 +132,7 @@ class Evaluator:
         marks = []
 
         def next_batch():
-            out = {k: v.numpy() for k, v in self.graph().items()}
+            out = {k: (v.to_local() if v.is_global else v).numpy() for k, v in self.graph().items()}
             marks.append(time.perf_counter())
             return out
 

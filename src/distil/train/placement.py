@@ -1,13 +1,17 @@
-"""Where a run computes: the one place that puts every module and every batch of a run on its device.
+"""Where a run computes: the one place that puts every module and every batch of a run on its device,
+or, under `python -m oneflow.distributed.launch`, on every rank.
 
 Training places the whole step module (student, frozen teacher, fit_dense, Theseus's mixed encoder)
 before the optimizer is built; evaluation places the eval model; the augmentation's masked LM goes
-through the same object. Nothing else in the package calls `.to(device)`.
+through the same object. Nothing else in the package calls `.to(device)` or `.to_global`.
+
+With N processes (data parallelism), parameters are global tensors broadcast to all ranks and
+batches are split on dim 0 (each rank reads its own shard of the records); only rank 0 writes.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Callable, Dict
 
 from distil.errors import UsageError
 from distil.runtime import import_oneflow
@@ -32,17 +36,68 @@ def resolve_device(name: str) -> str:
 
 
 class Placement:
-    """A run's device; `module` and `batch` put parameters and inputs there."""
+    """A run's device and ranks; `module` and `batch` put parameters and inputs there."""
 
     def __init__(self, device: str = "cpu"):
         self.device = resolve_device(device)
+        self.world_size, self.rank = flow.env.get_world_size(), flow.env.get_rank()
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def writer(self) -> bool:
+        """Only rank 0 writes files."""
+        return self.rank == 0
+
+    def ranks(self, device_type: str = "") -> "flow.placement":
+        return flow.placement(device_type or self.device.split(":")[0], ranks=list(range(self.world_size)))
 
     def module(self, module: flow.nn.Module) -> flow.nn.Module:
-        """Move every parameter and buffer of `module` (and its submodules) to the run's device, in place."""
+        """Move every parameter and buffer of `module` (and its submodules) to the run's device, in place;
+        with N processes, make them global tensors broadcast over all ranks."""
+        # placing twice fails in OneFlow 0.9 (a second to_global; .to after an nn.Graph has run it)
+        if self.distributed:
+            if any(p.is_global for p in module.parameters()):
+                return module
+            return module.to_global(placement=self.ranks(), sbp=flow.sbp.broadcast)
+        if all(p.device == flow.device(self.device) for p in module.parameters()):
+            return module
         return module.to(self.device)
 
     def batch(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        """A batch from the reader, on the device; with N processes it is already global, split on dim 0."""
+        if self.distributed:
+            return {k: v.to_global(placement=self.ranks(), sbp=flow.sbp.split(0)) for k, v in batch.items()}
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def reader(self) -> Dict:
+        """The OFRecordReader's placement: each rank reads its own part files."""
+        return {"placement": self.ranks("cpu"), "sbp": flow.sbp.split(0)} if self.distributed else {}
+
+    def gather(self, tensor: flow.Tensor) -> flow.Tensor:
+        """Every rank's rows on every rank (inside a graph: a broadcast global tensor)."""
+        return tensor.to_global(sbp=flow.sbp.broadcast) if self.distributed else tensor
+
+    def barrier(self) -> None:
+        if self.distributed:
+            flow.comm.barrier()
+
+    def write(self, write: Callable[[], Any]) -> None:
+        """Files of a run are written by rank 0 alone; the other ranks wait until they are there."""
+        if self.writer:
+            write()
+        self.barrier()
+
     def __repr__(self) -> str:
-        return f"Placement({self.device!r})"
+        return f"Placement({self.device!r}, rank {self.rank} of {self.world_size})"
+
+
+def local_state(state):
+    """A (nested) state dict with global tensors turned into this rank's full local copies, for saving."""
+    if isinstance(state, dict):
+        return {k: local_state(v) for k, v in state.items()}
+    if hasattr(state, "is_global") and state.is_global:
+        return state.to_global(sbp=flow.sbp.broadcast).to_local()
+    return state

@@ -22,6 +22,7 @@ from distil.errors import UsageError
 from distil.fileio import write_json_atomic
 from distil.models import io
 from distil.runtime import import_oneflow
+from distil.train.placement import Placement
 from distil.train.settings import TrainSettings
 from distil.train.trainer import RunState, Trainer, evaluate, read_run_state
 
@@ -155,17 +156,16 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         if results.is_file():
             return json.loads(results.read_text())
         return evaluate_model_dir(model_dir, run.data_root, result_dir, run.settings.eval_batch_size, run.device)
+    placement = Placement(run.device)
     suffix = algorithm.data_suffix(run.options)
     train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run.options))
     for split in (train_dir, *eval_dirs.values()):  # bad data must fail before anything is written
         open_split(split)
     train_meta = ofrecord.read_meta(train_dir)
+    flow.manual_seed(stage.settings.seed)  # new weights (a task head, a student) are the same on every rank and run
     built = algorithm.build(run, stage, task, train_meta)
-    if clear and run.model_save_dir.exists():
-        log.warning("--overwrite: removing the earlier run in %s", run.model_save_dir)
-        shutil.rmtree(run.model_save_dir)
     options = run.options.as_json()
-    io.write_config(model_dir, {
+    config = {
         "model": built.model_config,
         "task": {"name": task.name, "labels": task.labels, "num_labels": task.num_labels,
                  "metrics": list(task.metrics)},
@@ -173,19 +173,32 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
                  "seq_length": train_meta.get("seq_length"), "do_lower_case": train_meta["vocab"].get("do_lower_case")},
         "algorithm": {"name": algorithm.name, "model_id": run.model_save_dir.name, "stage": stage.name,
                       "settings": dataclasses.asdict(stage.settings), "options": options},
-    })
-    io.copy_vocab(built.vocab_file, model_dir)
+    }
+
+    def start() -> None:
+        if clear and run.model_save_dir.exists():
+            log.warning("--overwrite: removing the earlier run in %s", run.model_save_dir)
+            shutil.rmtree(run.model_save_dir)
+        io.write_config(model_dir, config)
+        io.copy_vocab(built.vocab_file, model_dir)
+
+    placement.write(start)
     extra_state = {"options": options, "stage": stage.name, **built.extra_state}  # a resume must not change them
     trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,
-                      model_dir, run.device, built.step_inputs, extra_state, built.eager)
+                      model_dir, placement, built.step_inputs, extra_state, built.eager)
     state = trainer.fit()
     results = {"task": task.name, "algorithm": algorithm.name, "model_id": run.model_save_dir.name,
                "best_epoch": state.best_epoch, **trainer.evaluate_best()}
-    path = write_results(results, state, result_dir or model_dir, task.metrics[0])
-    log.info("results of the saved best model (epoch %d) in %s", state.best_epoch, path)
-    if run.serve_for_online and stage.final:
-        io.serve_for_online(model_dir)
+
+    def finish() -> None:
+        path = write_results(results, state, result_dir or model_dir, task.metrics[0])
+        log.info("results of the saved best model (epoch %d) in %s", state.best_epoch, path)
+        if run.serve_for_online and stage.final:
+            io.serve_for_online(model_dir)
+
+    placement.write(finish)
     return results
+
 
 
 def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
@@ -213,9 +226,14 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     meta = ofrecord.read_meta(eval_dirs["eval"])
     ofrecord.check_vocab(model_dir / io.VOCAB_FILE, meta, f"the model {model_dir}")
     model = io.load_model(model_dir)
+    placement = Placement(device)
     results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
-               **evaluate(model, eval_dirs, task.metrics, batch_size, device, model_dir)}
+               **evaluate(model, eval_dirs, task.metrics, batch_size, placement, model_dir)}
     target = result_dir or model_dir
-    target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / RESULTS_FILE, results)
+
+    def write() -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(target / RESULTS_FILE, results)
+
+    placement.write(write)
     return results

@@ -28,6 +28,7 @@ class TrainSettings:
     checkpoint_every: int = 0     # > 0: also save train_state/ every N steps (always at epoch ends)
     clip_grad: float = 1.0
     select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
+    shuffle: bool = True          # False: training records in file order (each rank: its shard in order)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):

@@ -25,11 +25,12 @@ from distil.data.dataset import OFRecordDataset
 from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
 from distil.models.dropout import seed_dropout
+from distil.models import io
 from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_weights, size_on_disk
 from distil.runtime import import_oneflow
 from distil.train.graph import EagerStep, Evaluator, TrainGraph
 from distil.train.optim import build_optimizer
-from distil.train.placement import Placement
+from distil.train.placement import Placement, local_state
 from distil.train.schedules import warmup_linear_factor, warmup_steps
 from distil.train.settings import TrainSettings
 
@@ -95,11 +96,12 @@ class Trainer:
 
     def __init__(self, model: flow.nn.Module, step_module: flow.nn.Module, settings: TrainSettings,
                  train_dir: Path, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], model_dir: Path,
-                 device: str = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None,
+                 device: Union[str, Placement] = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None,
                  eager: bool = False):
         self.model, self.step_module, self.settings = model, step_module, settings
         self.train_dir, self.eval_dirs, self.metrics = train_dir, eval_dirs, metrics
-        self.model_dir, self.placement = model_dir, Placement(device)
+        self.model_dir = model_dir
+        self.placement = device if isinstance(device, Placement) else Placement(device)
         self.step_inputs = step_inputs or (lambda step, total: ())
         self.extra_state = extra_state or {}
         self.main_metric = metrics[0]
@@ -111,8 +113,11 @@ class Trainer:
         """Train to the end (resuming from train_state/ if a previous run was interrupted)."""
         state = self._start_or_resume()
         seed_everything(self.step_module, self.settings.seed + state.step)
-        data = OFRecordDataset(self.train_dir, self.settings.batch_size, shuffle=True,
-                               seed=self.settings.seed + state.step)
+        data = OFRecordDataset(self.train_dir, self.settings.batch_size, shuffle=self.settings.shuffle,
+                               seed=self.settings.seed + state.step, placement=self.placement)
+        if self.placement.distributed:
+            log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
+                     self.settings.batch_size, data.batch_size)
         total = self.total_steps(data.steps_per_epoch)
         graph = build_step_runner(self.step_module, data, self.settings, total, self.placement, self.eager)
         if state.step:
@@ -122,7 +127,7 @@ class Trainer:
                               self.placement)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
-                        dynamic_ncols=True, disable=None)
+                        dynamic_ncols=True, disable=None if self.placement.writer else True)
         self._last_log = (time.perf_counter(), state.step)
         with logging_redirect_tqdm():
             while state.step < total:
@@ -168,17 +173,15 @@ class Trainer:
                  json.dumps({k: round(v, 4) for k, v in metrics.items()}), " — new best, saved" if improved else "")
         if improved:
             state.best_value, state.best_epoch = value, epoch
-            save_weights(self.model, self.model_dir)
+            self.placement.write(lambda: save_weights(self.model, self.model_dir))
         state.finished = state.step == total
         self._save_train_state(graph, state)
 
     # ------------------------------------------------------------ train_state/
 
     def _start_or_resume(self) -> RunState:
-        for leftover in self.model_dir.glob(f".{TRAIN_STATE_DIR}.*"):  # what a killed run was writing
-            shutil.rmtree(leftover, ignore_errors=True)
-        for leftover in self.model_dir.glob(f".{WEIGHTS_DIR}.tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        leftovers = [*self.model_dir.glob(f".{TRAIN_STATE_DIR}.*"), *self.model_dir.glob(f".{WEIGHTS_DIR}.tmp-*")]
+        self.placement.write(lambda: [shutil.rmtree(p, ignore_errors=True) for p in leftovers])  # what a killed run wrote
         settings = dataclasses.asdict(self.settings)
         previous = read_run_state(self.model_dir)
         if previous is None or previous.step == 0:
@@ -199,14 +202,18 @@ class Trainer:
         staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         frozen = self._frozen()
-        saved = graph.state_dict()
+        saved = local_state(graph.state_dict())
         saved[STEP_MODULE] = {k: v for k, v in saved[STEP_MODULE].items() if k not in frozen}
-        try:
-            flow.save(saved, str(staged / "graph"))
-            write_json_atomic(staged / STATE_FILE, dataclasses.asdict(state))
-            replace_dir(staged, self.model_dir / TRAIN_STATE_DIR)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+
+        def write() -> None:
+            try:
+                flow.save(saved, str(staged / "graph"))
+                write_json_atomic(staged / STATE_FILE, dataclasses.asdict(state))
+                replace_dir(staged, self.model_dir / TRAIN_STATE_DIR)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+
+        self.placement.write(write)
 
     def _load_train_state(self, graph: Union[TrainGraph, EagerStep]) -> None:
         saved = flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph"))
@@ -215,7 +222,8 @@ class Trainer:
         if set(module_state) != expected:
             raise UsageError(f"{self.model_dir / TRAIN_STATE_DIR} does not match this run's model (differs in "
                              f"{sorted(set(module_state) ^ expected)[:5]}); use --overwrite to start again")
-        self.step_module.load_state_dict(module_state, strict=False)
+        io.load_state(self.step_module, module_state, str(self.model_dir / TRAIN_STATE_DIR), skip=tuple(
+            self._frozen()))
         graph.load_state_dict(saved)
 
     # ------------------------------------------------------------ final evaluation
@@ -223,15 +231,15 @@ class Trainer:
     def evaluate_best(self) -> Dict[str, Any]:
         """Reload the saved best weights and evaluate them (original: reported the last epoch's)."""
         load_weights(self.model, self.model_dir)
-        return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size,
-                        self.placement.device, self.model_dir)
+        return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size, self.placement,
+                        self.model_dir)
 
 
 def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], batch_size: int,
-             device: str, model_dir: Path) -> Dict[str, Any]:
+             device: Union[str, Placement], model_dir: Path) -> Dict[str, Any]:
     """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput."""
     results: Dict[str, Any] = {}
-    placement = Placement(device)
+    placement = device if isinstance(device, Placement) else Placement(device)
     for name, split_dir in eval_dirs.items():
         evaluator = Evaluator(model, split_dir, metrics, batch_size, placement)
         values, _, timing = evaluator.run()
@@ -244,4 +252,6 @@ def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[s
             results[name] = entry
     results["model"] = model_size(model, model_dir)
     results["batch_size"], results["device"] = batch_size, placement.device
+    if placement.distributed:
+        results["processes"] = placement.world_size
     return results

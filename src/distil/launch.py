@@ -1,0 +1,113 @@
+"""Multi-process runs: `python -m distil train|eval|report --nproc_per_node N [--nnodes M ...]` relaunches
+itself through OneFlow's own launcher (`python -m oneflow.distributed.launch`), once per node.
+
+The original's variables map onto the flags in the bash scripts: GPU_NUM_PER_NODE (processes per node:
+GPUs, or CPU processes when no GPU is visible), NUM_NODES, NODE_RANK, NODE_IPS (the first is the
+master) and MASTER_PORT. Everything is checked here, before any process starts; if one process
+fails, OneFlow's launcher stops the others and the job exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import List
+
+from distil.errors import UsageError
+
+FLAGS = ("nproc_per_node", "nnodes", "node_rank", "node_ips", "master_port")
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("processes (data parallelism through python -m oneflow.distributed.launch)")
+    group.add_argument("--nproc_per_node", type=int, default=1,
+                       help="processes on this node (GPU_NUM_PER_NODE): one per GPU, or CPU processes without one")
+    group.add_argument("--nnodes", type=int, default=1, help="nodes (NUM_NODES)")
+    group.add_argument("--node_rank", type=int, default=0, help="this node's rank, 0 .. nnodes-1 (NODE_RANK)")
+    group.add_argument("--node_ips", default="", help="comma-separated node addresses, the master first (NODE_IPS)")
+    group.add_argument("--master_port", type=int, default=29500, help="the master's free TCP port (MASTER_PORT)")
+
+
+def launched() -> bool:
+    """True in a process started by the launcher (OneFlow's import sets WORLD_SIZE=1 in any other)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    return int(os.environ["RANK"]) if launched() else 0
+
+
+def wants_launch(args: argparse.Namespace) -> bool:
+    """True in the first process of a multi-process run."""
+    return hasattr(args, "nproc_per_node") and args.nproc_per_node * args.nnodes > 1 and not launched()
+
+
+def _check(args: argparse.Namespace) -> str:
+    """The master address, after checking every flag."""
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise UsageError(f"--nproc_per_node (GPU_NUM_PER_NODE) and --nnodes (NUM_NODES) must be at least 1, got "
+                         f"{args.nproc_per_node} and {args.nnodes}")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise UsageError(f"--node_rank (NODE_RANK) {args.node_rank} is outside [0, {args.nnodes}) for "
+                         f"{args.nnodes} node(s)")
+    ips = [ip.strip() for ip in args.node_ips.split(",") if ip.strip()]
+    if args.nnodes > 1 and len(ips) < args.nnodes:
+        raise UsageError(f"--nnodes (NUM_NODES) {args.nnodes} needs --node_ips (NODE_IPS) with {args.nnodes} "
+                         f"addresses, the master first; got {ips or 'none'}")
+    if not 0 < args.master_port < 65536:
+        raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is not a TCP port")
+    from distil.train.placement import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    if device.startswith("cuda"):
+        from distil.runtime import import_oneflow
+
+        gpus = import_oneflow().cuda.device_count()
+        if args.nproc_per_node > gpus:
+            raise UsageError(f"--nproc_per_node (GPU_NUM_PER_NODE) {args.nproc_per_node} is more than the "
+                             f"{gpus} visible GPU(s); use --device cpu for CPU processes")
+    if args.node_rank == 0:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", args.master_port))
+            except OSError:
+                raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is in use on this machine; "
+                                 "choose a free port") from None
+    return ips[0] if ips else "127.0.0.1"
+
+
+def launch(args: argparse.Namespace, argv: List[str]) -> int:
+    """Start this node's processes, each running `python -m distil <argv>`; return the job's exit status."""
+    master = _check(args)
+    command = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(args.nproc_per_node),
+               "--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--master_addr", master,
+               "--master_port", str(args.master_port), "-m", "distil", *argv]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT")}  # the launcher sets them
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
+    # its own session: when a rank fails, the launcher's killpg stops exactly its ranks; when this
+    # process is stopped, it stops them too
+    launcher = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def stop(signum, frame):
+        os.killpg(launcher.pid, signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = launcher.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if status:
+        raise JobFailed(f"the {args.nproc_per_node * args.nnodes}-process job failed (exit status {status}); "
+                        "the failing rank's error is above, the other ranks were stopped")
+    return 0
+
+
+class JobFailed(Exception):
+    """A process of a multi-process job failed (its own message names its rank)."""

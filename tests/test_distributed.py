@@ -1,0 +1,143 @@
+"""Data parallelism on OneFlow's own launcher: N CPU processes on this machine, started by
+`python -m distil ... --nproc_per_node 2` (python -m oneflow.distributed.launch), on free ports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import conftest
+from conftest import PYTHON
+from distil.data import ofrecord
+from distil.data.convert import ConvertConfig, convert_task
+from distil.fileio import file_sha256
+from distil.models import io
+from distil.runtime import import_oneflow
+from glue_fixtures import write_learnable_sst2
+
+flow = import_oneflow()
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+        "max_position_embeddings": 64}
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, timeout: float = 900):
+    """conftest.run, but a timeout stops the job with SIGTERM first, so the launcher stops its ranks too."""
+    import os
+    import signal
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=f"{conftest.ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, vocab_file) -> Path:
+    """64 training and 19 dev examples (seq 32) and a tiny pretrained BERT without dropout (so runs can match)."""
+    root = tmp_path_factory.mktemp("distributed")
+    write_learnable_sst2(root / "glue", 64, 19)
+    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0,
+                                        workers=1))
+    io.init_bert(root / "pretrained", vocab_file, TINY, seed=0)
+    config = json.loads((root / "pretrained" / "config.json").read_text())
+    config["model"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (root / "pretrained" / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def interleaved_copy(split: Path, dst: Path, ranks: int, per_rank: int) -> None:
+    """The records in the order N ranks reading shards r, r+N, ... (per_rank rows each) put in one global batch."""
+    meta = ofrecord.read_meta(split)
+    bodies = [b for part in meta["parts"] for b in ofrecord.iter_frames(split / part["name"])]
+    shards = [bodies[r::ranks] for r in range(ranks)]
+    order = [row for t in range(len(shards[0]) // per_rank) for shard in shards for row in shard[t * per_rank:(t + 1) * per_rank]]
+    dst.mkdir(parents=True)
+    with open(dst / ofrecord.part_name(0), "wb") as f:
+        for body in order:
+            f.write(ofrecord.frame(body))
+    part = dst / ofrecord.part_name(0)
+    meta.update(num_examples=len(order), parts=[{"name": part.name, "records": len(order), "bytes": part.stat().st_size,
+                                                 "sha256": file_sha256(part)}])
+    (dst / ofrecord.META_FILE).write_text(json.dumps(meta))
+
+
+def train(ws: Path, data_root: Path, out: Path, batch: int, *extra: str):
+    return run([PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model", str(ws / "pretrained"),
+                "--data_root", str(data_root), "--model_save_dir", str(out), "--epochs", "1", "--batch_size", str(batch),
+                "--eval_batch_size", "4", "--learning_rate", "1e-3", "--weight_decay", "0.01", "--shuffle", "false",
+                "--log_every", "1", "--device", "cpu", *extra], timeout=900)
+
+
+def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path):
+    two = train(ws, ws / "data", tmp_path / "two", 8, "--nproc_per_node", "2", "--master_port", str(free_port()))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
+    data_one = tmp_path / "data_one"
+    shutil.copytree(ws / "data" / "SST-2" / "eval", data_one / "SST-2" / "eval", ignore=shutil.ignore_patterns(".*"))
+    interleaved_copy(ws / "data" / "SST-2" / "train", data_one / "SST-2" / "train", 2, 8)
+    one = train(ws, data_one, tmp_path / "one", 16)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = flow.load(str(tmp_path / "one" / "weights")), flow.load(str(tmp_path / "two" / "weights"))
+    assert set(a) == set(b)
+    # attention key biases have an exact gradient of 0: AdamW turns float noise into full-size steps there
+    worst = max(float(np.abs(a[k].numpy() - b[k].numpy()).max() / (np.abs(a[k].numpy()).max() + 1e-12))
+                for k in a if not k.endswith("attention.self.key.bias"))
+    assert worst <= 1e-4, worst
+    moved = flow.load(str(ws / "pretrained" / "weights"))
+    assert any(not np.array_equal(moved[k].numpy(), a[k].numpy()) for k in moved)  # training did something
+    results_one, results_two = json.loads(one.stdout), json.loads(two.stdout)
+    assert results_two["processes"] == 2 and results_two["num_examples"] == results_one["num_examples"] == 19
+    assert results_two["accuracy"] == results_one["accuracy"]
+    history = json.loads((tmp_path / "two" / "train_history.json").read_text())
+    assert [e["step"] for e in history["losses"]] == [1, 2, 3, 4]  # 64 examples / global batch 16
+
+
+def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multiple_of_the_batch(ws, tmp_path):
+    trained = train(ws, ws / "data", tmp_path / "m", 16)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    one = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--data_root", str(ws / "data"),
+               "--eval_batch_size", "3", "--device", "cpu", "--result_dir", str(tmp_path / "r1")])
+    two = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--data_root", str(ws / "data"),
+               "--eval_batch_size", "3", "--device", "cpu", "--result_dir", str(tmp_path / "r2"),
+               "--nproc_per_node", "2", "--master_port", str(free_port())])
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert r1["accuracy"] == r2["accuracy"] and r1["num_examples"] == r2["num_examples"] == 19
+    assert json.loads((tmp_path / "r2" / "results_eval.json").read_text())["accuracy"] == r2["accuracy"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nnodes", "2"], "--nnodes (NUM_NODES) 2 needs --node_ips (NODE_IPS)"),
+    (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.1", "--node_rank", "2"], "--node_rank (NODE_RANK) 2 is outside"),
+    (["--nproc_per_node", "2", "--device", "cuda"], "--device cuda, but OneFlow sees no GPU"),
+])
+def test_bad_process_flags_are_one_line_usage_errors(ws, tmp_path, flags, message):
+    result = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "nothing"), "--nproc_per_node", "2", *flags])
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
+
+
+def test_a_busy_master_port_is_a_usage_error(ws, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--nproc_per_node", "2", "--master_port",
+                      str(port)])
+    assert result.returncode == 2 and f"--master_port (MASTER_PORT) {port} is in use" in result.stderr
