@@ -183,7 +183,8 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         io.copy_vocab(built.vocab_file, model_dir)
 
     placement.write(start)
-    extra_state = {"options": options, "stage": stage.name, **built.extra_state}  # a resume must not change them
+    extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size,
+                   **built.extra_state}  # a resume must not change them (a global batch, a data order)
     trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,
                       model_dir, placement, built.step_inputs, extra_state, built.eager)
     state = trainer.fit()

@@ -187,10 +187,11 @@ class Trainer:
         if previous is None or previous.step == 0:
             return RunState(settings=settings, extra=self.extra_state)
         if previous.settings != settings or previous.extra != self.extra_state:
-            changed = sorted(k for k in settings if previous.settings.get(k) != settings[k])
+            changed = sorted(k for k in settings if previous.settings.get(k) != settings[k]) + sorted(
+                k for k in {**previous.extra, **self.extra_state} if previous.extra.get(k) != self.extra_state.get(k))
             raise UsageError(f"{self.model_dir / TRAIN_STATE_DIR} belongs to a run with other settings "
-                             f"(differs in: {changed or 'teacher/data'}); use another model directory or "
-                             "--overwrite to start again")
+                             f"(differs in: {changed}); use another model directory, the same settings and "
+                             "number of processes, or --overwrite to start again")
         return previous
 
     def _frozen(self) -> set:
