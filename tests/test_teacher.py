@@ -18,6 +18,7 @@ from distil.data.convert import ConvertConfig, convert_task
 from distil.errors import UsageError
 from distil.models import io
 from distil.train.graph import Evaluator
+from distil.train.placement import Placement
 from distil.train.run import RunConfig, train_algorithm
 from distil.train.settings import TrainSettings
 from glue_fixtures import write_learnable_sst2, write_task
@@ -89,7 +90,7 @@ def test_sts_b_head_is_a_regression(workspace, tmp_path):
     assert {"pearson", "spearman", "mse"} <= set(results) and "accuracy" not in results
     model = io.load_model(tmp_path / "stsb")
     assert model.classifier.weight.shape == (1, 32)
-    _, outputs, _ = Evaluator(model, workspace / "data" / "STS-B" / "eval", ("pearson",), 5, "cpu").run()
+    _, outputs, _ = Evaluator(model, workspace / "data" / "STS-B" / "eval", ("pearson",), 5, Placement("cpu")).run()
     assert outputs["logits"].shape == (outputs["labels"].shape[0], 1)
     expected = np.corrcoef(outputs["logits"].reshape(-1), outputs["labels"].reshape(-1))[0, 1]
     assert results["pearson"] == pytest.approx(expected, abs=1e-5)
