@@ -19,9 +19,6 @@ from typing import List
 
 from distil.errors import UsageError
 
-FLAGS = ("nproc_per_node", "nnodes", "node_rank", "node_ips", "master_port")
-
-
 def add_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("processes (data parallelism through python -m oneflow.distributed.launch)")
     group.add_argument("--nproc_per_node", type=int, default=1,

@@ -163,8 +163,7 @@ class OFRecordDataset(flow.nn.Module):
                  seed: Optional[int] = None, features: Optional[Sequence[str]] = None,
                  verify_checksums: bool = True, placement=None):
         super().__init__()
-        self.source_dir = Path(split_dir)
-        self.split_dir = sharded_split(self.source_dir, placement)
+        self.split_dir = sharded_split(Path(split_dir), placement)
         self.meta = open_split(self.split_dir, verify_checksums)
         self.shards = placement.world_size if placement is not None and placement.distributed else 1
         self.batch_size = batch_size * self.shards

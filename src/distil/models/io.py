@@ -116,15 +116,22 @@ def load_model(model_dir: PathLike) -> flow.nn.Module:
 # ---------------------------------------------------------------- writing, atomically
 
 
+def local_copies(state: Any) -> Any:
+    """A (nested) state dict with global tensors turned into this rank's full local copies, for saving."""
+    if isinstance(state, Mapping):
+        return {k: local_copies(v) for k, v in state.items()}
+    if isinstance(state, flow.Tensor) and state.is_global:
+        return state.to_global(sbp=flow.sbp.broadcast).to_local()
+    return state
+
+
 def save_weights(model: flow.nn.Module, model_dir: PathLike) -> None:
     """flow.save the model's state dict into <model_dir>/weights, atomically (global tensors as local copies)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     staged = model_dir / f".{WEIGHTS_DIR}.tmp-{os.getpid()}"
-    state = {k: v.to_global(sbp=flow.sbp.broadcast).to_local() if v.is_global else v
-             for k, v in model.state_dict().items()}
     try:
-        flow.save(state, str(staged))
+        flow.save(local_copies(model.state_dict()), str(staged))
         replace_dir(staged, model_dir / WEIGHTS_DIR)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

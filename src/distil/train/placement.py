@@ -25,7 +25,7 @@ def resolve_device(name: str) -> str:
         return "cuda" if flow.cuda.is_available() else "cpu"
     if name == "cpu":
         return name
-    if not name.startswith("cuda") or name not in ("cuda", *(f"cuda:{k}" for k in range(64))):
+    if name not in ("cuda", *(f"cuda:{k}" for k in range(64))):
         raise UsageError(f"--device {name}: expected auto, cpu, cuda or cuda:K")
     if not flow.cuda.is_available():
         raise UsageError(f"--device {name}, but OneFlow sees no GPU on this machine (CUDA_VISIBLE_DEVICES, driver); "
@@ -92,12 +92,3 @@ class Placement:
 
     def __repr__(self) -> str:
         return f"Placement({self.device!r}, rank {self.rank} of {self.world_size})"
-
-
-def local_state(state):
-    """A (nested) state dict with global tensors turned into this rank's full local copies, for saving."""
-    if isinstance(state, dict):
-        return {k: local_state(v) for k, v in state.items()}
-    if hasattr(state, "is_global") and state.is_global:
-        return state.to_global(sbp=flow.sbp.broadcast).to_local()
-    return state

@@ -67,7 +67,6 @@ class Built:
     model_config: Dict[str, Any]
     step_module: flow.nn.Module
     vocab_file: Path
-    extra_state: Dict[str, Any] = dataclasses.field(default_factory=dict)
     step_inputs: Optional[Callable[[int, int], Tuple]] = None
     eager: bool = False            # True: steps run eagerly (Theseus samples a different network each step)
 
@@ -183,8 +182,8 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         io.copy_vocab(built.vocab_file, model_dir)
 
     placement.write(start)
-    extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size,
-                   **built.extra_state}  # a resume must not change them (a global batch, a data order)
+    # a resume must not change them (the options, a global batch, a data order)
+    extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size}
     trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,
                       model_dir, placement, built.step_inputs, extra_state, built.eager)
     state = trainer.fit()

@@ -30,7 +30,7 @@ from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_we
 from distil.runtime import import_oneflow
 from distil.train.graph import EagerStep, Evaluator, TrainGraph
 from distil.train.optim import build_optimizer
-from distil.train.placement import Placement, local_state
+from distil.train.placement import Placement
 from distil.train.schedules import warmup_linear_factor, warmup_steps
 from distil.train.settings import TrainSettings
 
@@ -203,7 +203,7 @@ class Trainer:
         staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         frozen = self._frozen()
-        saved = local_state(graph.state_dict())
+        saved = io.local_copies(graph.state_dict())
         saved[STEP_MODULE] = {k: v for k, v in saved[STEP_MODULE].items() if k not in frozen}
 
         def write() -> None:
