@@ -141,3 +141,74 @@ def test_a_busy_master_port_is_a_usage_error(ws, tmp_path):
         result = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--nproc_per_node", "2", "--master_port",
                       str(port)])
     assert result.returncode == 2 and f"--master_port (MASTER_PORT) {port} is in use" in result.stderr
+
+
+def worker_pids(marker: str) -> dict:
+    """The rank processes (`python -m distil ...` with RANK set) whose command line holds `marker`, by rank."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+        except (OSError, ValueError):
+            continue
+        if b"-m" in cmd and cmd[cmd.index(b"-m") + 1:][:1] == [b"distil"] and marker.encode() in cmd \
+                and int(env.get(b"RANK", -1)) >= 0:  # (importing OneFlow sets RANK=-1 in a plain process)
+            found[int(env[b"RANK"])] = int(proc.name)
+    return found
+
+
+def test_a_killed_rank_stops_the_job_naming_it_and_the_same_command_resumes(ws, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    model_dir = tmp_path / "m"
+    command = lambda port: [PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model",  # noqa: E731
+                            str(ws / "pretrained"), "--data_root", str(ws / "data"), "--model_save_dir", str(model_dir),
+                            "--epochs", "4", "--batch_size", "8", "--eval_batch_size", "4", "--learning_rate", "1e-3",
+                            "--checkpoint_every", "1", "--device", "cpu", "--nproc_per_node", "2", "--master_port",
+                            str(port)]
+    env = dict(os.environ, PYTHONPATH=str(conftest.ROOT / "src"))
+    state_file, total = model_dir / "train_state" / "state.json", 4 * 4
+    with open(tmp_path / "killed.out", "w") as out, open(tmp_path / "killed.err", "w") as err:
+        job = subprocess.Popen(command(free_port()), stdout=out, stderr=err, env=env)
+    killed_at = None
+    try:
+        deadline = time.time() + 600
+        while job.poll() is None and time.time() < deadline and killed_at is None:
+            try:
+                step = json.loads(state_file.read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                step = 0
+            if 4 <= step < total:  # epoch 1 saved, the run not finished
+                ranks = worker_pids(str(model_dir))
+                if sorted(ranks) == [0, 1]:
+                    os.kill(ranks[1], signal.SIGKILL)
+                    killed_at = time.time()
+            time.sleep(0.002)
+        assert killed_at is not None, (tmp_path / "killed.err").read_text()[-3000:]
+        job.wait(timeout=120)
+        stopped_after = time.time() - killed_at
+    finally:
+        if job.poll() is None:
+            job.send_signal(signal.SIGTERM)
+            job.wait(timeout=60)
+    stderr = (tmp_path / "killed.err").read_text()
+    assert job.returncode == 1, stderr[-3000:]
+    assert stopped_after < 30
+    assert "error: rank 1 of 2" in stderr and "was killed by SIGKILL" in stderr, stderr[-3000:]
+    assert "the 2-process job failed" in stderr
+    assert worker_pids(str(model_dir)) == {}  # no rank left behind
+    killed = json.loads(state_file.read_text())
+    assert 4 <= killed["step"] < total and not killed["finished"]
+
+    resumed = run(command(free_port()))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {model_dir} from step {killed['step']} of {total}" in resumed.stderr
+    final = json.loads(state_file.read_text())
+    assert final["finished"] and final["step"] == total and [h["epoch"] for h in final["history"]] == [1, 2, 3, 4]
+    assert final["history"][:len(killed["history"])] == killed["history"]
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
+    assert json.loads(resumed.stdout)["accuracy"] == final["best_value"]

@@ -3,8 +3,10 @@ itself through OneFlow's own launcher (`python -m oneflow.distributed.launch`), 
 
 The original's variables map onto the flags in the bash scripts: GPU_NUM_PER_NODE (processes per node:
 GPUs, or CPU processes when no GPU is visible), NUM_NODES, NODE_RANK, NODE_IPS (the first is the
-master) and MASTER_PORT. Everything is checked here, before any process starts; if one process
-fails, OneFlow's launcher stops the others and the job exits non-zero.
+master) and MASTER_PORT. Everything is checked here, before any process starts. Each process the
+launcher starts is `python -m distil.launch`, which runs that rank's `python -m distil` and, if it
+fails or is killed, says which rank it was; the launcher then stops the others within a second and
+the job exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from typing import List
 
 from distil.errors import UsageError
+
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("processes (data parallelism through python -m oneflow.distributed.launch)")
@@ -82,7 +85,7 @@ def launch(args: argparse.Namespace, argv: List[str]) -> int:
     master = _check(args)
     command = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(args.nproc_per_node),
                "--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--master_addr", master,
-               "--master_port", str(args.master_port), "-m", "distil", *argv]
+               "--master_port", str(args.master_port), "-m", "distil.launch", *argv]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                             "MASTER_PORT")}  # the launcher sets them
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
@@ -108,3 +111,30 @@ def launch(args: argparse.Namespace, argv: List[str]) -> int:
 
 class JobFailed(Exception):
     """A process of a multi-process job failed (its own message names its rank)."""
+
+
+def watch_rank(argv: List[str]) -> int:
+    """One launched process: run this rank's `python -m distil <argv>`; if it fails or dies, name the rank.
+
+    A rank killed outright (out of memory, SIGKILL) prints nothing itself; this line is what says which
+    process of the job it was. A rank stopped by the launcher because another one failed stays quiet.
+    """
+    child = subprocess.Popen([sys.executable, "-m", "distil", *argv], env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    stopped = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    status = child.wait()
+    if status and not stopped:
+        why = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"failed with exit status {status}"
+        sys.stderr.write(f"error: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} (pid {child.pid} on "
+                         f"{socket.gethostname()}) {why}\n")
+    return 1 if status < 0 else status
+
+
+if __name__ == "__main__":
+    sys.exit(watch_rank(sys.argv[1:]))
