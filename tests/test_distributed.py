@@ -85,28 +85,92 @@ def train(ws: Path, data_root: Path, out: Path, batch: int, *extra: str):
                 "--log_every", "1", "--device", "cpu", *extra], timeout=900)
 
 
-def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path):
-    two = train(ws, ws / "data", tmp_path / "two", 8, "--nproc_per_node", "2", "--master_port", str(free_port()))
+@pytest.fixture(scope="module")
+def two_processes(ws, tmp_path_factory):
+    """The teacher trained by 2 processes on one node, 8 examples each per step."""
+    out = tmp_path_factory.mktemp("two") / "model"
+    two = train(ws, ws / "data", out, 8, "--nproc_per_node", "2", "--master_port", str(free_port()))
     assert two.returncode == 0, two.stderr[-3000:]
+    return out, two
+
+
+def max_relative_difference(a: dict, b: dict) -> float:
+    # attention key biases have an exact gradient of 0: AdamW turns float noise into full-size steps there
+    return max(float(np.abs(a[k].numpy() - b[k].numpy()).max() / (np.abs(a[k].numpy()).max() + 1e-12))
+               for k in a if not k.endswith("attention.self.key.bias"))
+
+
+def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path, two_processes):
+    two_dir, two = two_processes
     assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
     data_one = tmp_path / "data_one"
     shutil.copytree(ws / "data" / "SST-2" / "eval", data_one / "SST-2" / "eval", ignore=shutil.ignore_patterns(".*"))
     interleaved_copy(ws / "data" / "SST-2" / "train", data_one / "SST-2" / "train", 2, 8)
     one = train(ws, data_one, tmp_path / "one", 16)
     assert one.returncode == 0, one.stderr[-3000:]
-    a, b = flow.load(str(tmp_path / "one" / "weights")), flow.load(str(tmp_path / "two" / "weights"))
+    a, b = flow.load(str(tmp_path / "one" / "weights")), flow.load(str(two_dir / "weights"))
     assert set(a) == set(b)
-    # attention key biases have an exact gradient of 0: AdamW turns float noise into full-size steps there
-    worst = max(float(np.abs(a[k].numpy() - b[k].numpy()).max() / (np.abs(a[k].numpy()).max() + 1e-12))
-                for k in a if not k.endswith("attention.self.key.bias"))
+    worst = max_relative_difference(a, b)
     assert worst <= 1e-4, worst
     moved = flow.load(str(ws / "pretrained" / "weights"))
     assert any(not np.array_equal(moved[k].numpy(), a[k].numpy()) for k in moved)  # training did something
     results_one, results_two = json.loads(one.stdout), json.loads(two.stdout)
     assert results_two["processes"] == 2 and results_two["num_examples"] == results_one["num_examples"] == 19
     assert results_two["accuracy"] == results_one["accuracy"]
-    history = json.loads((tmp_path / "two" / "train_history.json").read_text())
+    history = json.loads((two_dir / "train_history.json").read_text())
     assert [e["step"] for e in history["losses"]] == [1, 2, 3, 4]  # 64 examples / global batch 16
+
+
+def second_local_address() -> str:
+    """An address of this machine other than 127.0.0.x (the one it would use to reach other hosts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))  # no packet is sent
+            address = probe.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("this machine has no network address besides the loopback one")
+    return address
+
+
+def test_two_nodes_of_one_process_each_train_what_one_node_of_two_processes_trains(ws, tmp_path, two_processes):
+    """NUM_NODES=2 simulated on this machine, each node started by itself. OneFlow tells nodes apart by the
+    address they reach the master from, so node 1 reaches it through this machine's second address."""
+    import os
+    import subprocess
+
+    port, out, other = free_port(), tmp_path / "two_nodes", second_local_address()
+    node_ips = {0: f"127.0.0.1,{other}", 1: f"{other},127.0.0.1"}  # the master first, as each node reaches it
+    env = dict(os.environ, PYTHONPATH=str(conftest.ROOT / "src"))
+    nodes = []
+    for node in (1, 0):  # the master last: the other node must wait for it
+        with open(tmp_path / f"node{node}.out", "w") as stdout, open(tmp_path / f"node{node}.err", "w") as stderr:
+            nodes.append(subprocess.Popen([PYTHON, "-m", "distil", "train", "--algorithm", "teacher",
+                                           "--pretrained_model", str(ws / "pretrained"), "--data_root", str(ws / "data"),
+                                           "--model_save_dir", str(out), "--epochs", "1", "--batch_size", "8",
+                                           "--eval_batch_size", "4", "--learning_rate", "1e-3", "--weight_decay", "0.01",
+                                           "--shuffle", "false", "--log_every", "1", "--device", "cpu",
+                                           "--nproc_per_node", "1", "--nnodes", "2", "--node_rank", str(node),
+                                           "--node_ips", node_ips[node], "--master_port", str(port)],
+                                          stdout=stdout, stderr=stderr, env=env))
+    try:
+        codes = [node.wait(timeout=900) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.terminate()
+                node.wait(timeout=60)
+    errors = {n: (tmp_path / f"node{n}.err").read_text()[-2000:] for n in (0, 1)}
+    assert codes == [0, 0], errors
+    assert "2 processes, 8 examples per process and step: global batch 16" in errors[0]
+    results = json.loads((tmp_path / "node0.out").read_text())
+    assert results["processes"] == 2 and results["num_examples"] == 19
+    assert (tmp_path / "node1.out").read_text() == ""  # only rank 0 reports and writes
+    two_dir, two = two_processes
+    assert results["accuracy"] == json.loads(two.stdout)["accuracy"]
+    worst = max_relative_difference(flow.load(str(two_dir / "weights")), flow.load(str(out / "weights")))
+    assert worst <= 1e-5, worst
 
 
 def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multiple_of_the_batch(ws, tmp_path):
@@ -125,7 +189,8 @@ def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multipl
 
 @pytest.mark.parametrize("flags, message", [
     (["--nnodes", "2"], "--nnodes (NUM_NODES) 2 needs --node_ips (NODE_IPS)"),
-    (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.1", "--node_rank", "2"], "--node_rank (NODE_RANK) 2 is outside"),
+    (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.2", "--node_rank", "2"], "--node_rank (NODE_RANK) 2 is outside"),
+    (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.1"], "--node_ips (NODE_IPS) lists 127.0.0.1 more than once"),
     (["--nproc_per_node", "2", "--device", "cuda"], "--device cuda, but OneFlow sees no GPU"),
 ])
 def test_bad_process_flags_are_one_line_usage_errors(ws, tmp_path, flags, message):

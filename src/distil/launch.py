@@ -58,6 +58,11 @@ def _check(args: argparse.Namespace) -> str:
     if args.nnodes > 1 and len(ips) < args.nnodes:
         raise UsageError(f"--nnodes (NUM_NODES) {args.nnodes} needs --node_ips (NODE_IPS) with {args.nnodes} "
                          f"addresses, the master first; got {ips or 'none'}")
+    repeated = sorted({ip for ip in ips if ips.count(ip) > 1})
+    if repeated:
+        raise UsageError(f"--node_ips (NODE_IPS) lists {', '.join(repeated)} more than once: OneFlow tells nodes apart "
+                         "by address, and two nodes on one address hang; for several processes on one machine use "
+                         "--nproc_per_node (GPU_NUM_PER_NODE)")
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is not a TCP port")
     from distil.train.placement import resolve_device
