@@ -115,11 +115,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                            f"default {field.default}")
 
 
-def _device(name: str) -> str:
-    """The run's device, checked before anything runs: `--device cuda` without a GPU is a usage error."""
-    from distil.train.placement import resolve_device
+def _device(name: str, fp16: bool = False) -> str:
+    """The run's device, checked before anything runs: `--device cuda` without a GPU, or `--use_fp16` on
+    the CPU, is a usage error."""
+    from distil.train.placement import check_precision, resolve_device
 
-    return resolve_device(name)
+    return check_precision(resolve_device(name), fp16)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -195,7 +196,8 @@ def _run_train(args: argparse.Namespace) -> Dict:
     model_dir = args.model_save_dir or algorithm.default_dir(args.models_root, task, model_id)
     run = RunConfig(task=task.name, data_root=args.data_root, model_save_dir=model_dir, settings=settings,
                     options=options, result_dir=Path(args.result_dir) if args.result_dir else None,
-                    serve_for_online=args.serve_for_online, overwrite=args.overwrite, device=_device(args.device))
+                    serve_for_online=args.serve_for_online, overwrite=args.overwrite,
+                    device=_device(args.device, settings.use_fp16))
     results = train_algorithm(algorithm, run)
     log.info("model id: %s (in %s)", model_dir.name, model_dir)
     if args.model_save_dir is None:
@@ -301,6 +303,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--result_dir", default="", help="where results_eval.json goes ('' = the model dir)")
     p.add_argument("--eval_batch_size", "--eval_batch_size_per_device", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--use_fp16", type=str2bool, default=False, help="mixed precision (CUDA only)")
     launch.add_flags(p)
     p.set_defaults(run=_run_eval)
 
@@ -309,7 +312,7 @@ def _run_eval(args: argparse.Namespace) -> Dict:
     from distil.train.run import evaluate_model_dir
 
     return evaluate_model_dir(args.model_dir, args.data_root, Path(args.result_dir) if args.result_dir else None,
-                              args.eval_batch_size, _device(args.device), args.task)
+                              args.eval_batch_size, _device(args.device, args.use_fp16), args.task, args.use_fp16)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

@@ -65,9 +65,9 @@ def _check(args: argparse.Namespace) -> str:
                          "--nproc_per_node (GPU_NUM_PER_NODE)")
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is not a TCP port")
-    from distil.train.placement import resolve_device
+    from distil.train.placement import check_precision, resolve_device
 
-    device = resolve_device(getattr(args, "device", "auto"))
+    device = check_precision(resolve_device(getattr(args, "device", "auto")), bool(getattr(args, "use_fp16", False)))
     if device.startswith("cuda"):
         from distil.runtime import import_oneflow
 

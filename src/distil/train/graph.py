@@ -49,6 +49,10 @@ class TrainGraph(flow.nn.Graph):
         # fused AdamW update and residual adds: ~7 % per step on CPU (bench/bench_bert.py --only step)
         self.config.allow_fuse_model_update_ops(True)
         self.config.allow_fuse_add_to_output(True)
+        if placement.fp16:
+            self.config.enable_amp(True)
+            self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
+                                                     growth_interval=2000))
 
     def build(self, *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
         outputs = self.step_module(self.placement.batch(self.data()), *step_inputs)
@@ -101,10 +105,14 @@ class EvalGraph(flow.nn.Graph):
         self.model = model
         self.data = data
         self.placement = placement
+        if placement.fp16:
+            self.config.enable_amp(True)
 
     def build(self) -> Dict[str, flow.Tensor]:
         batch = self.placement.batch(self.data())
         logits = self.model(*(batch[name] for name in MODEL_INPUTS))["logits"]
+        if self.placement.fp16:
+            logits = flow.cast(logits, flow.float32)
         return {"logits": self.placement.gather(logits), "labels": self.placement.gather(batch["label_ids"])}
 
 

@@ -35,11 +35,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
-class Placement:
-    """A run's device and ranks; `module` and `batch` put parameters and inputs there."""
+def check_precision(device: str, fp16: bool) -> str:
+    """`device`, if it can compute in mixed precision when `fp16` asks for it."""
+    if fp16 and not device.startswith("cuda"):
+        raise UsageError(f"--use_fp16 (USE_FP16) needs a GPU: OneFlow 0.9 has no float16 kernels on the CPU "
+                         f"(this run's device is {device}); leave it False")
+    return device
 
-    def __init__(self, device: str = "cpu"):
-        self.device = resolve_device(device)
+
+class Placement:
+    """A run's device, ranks and precision; `module` and `batch` put parameters and inputs there.
+
+    `fp16` (the original's --use_fp16): the graphs compute in mixed precision (OneFlow's nn.Graph AMP,
+    with dynamic loss scaling when training). OneFlow 0.9 has no float16 kernels on the CPU.
+    """
+
+    def __init__(self, device: str = "cpu", fp16: bool = False):
+        self.device = check_precision(resolve_device(device), fp16)
+        self.fp16 = fp16
         self.world_size, self.rank = flow.env.get_world_size(), flow.env.get_rank()
 
     @property
@@ -91,4 +104,4 @@ class Placement:
         self.barrier()
 
     def __repr__(self) -> str:
-        return f"Placement({self.device!r}, rank {self.rank} of {self.world_size})"
+        return f"Placement({self.device!r}, rank {self.rank} of {self.world_size}{', fp16' if self.fp16 else ''})"

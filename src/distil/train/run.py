@@ -154,8 +154,9 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         results = (result_dir or model_dir) / RESULTS_FILE
         if results.is_file():
             return json.loads(results.read_text())
-        return evaluate_model_dir(model_dir, run.data_root, result_dir, run.settings.eval_batch_size, run.device)
-    placement = Placement(run.device)
+        return evaluate_model_dir(model_dir, run.data_root, result_dir, run.settings.eval_batch_size, run.device,
+                                  fp16=run.settings.use_fp16)
+    placement = Placement(run.device, fp16=stage.settings.use_fp16)
     suffix = algorithm.data_suffix(run.options)
     train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run.options))
     for split in (train_dir, *eval_dirs.values()):  # bad data must fail before anything is written
@@ -213,7 +214,7 @@ def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
 
 
 def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Path], batch_size: int,
-                       device: str, task_name: Optional[str] = None) -> Dict[str, Any]:
+                       device: str, task_name: Optional[str] = None, fp16: bool = False) -> Dict[str, Any]:
     """Evaluate a saved model on its task's dev split(s) and write results_eval.json (original: run_eval_*.sh)."""
     _check_model_exists(model_dir, task_name)
     config = io.read_config(model_dir)
@@ -225,8 +226,8 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     eval_dirs = model_eval_dirs(config, data_root)
     meta = ofrecord.read_meta(eval_dirs["eval"])
     ofrecord.check_vocab(model_dir / io.VOCAB_FILE, meta, f"the model {model_dir}")
+    placement = Placement(device, fp16)
     model = io.load_model(model_dir)
-    placement = Placement(device)
     results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
                **evaluate(model, eval_dirs, task.metrics, batch_size, placement, model_dir)}
     target = result_dir or model_dir

@@ -29,6 +29,7 @@ class TrainSettings:
     clip_grad: float = 1.0
     select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
     shuffle: bool = True          # False: training records in file order (each rank: its shard in order)
+    use_fp16: bool = False        # mixed precision (nn.Graph AMP, dynamic loss scaling); CUDA only
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):

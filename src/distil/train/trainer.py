@@ -87,6 +87,9 @@ def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settin
                                           settings.weight_decay, total, settings.warmup_proportion, settings.clip_grad,
                                           graph=not eager)
     if eager:
+        if placement.fp16:
+            raise UsageError("--use_fp16: this stage trains eagerly (BERT-of-Theseus's module replacement), and "
+                             "OneFlow 0.9's loss scaling works only in nn.Graph; leave USE_FP16 False for it")
         return EagerStep(step_module, data, optimizer, schedule, placement, settings.clip_grad)
     return TrainGraph(step_module, data, optimizer, schedule, placement)
 
