@@ -49,3 +49,16 @@ def test_explicit_flags_win_over_quick_and_bad_sizes_are_usage_errors(tmp_path):
     output = tmp_path / "results.json"
     result = run(["bash", SCRIPT, "--quick", "--batch", "0", "--output", str(output)], cwd=tmp_path)
     assert result.returncode == 2 and "batch" in result.stderr and not output.exists()
+
+
+def test_quick_processes_run_compares_one_and_two_processes(tmp_path):
+    output = tmp_path / "processes.json"
+    result = run(["bash", SCRIPT, "processes", "--quick", "--output", str(output)], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    data = json.loads(output.read_text(encoding="utf-8"))
+    one, two = data["figures"]["1 process"], data["figures"]["2 processes"]
+    assert data["quick"] is True and data["figures"]["PyTorch"] is None
+    assert (one["processes"], one["global_batch"], two["processes"], two["global_batch"]) == (1, 8, 2, 16)
+    for figure in (one, two):  # 12 steps logged every 4: the first interval (compilation) is left out
+        assert len(figure["intervals"]) == 2 and figure["examples_per_s"] > 0
+    assert "2 processes / 1 process" in result.stdout and "QUICK" in result.stdout

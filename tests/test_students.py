@@ -140,3 +140,26 @@ def test_indivisible_layer_counts_fail_with_both_numbers(workspace):
                  env=env_for(workspace, STUDENT_DIR=str(workspace / "bad")))
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "teacher has 2 layers, student 3: 2 is not divisible by 3" in failed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", sorted(CASES))
+def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(workspace, algorithm):
+    """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks."""
+    import socket
+
+    script, eval_script, extra_env, flags, model_id = CASES[algorithm]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = env_for(workspace, **extra_env, MODELS_ROOT=str(workspace / "models_2p"), GPU_NUM_PER_NODE="2",
+                  BATCH_SIZE="8", MASTER_PORT=port)
+    trained = run(["bash", str(ROOT / "scripts" / script), "SST-2", *flags], env=env)
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    assert "2 processes, 8 examples per process and step: global batch 16" in trained.stderr
+    results = json.loads(trained.stdout)
+    assert results["processes"] == 2 and results["num_examples"] == 160
+    assert results["accuracy"] > majority_rate(workspace) + 0.1, results
+    evaluated = run(["bash", str(ROOT / "scripts" / eval_script), "0", "SST-2", model_id], env=env)  # 2 processes
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]

@@ -1,7 +1,14 @@
 """`python -m distil`: run the CLI and leave with its status (never a teardown crash's)."""
 
+import traceback
+
 from distil.cli import main
 from distil.runtime import exit_now
 
 if __name__ == "__main__":
-    exit_now(main())
+    try:
+        status = main()
+    except Exception:  # noqa: BLE001  an unexpected error: its traceback, then out at once, because OneFlow's
+        traceback.print_exc()  # teardown in a multi-process job waits for the other ranks, which may never come
+        status = 1
+    exit_now(status)

@@ -151,7 +151,9 @@ class BiLstm(nn.Module):
                                 transpose_b=True) + self.bias.reshape(8 * hidden)      # (B*T, 8H)
         projected = projected.reshape(batch, steps, 2, 4 * hidden) * self._gate_scale
         projected = projected.permute(2, 1, 0, 3)                                       # (2, T, B, 4H)
-        gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)      # (T, 2, B, 4H)
+        # cat, not stack, wherever gradients flow: with the batch split across processes, OneFlow 0.9
+        # cannot compile stack's backward in an nn.Graph (a shape check fails); cat's compiles
+        gates_in = flow.cat([projected[0].unsqueeze(1), flow.flip(projected[1], [0]).unsqueeze(1)], dim=1)  # (T,2,B,4H)
         weight_hh = self.weight_hh * self._row_scale                                    # (2, 4H, H)
 
         states = []
@@ -167,7 +169,7 @@ class BiLstm(nn.Module):
             c = i * g if c is None else f * c + i * g
             h = o * (flow.sigmoid(c * 2.0) * 2.0 - 1.0)                               # o * tanh(c)
             states.append(h)
-        read_states = flow.matmul(read, flow.stack(states, dim=2))   # (2, B, S, T) x (2, B, T, H)
+        read_states = flow.matmul(read, flow.cat([h.unsqueeze(2) for h in states], dim=2))  # (2,B,S,T) x (2,B,T,H)
         return read_states.permute(1, 2, 0, 3).reshape(batch, sentences.shape[1], 2 * hidden)
 
 
