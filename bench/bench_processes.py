@@ -63,7 +63,7 @@ def ours(work: Path, processes: int, args: argparse.Namespace) -> Dict[str, obje
     command = [sys.executable, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model",
                str(work / "init"), "--data_root", str(work / "data"), "--model_save_dir", str(work / f"p{processes}"),
                "--max_steps", str(args.steps), "--log_every", str(args.log_every), "--batch_size", str(args.batch),
-               "--eval_batch_size", "64", "--learning_rate", "1e-4", "--device", "cpu", "--overwrite",
+               "--eval_batch_size", "8", "--learning_rate", "1e-4", "--device", "cpu", "--overwrite",
                "--nproc_per_node", str(processes), "--master_port", str(free_port())]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -112,7 +112,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ffn", type=int, default=1200)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=32, help="examples per process and step")
-    p.add_argument("--steps", type=int, default=40, help="training steps of each run")
+    p.add_argument("--steps", type=int, default=30, help="training steps of each run")
     p.add_argument("--log_every", type=int, default=5, help="steps per throughput interval")
     p.add_argument("--torch-python", dest="torch_python",
                    default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python"),
