@@ -277,3 +277,46 @@ def test_a_killed_rank_stops_the_job_naming_it_and_the_same_command_resumes(ws, 
     assert final["history"][:len(killed["history"])] == killed["history"]
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
     assert json.loads(resumed.stdout)["accuracy"] == final["best_value"]
+
+
+DROPOUT_ON_TWO_RANKS = '''
+import sys
+from distil.runtime import import_oneflow
+flow = import_oneflow()
+from distil.models.dropout import Dropout
+ranks = flow.placement("cpu", ranks=[0, 1])
+site = Dropout(0.5).train()
+x = flow.ones(64, 32).to_global(placement=ranks, sbp=flow.sbp.split(0))  # 64 rows per rank: 128 in all
+class Step(flow.nn.Graph):
+    def __init__(self):
+        super().__init__()
+        self.site = site
+    def build(self, x):
+        return self.site(x).to_global(sbp=flow.sbp.broadcast)
+for mode, y in (("eager", site(x).to_global(sbp=flow.sbp.broadcast)), ("graph", Step()(x))):
+    a = y.to_local().numpy()
+    if flow.env.get_rank() == 0:
+        print(mode, bool((a[:64] == a[64:]).all()), float(a.mean()), sorted(set(a.ravel().tolist())), flush=True)
+'''
+
+
+def test_dropout_draws_other_masks_on_each_rank_in_eager_and_graph(tmp_path):
+    """With the batch split over ranks, each rank's rows get their own mask (not a copy of rank 0's)."""
+    import os
+
+    (tmp_path / "dropout_ranks.py").write_text(DROPOUT_ON_TWO_RANKS)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(PYTHONPATH=str(conftest.ROOT / "src"), OMP_NUM_THREADS="1")
+    import subprocess
+
+    done = subprocess.run([PYTHON, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(tmp_path / "dropout_ranks.py")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split()[0]: line.split(maxsplit=3)[1:] for line in done.stdout.splitlines()
+             if line.startswith(("eager", "graph"))}
+    assert set(lines) == {"eager", "graph"}, done.stdout
+    for mode, (same, mean, values) in lines.items():
+        assert same == "False", mode  # rank 1's rows are not rank 0's mask again
+        assert 0.8 < float(mean) < 1.2 and values == "[0.0, 2.0]", (mode, mean, values)  # keep 1/2, scaled by 2
