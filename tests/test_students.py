@@ -145,7 +145,8 @@ def test_indivisible_layer_counts_fail_with_both_numbers(workspace):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(CASES))
 def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(workspace, algorithm):
-    """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks."""
+    """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks;
+    the BiLSTM's eval script too, with 2 processes."""
     import socket
 
     script, eval_script, extra_env, flags, model_id = CASES[algorithm]
@@ -160,6 +161,7 @@ def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(wor
     results = json.loads(trained.stdout)
     assert results["processes"] == 2 and results["num_examples"] == 160
     assert results["accuracy"] > majority_rate(workspace) + 0.1, results
-    evaluated = run(["bash", str(ROOT / "scripts" / eval_script), "0", "SST-2", model_id], env=env)  # 2 processes
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
+    if algorithm == "distilled_lstm":  # (BERT models' 2-process evaluation: tests/test_distributed.py)
+        evaluated = run(["bash", str(ROOT / "scripts" / eval_script), "0", "SST-2", model_id], env=env)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
