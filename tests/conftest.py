@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,13 @@ def hf_tokenizer(vocab_file):
     from tokenizers import BertWordPieceTokenizer
 
     return BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a multi-process job's master)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import conftest
-from conftest import PYTHON
+from conftest import PYTHON, free_port
 from distil.data import ofrecord
 from distil.data.convert import ConvertConfig, convert_task
 from distil.fileio import file_sha256
+from distil.launch import LAUNCHER_VARIABLES
 from distil.models import io
 from distil.runtime import import_oneflow
 from glue_fixtures import write_learnable_sst2
@@ -40,12 +41,6 @@ def run(cmd, timeout: float = 900):
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     return subprocess.CompletedProcess(cmd, process.returncode, out, err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -305,8 +300,7 @@ def test_dropout_draws_other_masks_on_each_rank_in_eager_and_graph(tmp_path):
     import os
 
     (tmp_path / "dropout_ranks.py").write_text(DROPOUT_ON_TWO_RANKS)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env.update(PYTHONPATH=str(conftest.ROOT / "src"), OMP_NUM_THREADS="1")
     import subprocess
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, run
+from conftest import PYTHON, ROOT, free_port, run
 from distil.data.convert import ConvertConfig, convert_task
 from distil.models import io
 from glue_fixtures import write_learnable_sst2
@@ -147,14 +147,9 @@ def test_indivisible_layer_counts_fail_with_both_numbers(workspace):
 def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(workspace, algorithm):
     """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks;
     the BiLSTM's eval script too, with 2 processes."""
-    import socket
-
     script, eval_script, extra_env, flags, model_id = CASES[algorithm]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
     env = env_for(workspace, **extra_env, MODELS_ROOT=str(workspace / "models_2p"), GPU_NUM_PER_NODE="2",
-                  BATCH_SIZE="8", MASTER_PORT=port)
+                  BATCH_SIZE="8", MASTER_PORT=str(free_port()))
     trained = run(["bash", str(ROOT / "scripts" / script), "SST-2", *flags], env=env)
     assert trained.returncode == 0, trained.stderr[-4000:]
     assert "2 processes, 8 examples per process and step: global batch 16" in trained.stderr

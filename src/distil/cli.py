@@ -118,9 +118,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 def _device(name: str, fp16: bool = False) -> str:
     """The run's device, checked before anything runs: `--device cuda` without a GPU, or `--use_fp16` on
     the CPU, is a usage error."""
-    from distil.train.placement import check_precision, resolve_device
+    from distil.train.placement import resolve_device
 
-    return check_precision(resolve_device(name), fp16)
+    return resolve_device(name, fp16)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,8 @@ from typing import List
 
 from distil.errors import UsageError
 
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # OneFlow's launcher sets them
+
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("processes (data parallelism through python -m oneflow.distributed.launch)")
@@ -65,9 +67,9 @@ def _check(args: argparse.Namespace) -> str:
                          "--nproc_per_node (GPU_NUM_PER_NODE)")
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is not a TCP port")
-    from distil.train.placement import check_precision, resolve_device
+    from distil.train.placement import resolve_device
 
-    device = check_precision(resolve_device(getattr(args, "device", "auto")), bool(getattr(args, "use_fp16", False)))
+    device = resolve_device(getattr(args, "device", "auto"), bool(getattr(args, "use_fp16", False)))
     if device.startswith("cuda"):
         from distil.runtime import import_oneflow
 
@@ -86,13 +88,13 @@ def _check(args: argparse.Namespace) -> str:
 
 
 def launch(args: argparse.Namespace, argv: List[str]) -> int:
-    """Start this node's processes, each running `python -m distil <argv>`; return the job's exit status."""
+    """Start this node's processes, each `python -m distil.launch <argv>` watching its rank's `python -m distil
+    <argv>`; return the job's exit status."""
     master = _check(args)
     command = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(args.nproc_per_node),
                "--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--master_addr", master,
                "--master_port", str(args.master_port), "-m", "distil.launch", *argv]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT")}  # the launcher sets them
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
     # its own session: when a rank fails, the launcher's killpg stops exactly its ranks; when this
     # process is stopped, it stops them too

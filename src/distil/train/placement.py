@@ -19,8 +19,17 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when OneFlow sees a GPU, else 'cpu'; 'cuda' / 'cuda:K' must be visible."""
+def resolve_device(name: str, fp16: bool = False) -> str:
+    """'auto' -> 'cuda' when OneFlow sees a GPU, else 'cpu'; 'cuda' / 'cuda:K' must be visible; `fp16`
+    (mixed precision) needs CUDA."""
+    device = _visible_device(name)
+    if fp16 and not device.startswith("cuda"):
+        raise UsageError(f"--use_fp16 (USE_FP16) needs a GPU: OneFlow 0.9 has no float16 kernels on the CPU "
+                         f"(this run's device is {device}); leave it False")
+    return device
+
+
+def _visible_device(name: str) -> str:
     if name == "auto":
         return "cuda" if flow.cuda.is_available() else "cpu"
     if name == "cpu":
@@ -35,14 +44,6 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def check_precision(device: str, fp16: bool) -> str:
-    """`device`, if it can compute in mixed precision when `fp16` asks for it."""
-    if fp16 and not device.startswith("cuda"):
-        raise UsageError(f"--use_fp16 (USE_FP16) needs a GPU: OneFlow 0.9 has no float16 kernels on the CPU "
-                         f"(this run's device is {device}); leave it False")
-    return device
-
-
 class Placement:
     """A run's device, ranks and precision; `module` and `batch` put parameters and inputs there.
 
@@ -51,7 +52,7 @@ class Placement:
     """
 
     def __init__(self, device: str = "cpu", fp16: bool = False):
-        self.device = check_precision(resolve_device(device), fp16)
+        self.device = resolve_device(device, fp16)
         self.fp16 = fp16
         self.world_size, self.rank = flow.env.get_world_size(), flow.env.get_rank()
 

@@ -201,7 +201,6 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
     return results
 
 
-
 def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
     """A missing model id gets the list of the ids of that task that do exist beside it."""
     if model_dir.is_dir():

@@ -121,7 +121,6 @@ class Trainer:
         if self.placement.distributed:
             log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
                      self.settings.batch_size, data.batch_size)
-        self._global_batch = data.batch_size
         total = self.total_steps(data.steps_per_epoch)
         graph = build_step_runner(self.step_module, data, self.settings, total, self.placement, self.eager)
         if state.step:
@@ -165,7 +164,7 @@ class Trainer:
         self._last_log = (now, state.step)
         progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
         log.info("step %d/%d lr %.3e %s %.1f examples/s", state.step, total, lr, json.dumps(losses),
-                 (state.step - then_step) * self._global_batch / (now - then))
+                 (state.step - then_step) * self.settings.batch_size * self.placement.world_size / (now - then))
 
     def _end_of_epoch(self, graph: Union[TrainGraph, EagerStep], evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
         metrics, _, _ = evaluator.run()
