@@ -30,6 +30,7 @@ class TrainSettings:
     select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
     shuffle: bool = True          # False: training records in file order (each rank: its shard in order)
     use_fp16: bool = False        # mixed precision (nn.Graph AMP, dynamic loss scaling); CUDA only
+    teacher_cache: str = "auto"   # auto: the teacher's per-example outputs computed once (train/teacher_cache.py)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
@@ -37,3 +38,5 @@ class TrainSettings:
                 raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or not 0 <= self.warmup_proportion < 1 or self.weight_decay < 0:
             raise UsageError("--learning_rate must be > 0, --warmup_proportion in [0, 1), --weight_decay >= 0")
+        if self.teacher_cache not in ("auto", "off"):
+            raise UsageError(f"--teacher_cache must be auto or off, got '{self.teacher_cache}'")

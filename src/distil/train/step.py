@@ -20,6 +20,8 @@ flow = import_oneflow()
 
 OPERATORS = ("hard_label", "pred_distill", "layer_distill", "pkd_patient", "att_distill")
 TEACHER_FREE = ("hard_label",)  # the operators that read no teacher output
+PER_EXAMPLE = {"pred_distill": "logits"}  # operators whose teacher input is one small vector per example
+CACHED_PREFIX = "cached_"  # batch features holding a cached teacher output (distil.train.teacher_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +89,29 @@ class DistillStep(flow.nn.Module):
             raise ValueError(f"terms {names} need a teacher")
         self.student, self.teacher, self.fit_dense = student, teacher, projection
         self.terms, self.teacher_view = tuple(terms), teacher_view
+        self.cached: Tuple[str, ...] = ()
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(term.operator not in TEACHER_FREE for term in self.terms)
+
+    def cacheable_outputs(self) -> Tuple[str, ...]:
+        """The teacher outputs the terms read, if all are per-example vectors that a cache can hold; else ()."""
+        operators = {term.operator for term in self.terms} - set(TEACHER_FREE)
+        if not operators or not operators <= set(PER_EXAMPLE):
+            return ()
+        return tuple(sorted({PER_EXAMPLE[operator] for operator in operators}))
+
+    def read_teacher_from_batch(self, outputs: Sequence[str]) -> None:
+        """From now on take these teacher outputs from the batch's `cached_*` features instead of running it."""
+        self.cached = tuple(outputs)
 
     def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
         student = self.student(*model_inputs(batch))
         teacher = None
-        if any(term.operator not in TEACHER_FREE for term in self.terms):
+        if self.cached:
+            teacher = {name: batch[f"{CACHED_PREFIX}{name}"] for name in self.cached}
+        elif self.needs_teacher:
             teacher = self.teacher(*model_inputs(batch, self.teacher_view))
         return {term.name: term.weight * self.term_value(term, student, teacher, batch) for term in self.terms}
 

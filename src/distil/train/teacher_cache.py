@@ -1,0 +1,155 @@
+"""The frozen teacher's outputs, computed once per training example and read back by every later epoch and
+every resumed run.
+
+A frozen teacher in eval mode returns the same outputs for the same example, yet a distillation step
+spends most of its time in the teacher's forward pass. Where a recipe reads only per-example teacher
+outputs (the logits of the soft-label operator), they are computed in one pass over the training split
+and stored as a copy of that split whose records carry them as extra float features (`cached_logits`).
+The same OFRecordReader then reads the cache instead of the split: every target stays aligned with its
+example through shuffling and sharding, and the training graph never runs the teacher.
+
+The cache lives in `<model dir>/teacher_cache/`, is written to a temporary folder and renamed, and holds
+fingerprint.json: the SHA-256 of the teacher's weights, of the training split's meta.json (which lists its
+part checksums and feature shapes, so the data and the sequence length) and the cached outputs. A cache
+whose fingerprint differs, or whose files no longer match their meta.json, is rebuilt, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from distil.data import ofrecord
+from distil.data.dataset import EvalStream, OFRecordDataset, open_split
+from distil.errors import UsageError
+from distil.fileio import file_sha256, replace_dir, write_json_atomic
+from distil.runtime import import_oneflow
+from distil.train.placement import Placement
+from distil.train.step import CACHED_PREFIX, DistillStep, model_inputs
+
+flow = import_oneflow()
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "teacher_cache"
+FINGERPRINT_FILE = "fingerprint.json"
+FORMAT = "distil-teacher-cache/1"
+
+
+def weights_digest(module: flow.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer of `module`: names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        array = np.ascontiguousarray((value.to_local() if value.is_global else value).numpy())
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(step: DistillStep, train_dir: Path, outputs: Sequence[str]) -> Dict[str, str]:
+    """What a cache's values depend on; any difference means the cache is stale."""
+    meta = (train_dir / ofrecord.META_FILE).read_bytes()
+    return {"format": FORMAT, "teacher_weights_sha256": weights_digest(step.teacher),
+            "train_meta_sha256": hashlib.sha256(meta).hexdigest(), "teacher_inputs": step.teacher_view or "student's",
+            "outputs": ",".join(outputs)}
+
+
+def is_fresh(cache: Path, expected: Dict[str, str]) -> bool:
+    """The cache exists, was made from these inputs, and its part files still match its meta.json."""
+    path = cache / FINGERPRINT_FILE
+    if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != expected:
+        return False
+    try:
+        open_split(cache)
+    except UsageError as e:
+        log.warning("teacher cache %s is damaged (%s); rebuilding it", cache, e)
+        return False
+    return True
+
+
+def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], placement: Placement,
+                 batch_size: int) -> Dict[str, np.ndarray]:
+    """{output: array with one row per training example, in file order}: the teacher run once over the split,
+    eagerly without autograd (as lean as an evaluation gets), each rank on its shard."""
+    names = tuple(f"{step.teacher_view}{name}" for name in ("input_ids", "segment_ids", "input_mask"))
+    data = OFRecordDataset(train_dir, batch_size, features=names, placement=placement)
+    stream = EvalStream(data.num_examples, data.batch_size, data.shards)
+    placement.module(step)
+    progress = tqdm(total=stream.steps, desc="teacher cache", unit="batch", dynamic_ncols=True,
+                    disable=None if placement.writer else True)
+
+    def next_batch() -> Dict[str, np.ndarray]:
+        with flow.no_grad():
+            batch = placement.batch(data())
+            result = step.teacher(*model_inputs(batch, step.teacher_view))
+            values = {name: placement.gather(result[name]) for name in outputs}
+        progress.update(1)
+        return {name: (v.to_local() if v.is_global else v).numpy().astype(np.float32) for name, v in values.items()}
+
+    try:
+        return stream.run(next_batch)
+    finally:
+        progress.close()
+
+
+def write_cache(train_dir: Path, cache: Path, values: Dict[str, np.ndarray], expected: Dict[str, str]) -> None:
+    """The training split's part files record by record, each record with its example's cached outputs
+    appended, then meta.json and fingerprint.json; written under a temporary name and renamed."""
+    staged = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    meta = ofrecord.read_meta(train_dir)
+    try:
+        index, parts = 0, []
+        for part in meta["parts"]:
+            with open(staged / part["name"], "wb") as out:
+                for body in ofrecord.iter_frames(train_dir / part["name"]):
+                    extra = ofrecord.encode_record({f"{CACHED_PREFIX}{name}": ("float32", array[index].ravel().tolist())
+                                                    for name, array in values.items()})
+                    out.write(ofrecord.frame(body + extra))  # a protobuf map's entries may simply be appended
+                    index += 1
+            parts.append({"name": part["name"], "records": part["records"],
+                          "bytes": (staged / part["name"]).stat().st_size, "sha256": file_sha256(staged / part["name"])})
+        features = {**meta["features"], **{f"{CACHED_PREFIX}{name}": {"shape": list(array.shape[1:]), "dtype": "float32"}
+                                           for name, array in values.items()}}
+        write_json_atomic(staged / ofrecord.META_FILE, {**meta, "features": features, "parts": parts,
+                                                        "teacher_cache_of": str(train_dir)})
+        write_json_atomic(staged / FINGERPRINT_FILE, expected)
+        replace_dir(staged, cache)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def prepare(step: flow.nn.Module, train_dir: Path, model_dir: Path, placement: Placement, mode: str,
+            batch_size: int) -> Path:
+    """The split a run trains on: `train_dir`, or the teacher cache beside train_state/ when `mode` is
+    "auto" and the recipe's teacher outputs can be cached (built now if absent or stale).
+
+    With a cache, `step` reads the teacher's outputs from the batch from now on.
+    """
+    outputs = step.cacheable_outputs() if isinstance(step, DistillStep) else ()
+    if mode == "off" or not outputs:
+        if isinstance(step, DistillStep) and step.needs_teacher and mode == "auto":
+            log.info("teacher cache: not used (%s need per-token teacher states, too large to store)",
+                     ", ".join(t.name for t in step.terms if t.operator not in ("hard_label", "pred_distill")))
+        return train_dir
+    cache = model_dir / CACHE_DIR
+    expected = fingerprint(step, train_dir, outputs)
+    placement.write(lambda: [shutil.rmtree(p, ignore_errors=True) for p in model_dir.glob(f".{CACHE_DIR}.tmp-*")])
+    if is_fresh(cache, expected):
+        log.info("teacher cache: reusing %s (same teacher weights, data and outputs)", cache)
+    else:
+        values = teacher_pass(step, train_dir, outputs, placement, batch_size)
+        placement.write(lambda: write_cache(train_dir, cache, values, expected))
+        log.info("teacher cache: %d examples x %s in %s (%.1f MB); the teacher does not run in training steps",
+                 len(next(iter(values.values()))), "+".join(outputs), cache,
+                 sum(p.stat().st_size for p in cache.iterdir()) / 2**20)
+    step.read_teacher_from_batch(outputs)
+    return cache

@@ -1,0 +1,199 @@
+"""The teacher-output cache: cached training equals uncached training, and a cache is never read when it could
+be wrong (another teacher, other data, another sequence length, damaged or half-written files)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distil.algorithms import get_algorithm
+from distil.data import ofrecord
+from distil.data.convert import ConvertConfig, convert_task
+from distil.data.dataset import OFRecordDataset
+from distil.data.tasks import get_task
+from distil.data.tokenization import load_vocab
+from distil.models import io
+from distil.models.bert import BertConfig
+from distil.runtime import import_oneflow
+from distil.train import teacher_cache
+from distil.train.placement import Placement
+from distil.train.run import RunConfig, data_dirs, train_algorithm
+from distil.train.settings import TrainSettings
+from glue_fixtures import write_learnable_sst2
+
+flow = import_oneflow()
+TASK = get_task("SST-2")
+TEACHER = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 48,
+           "max_position_embeddings": 64}
+STUDENT = {"student_num_hidden_layers": 2, "student_hidden_size": 16, "student_num_attention_heads": 4,
+           "student_intermediate_size": 24}
+SETTINGS = TrainSettings(epochs=2, learning_rate=2e-3, batch_size=16, eval_batch_size=24, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, vocab_file) -> Path:
+    """SST-2-shaped data (BERT and BiLSTM views) at seq 32 and at seq 24, and a random teacher with varied logits."""
+    root = tmp_path_factory.mktemp("cache")
+    write_learnable_sst2(root / "glue", 100, 30)
+    for seq in (32, 24):
+        convert_task("SST-2", ConvertConfig(root / "glue", root / f"data{seq}", vocab_file, max_seq_length=seq,
+                                            workers=1))
+    flow.manual_seed(0)
+    config = BertConfig(vocab_size=len(load_vocab(vocab_file)), **TEACHER).to_dict()
+    teacher = io.build_model(config)
+    with flow.no_grad():
+        teacher.classifier.weight.mul_(50.0)
+    io.write_new_model_dir(root / "teacher", teacher, config, vocab_file, {"name": "teacher"},
+                           task={"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]},
+                           data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True})
+    return root
+
+
+def run_config(ws: Path, name: str, model_dir: Path, data: str = "data32", **options) -> RunConfig:
+    algorithm = get_algorithm(name)
+    options = {"teacher_model": ws / "teacher", **options}
+    return RunConfig(task="SST-2", data_root=ws / data, model_save_dir=model_dir, settings=SETTINGS,
+                     options=algorithm.options(**options))
+
+
+def trained(ws: Path, name: str, model_dir: Path, cache: str, **options):
+    """(losses per step, final weights) of a whole run with --teacher_cache `cache`."""
+    run = run_config(ws, name, model_dir, **options)
+    run = RunConfig(**{**run.__dict__, "settings": TrainSettings(**{**SETTINGS.__dict__, "teacher_cache": cache})})
+    train_algorithm(get_algorithm(name), run)
+    history = json.loads((model_dir / "train_history.json").read_text())
+    weights = flow.load(str(model_dir / io.WEIGHTS_DIR))
+    return history["losses"], {k: v.numpy() for k, v in weights.items()}
+
+
+CACHED = {"kd": {**STUDENT}, "distilled_lstm": {}, "tinybert": {**STUDENT, "tinybert_mode": "two_stage",
+                                                                 "intermediate_epochs": 1}}
+
+
+@pytest.mark.parametrize("name", sorted(CACHED))
+def test_training_from_the_cache_equals_training_with_the_teacher(ws, tmp_path, name, caplog):
+    caplog.set_level(logging.INFO, logger="distil.train.teacher_cache")
+    plain_losses, plain_weights = trained(ws, name, tmp_path / "plain", "off", **CACHED[name])
+    assert not (tmp_path / "plain" / teacher_cache.CACHE_DIR).exists()
+    cached_losses, cached_weights = trained(ws, name, tmp_path / "cached", "auto", **CACHED[name])
+    assert (tmp_path / "cached" / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
+    assert "teacher cache: 100 examples x logits" in caplog.text
+    assert len(cached_losses) == len(plain_losses) == 14  # (the final stage's)
+    for plain, cached in zip(plain_losses, cached_losses):
+        assert set(plain) == set(cached)
+        for key in plain:
+            assert cached[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), (plain["step"], key)
+    assert set(cached_weights) == set(plain_weights)
+    for key, value in plain_weights.items():
+        np.testing.assert_allclose(cached_weights[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("name,options", [("tinybert", {}), ("bert_pkd", {"layer_list": "1,3"}),
+                                          ("bert_pkd", {"layer_list": "1,3", "pkd_loss": "patient"}),
+                                          ("teacher", {})])
+def test_recipes_reading_per_token_teacher_states_or_no_teacher_are_not_cached(ws, tmp_path, name, options):
+    algorithm = get_algorithm(name)
+    run = run_config(ws, name, tmp_path / "m", **({**STUDENT, **options} if name == "tinybert" else options)) \
+        if name != "teacher" else RunConfig(task="SST-2", data_root=ws / "data32", model_save_dir=tmp_path / "m",
+                                            settings=SETTINGS, options=algorithm.options(pretrained_model=ws / "teacher"))
+    stage = algorithm.stages(run)[0]
+    train_dir, _ = data_dirs(run.data_root, TASK)
+    built = algorithm.build(run, stage, TASK, ofrecord.read_meta(train_dir))
+    assert built.step_module.cacheable_outputs() == ()
+    assert teacher_cache.prepare(built.step_module, train_dir, tmp_path / "m", Placement(), "auto", 24) == train_dir
+    assert not (tmp_path / "m" / teacher_cache.CACHE_DIR).exists()
+
+
+def kd_step(ws: Path, data: str = "data32"):
+    algorithm = get_algorithm("kd")
+    run = run_config(ws, "kd", ws / "unused", data, **STUDENT)
+    train_dir, _ = data_dirs(run.data_root, TASK)
+    built = algorithm.build(run, algorithm.stages(run)[0], TASK, ofrecord.read_meta(train_dir))
+    return built.step_module, train_dir
+
+
+def cached_logits(cache: Path) -> np.ndarray:
+    data = OFRecordDataset(cache, 100, features=("cached_logits",))
+    return data()["cached_logits"].numpy()
+
+
+def teacher_logits(step, train_dir: Path) -> np.ndarray:
+    batch = OFRecordDataset(train_dir, 100)()
+    with flow.no_grad():
+        return step.teacher(batch["input_ids"], batch["segment_ids"], batch["input_mask"])["logits"].numpy()
+
+
+def test_a_cache_is_reused_only_for_the_same_teacher_data_and_sequence_length(ws, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="distil.train.teacher_cache")
+    step, train_dir = kd_step(ws)
+    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    assert cache == tmp_path / teacher_cache.CACHE_DIR and step.cached == ("logits",)
+    np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=1e-5, atol=1e-6)
+    made = (cache / teacher_cache.FINGERPRINT_FILE).stat().st_mtime_ns
+
+    step, train_dir = kd_step(ws)  # same teacher, same data: reused as it is
+    teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    assert "reusing" in caplog.text and (cache / teacher_cache.FINGERPRINT_FILE).stat().st_mtime_ns == made
+
+    step, train_dir = kd_step(ws)  # another teacher
+    with flow.no_grad():
+        step.teacher.classifier.bias.add_(1.0)
+    teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=1e-5, atol=1e-6)
+
+    step, train_dir = kd_step(ws, "data24")  # another sequence length
+    teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    assert ofrecord.read_meta(cache)["features"]["input_ids"]["shape"] == [24]
+    np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=1e-5, atol=1e-6)
+
+
+def test_other_data_of_the_same_shape_gets_its_own_cache(ws, tmp_path, vocab_file):
+    write_learnable_sst2(tmp_path / "glue", 100, 30, seed=7)
+    convert_task("SST-2", ConvertConfig(tmp_path / "glue", tmp_path / "data", vocab_file, max_seq_length=32, workers=1))
+    step, train_dir = kd_step(ws)
+    teacher_cache.prepare(step, train_dir, tmp_path / "m", Placement(), "auto", 24)
+    other = tmp_path / "data" / "SST-2" / "train"
+    step, _ = kd_step(ws)
+    cache = teacher_cache.prepare(step, other, tmp_path / "m", Placement(), "auto", 24)
+    np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, other), rtol=1e-5, atol=1e-6)
+    assert json.loads((cache / ofrecord.META_FILE).read_text())["teacher_cache_of"] == str(other)
+
+
+def test_a_damaged_or_half_written_cache_is_never_read(ws, tmp_path, monkeypatch):
+    step, train_dir = kd_step(ws)
+    written = []
+    original = ofrecord.frame
+
+    def dies_midway(record: bytes) -> bytes:
+        written.append(record)
+        if len(written) == 40:
+            raise KeyboardInterrupt("killed while writing the cache")
+        return original(record)
+
+    monkeypatch.setattr(ofrecord, "frame", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    monkeypatch.setattr(ofrecord, "frame", original)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither a cache nor its temporary folder
+
+    (tmp_path / f".{teacher_cache.CACHE_DIR}.tmp-999").mkdir()  # what a SIGKILLed writer leaves
+    step, train_dir = kd_step(ws)
+    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [teacher_cache.CACHE_DIR]
+
+    part = cache / ofrecord.part_name(0)
+    part.write_bytes(part.read_bytes()[:-5])  # damaged after it was written
+    step, train_dir = kd_step(ws)
+    teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_cache_flag_is_checked():
+    from distil.errors import UsageError
+
+    with pytest.raises(UsageError, match="--teacher_cache must be auto or off, got 'on'"):
+        TrainSettings(teacher_cache="on")
