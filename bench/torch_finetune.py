@@ -4,12 +4,14 @@ Run with the reference venv (Python 3.11, torch 2.13, transformers, textbrewer),
   /work/torchref/bin/python bench/torch_finetune.py finetune --model HF_DIR --data GLUE_TASK_DIR --out DIR [...]
   /work/torchref/bin/python bench/torch_finetune.py kd       --model HF_DIR --teacher HF_DIR --data ... --out DIR
   /work/torchref/bin/python bench/torch_finetune.py tinybert --model HF_DIR --teacher HF_DIR --data ... --out DIR
+  /work/torchref/bin/python bench/torch_finetune.py kd_plain --model HF_DIR --teacher HF_DIR --data ... --out DIR
 finetune: BertForSequenceClassification + torch.optim.AdamW + get_linear_schedule_with_warmup (the recipe the
 project's trainer follows: eps 1e-6, no decay on bias/LayerNorm, 10 % warm-up, clip 1.0). kd and tinybert run
 TextBrewer's GeneralDistiller with the project's losses: kd = alpha·CE(gold) + (1-alpha)·soft-label CE at T
 (TextBrewer's "ce" kd loss: summed over classes, the gradient of the project's --pred_distill_mode kl at T=1);
 tinybert = attention MSE on pre-softmax scores with padding keys zeroed + hidden MSE (embeddings included, through
 a trained projection when widths differ) + soft-label CE, student layer i against teacher layer i·L_t/L_s.
+kd_plain is kd's loss in a plain loop without TextBrewer (bench/bench_kd.py's third side).
 Tokenisation is HF's BertTokenizerFast (independent of the project's). Prints one JSON line per epoch and
 writes DIR/result.json; `finetune` also saves the best model as an HF folder (the teacher of kd/tinybert).
 """
@@ -141,6 +143,30 @@ def distill(args, train, dev) -> list[dict]:
     return history
 
 
+def distill_plain(args, train, dev) -> list[dict]:
+    """The KD job as a plain PyTorch loop: the frozen teacher under no_grad, alpha·CE + (1-alpha)·soft CE at T."""
+    teacher, student = load(args.teacher).eval(), load(args.model)
+    total = args.epochs * -(-len(train["labels"]) // args.batch)
+    optimizer, schedule = optimizer_and_schedule(list(student.named_parameters()), args, total)
+    history, t = [], args.temperature
+    student.train()
+    for epoch, order in enumerate(epoch_orders(len(train["labels"]), args.epochs, args.seed), 1):
+        start = time.time()
+        for b in batches(train, args.batch, order):
+            inputs = {k: v for k, v in b.items() if k != "labels"}
+            with torch.no_grad():
+                soft = F.softmax(teacher(**inputs).logits / t, dim=-1)
+            logits = student(**inputs).logits
+            loss = args.alpha * F.cross_entropy(logits, b["labels"]) + \
+                (1 - args.alpha) * -(soft * F.log_softmax(logits / t, dim=-1)).sum(-1).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step(), schedule.step(), optimizer.zero_grad()
+        history.append({"epoch": epoch, "accuracy": accuracy(student, dev, 64), "seconds": round(time.time() - start, 1)})
+        print(json.dumps(history[-1]), flush=True)
+    return history
+
+
 def tinybert_attention_mse(scores_s: torch.Tensor, scores_t: torch.Tensor, mask=None) -> torch.Tensor:
     """TinyBERT's attention loss on pre-softmax scores: padding keys (-10000 added) count as 0, as the project's."""
     zero = torch.zeros_like(scores_s)
@@ -179,7 +205,7 @@ def make_adaptor(model: BertForSequenceClassification, with_attention: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("finetune", "kd", "tinybert"))
+    p.add_argument("command", choices=("finetune", "kd", "kd_plain", "tinybert"))
     p.add_argument("--model", required=True)
     p.add_argument("--teacher")
     p.add_argument("--data", type=Path, required=True, help="folder with train.tsv and dev.tsv")
@@ -199,7 +225,8 @@ def main() -> None:
     train = encode(tokenizer, *read_tsv(args.data / "train.tsv"), args.seq)
     dev = encode(tokenizer, *read_tsv(args.data / "dev.tsv"), args.seq)
     args.out.mkdir(parents=True, exist_ok=True)
-    history = finetune(args, train, dev) if args.command == "finetune" else distill(args, train, dev)
+    run = {"finetune": finetune, "kd_plain": distill_plain}.get(args.command, distill)
+    history = run(args, train, dev)
     (args.out / "result.json").write_text(json.dumps({"command": args.command, "seed": args.seed,
                                                       "history": history, "settings": vars(args)}, default=str))
 

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/run_bench.sh [processes] [flags]
+# Usage: bash scripts/run_bench.sh [processes|kd] [flags]
 # The benchmark suite: GLUE -> OFRecord conversion, OFRecord reader vs training consumption, train
 # steps eager vs nn.Graph (teacher and student), inference of the teacher and every student, peak RSS.
 # Medians of --repeats runs after --warmup; writes bench/results.json (--output PATH) and prints a table.
 # Defaults are the real configurations (about 5 minutes on a 2-core CPU); --quick shrinks every
 # size for CI (seconds); --help lists the flags (--batch, --seq, --teacher-layers, --teacher-hidden, ...).
 # `processes`: training with 1 and 2 processes against PyTorch (bench/bench_processes.py; about 5 minutes).
+# `kd`: one KD job (12L-768 teacher, 4L-312 student) by this project with 1 and 2 processes, teacher cache on
+# and off, by TextBrewer and by a plain PyTorch loop (bench/bench_kd.py; about 25 minutes; --runs picks).
 # Example: bash scripts/run_bench.sh --teacher-repeats 1 --output /tmp/results.json
 set -euo pipefail
-[ "${1:-}" = "-h" ] && { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = "-h" ] && { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 if [ "${1:-}" = processes ]; then
   shift
   exec python "$DISTIL_ROOT/bench/bench_processes.py" "$@"
+fi
+if [ "${1:-}" = kd ]; then
+  shift
+  exec python "$DISTIL_ROOT/bench/bench_kd.py" "$@"
 fi
 exec python "$DISTIL_ROOT/bench/run_all.py" "$@"

@@ -73,7 +73,7 @@ def test_the_scripts_pass_use_fp16_on(tmp_path):
 
 def test_fp16_turns_on_graph_amp_with_dynamic_loss_scaling(tmp_path):
     """The graphs a CUDA run with --use_fp16 builds (checked by construction: no GPU here to run them)."""
-    from distil.train.graph import EvalGraph, TrainGraph
+    from distil.train.graph import TrainGraph
     from distil.train.optim import build_optimizer
 
     mixed = Placement("cpu")
@@ -81,8 +81,11 @@ def test_fp16_turns_on_graph_amp_with_dynamic_loss_scaling(tmp_path):
     model = io.build_model(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=24).to_dict())
     optimizer, schedule = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10, 0.1, 1.0, graph=True)
-    train, evaluate = TrainGraph(model, None, optimizer, schedule, mixed), EvalGraph(model, None, mixed)
-    assert train.config.proto.enable_auto_mixed_precision and evaluate.config.proto.enable_auto_mixed_precision
+    train = TrainGraph(model, None, optimizer, schedule, mixed)
+    assert train.config.proto.enable_auto_mixed_precision
+    evaluation = mixed.autocast()  # evaluations and the teacher cache run eagerly under OneFlow's autocast
+    assert isinstance(evaluation, flow.autocast) and evaluation.fast_dtype == flow.float16
+    assert evaluation.device == "cuda" and not isinstance(Placement("cpu").autocast(), flow.autocast)
     assert isinstance(train._grad_scaler, flow.amp.GradScaler) and train._grad_scaler._init_scale == 2.0 ** 16
     plain = TrainGraph(model, None, optimizer, schedule, Placement("cpu"))
     assert not plain.config.proto.enable_auto_mixed_precision and getattr(plain, "_grad_scaler", None) is None

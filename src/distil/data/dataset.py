@@ -212,14 +212,10 @@ class EvalStream:
         self.sizes = shard_sizes(num_examples, shards)
         self.positions = [0] * shards  # stream offset of each shard's next pass, modulo its size
 
-    @property
-    def steps(self) -> int:
-        """Batches per pass."""
-        return math.ceil(max(self.sizes) / self.batch_size)
-
     def run(self, next_batch: Callable[[], Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         """Call `next_batch` ceil(max n_r / B) times; return each output's rows for all examples, in order."""
-        b, steps = self.batch_size, self.steps
+        b = self.batch_size
+        steps = math.ceil(max(self.sizes) / b)
         collected: Dict[str, List[np.ndarray]] = {}
         for _ in range(steps):
             for name, value in next_batch().items():

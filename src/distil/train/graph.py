@@ -1,4 +1,4 @@
-"""The one training graph and the one evaluation graph every algorithm runs in.
+"""The one training graph every algorithm runs in, and the one evaluation pass.
 
 The OFRecord reader sits inside each graph (OneFlow's data pipeline), the optimizer, clipping
 and LR schedule are attached here and nowhere else, and an algorithm only supplies a step
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -96,24 +96,25 @@ class EagerStep:
         self.schedule.load_state_dict(state["schedule"])
 
 
-class EvalGraph(flow.nn.Graph):
-    """Logits and labels of the next evaluation batch, from every rank (the model must be in eval mode when
-    it compiles)."""
+def outputs_per_example(compute: Callable[[Dict[str, flow.Tensor]], Dict[str, flow.Tensor]], data: OFRecordDataset,
+                        placement: Placement, on_batch: Callable[[], None] = lambda: None) -> Dict[str, np.ndarray]:
+    """{name: one row per example of `data`'s split, in file order}: `compute(batch)` over one pass, every
+    example exactly once, each rank on its shard.
 
-    def __init__(self, model: flow.nn.Module, data: OFRecordDataset, placement: Placement):
-        super().__init__()
-        self.model = model
-        self.data = data
-        self.placement = placement
-        if placement.fp16:
-            self.config.enable_amp(True)
+    Runs eagerly without autograd (in mixed precision under --use_fp16): on OneFlow 0.9's CPU an nn.Graph
+    keeps every intermediate buffer of its forward pass (11.7 GB for BERT-base at batch 32 x 128 against
+    1.6 GB eagerly) for no more than 10-25 % more speed (bench/README.md, issue 11).
+    """
+    stream = EvalStream(data.num_examples, data.batch_size // data.shards, data.shards)
 
-    def build(self) -> Dict[str, flow.Tensor]:
-        batch = self.placement.batch(self.data())
-        logits = self.model(*(batch[name] for name in MODEL_INPUTS))["logits"]
-        if self.placement.fp16:
-            logits = flow.cast(logits, flow.float32)
-        return {"logits": self.placement.gather(logits), "labels": self.placement.gather(batch["label_ids"])}
+    def next_batch() -> Dict[str, np.ndarray]:
+        with flow.no_grad(), placement.autocast():
+            values = {name: placement.gather(flow.cast(v, flow.float32) if v.dtype == flow.float16 else v)
+                      for name, v in compute(placement.batch(data())).items()}
+        on_batch()
+        return {name: (v.to_local() if v.is_global else v).numpy() for name, v in values.items()}
+
+    return stream.run(next_batch)
 
 
 class Evaluator:
@@ -121,10 +122,8 @@ class Evaluator:
 
     def __init__(self, model: flow.nn.Module, split_dir: Path, metrics: Sequence[str], batch_size: int,
                  placement: Placement):
-        self.model, self.metrics = placement.module(model), tuple(metrics)
+        self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
         self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
-        self.graph = EvalGraph(model, self.data, placement)
-        self.stream = EvalStream(self.data.num_examples, batch_size, self.data.shards)
 
     @property
     def num_examples(self) -> int:
@@ -133,19 +132,18 @@ class Evaluator:
     def run(self) -> Tuple[Dict[str, float], Dict[str, np.ndarray], Dict[str, float]]:
         """(metrics, {"logits", "labels"} in file order, timing) for one pass over the split.
 
-        Timing leaves out the first batch, which may include the graph's compilation.
+        Timing leaves out the first batch, which includes warming up.
         """
         was_training = self.model.training
         self.model.eval()
-        marks = []
+        marks: List[float] = []
 
-        def next_batch():
-            out = {k: (v.to_local() if v.is_global else v).numpy() for k, v in self.graph().items()}
-            marks.append(time.perf_counter())
-            return out
+        def compute(batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+            return {"logits": self.model(*(batch[name] for name in MODEL_INPUTS))["logits"],
+                    "labels": batch["label_ids"]}
 
         start = time.perf_counter()
-        outputs = self.stream.run(next_batch)
+        outputs = outputs_per_example(compute, self.data, self.placement, lambda: marks.append(time.perf_counter()))
         self.model.train(was_training)
         timed_examples = self.num_examples - min(self.data.batch_size, self.num_examples)
         timed_seconds = marks[-1] - marks[0]

@@ -11,6 +11,7 @@ batches are split on dim 0 (each rank reads its own shard of the records); only 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict
 
 from distil.errors import UsageError
@@ -85,6 +86,10 @@ class Placement:
         if self.distributed:
             return {k: v.to_global(placement=self.ranks(), sbp=flow.sbp.split(0)) for k, v in batch.items()}
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def autocast(self):
+        """Eager mixed precision under --use_fp16 (the graphs use nn.Graph AMP instead); else a no-op."""
+        return flow.autocast(device_type="cuda", dtype=flow.float16) if self.fp16 else contextlib.nullcontext()
 
     def reader(self) -> Dict:
         """The OFRecordReader's placement: each rank reads its own part files."""

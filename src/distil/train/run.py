@@ -22,7 +22,6 @@ from distil.errors import UsageError
 from distil.fileio import write_json_atomic
 from distil.models import io
 from distil.runtime import import_oneflow
-from distil.train import teacher_cache
 from distil.train.placement import Placement
 from distil.train.settings import TrainSettings
 from distil.train.trainer import RunState, Trainer, evaluate, read_run_state
@@ -184,8 +183,6 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         io.copy_vocab(built.vocab_file, model_dir)
 
     placement.write(start)
-    train_dir = teacher_cache.prepare(built.step_module, train_dir, model_dir, placement, stage.settings.teacher_cache,
-                                      stage.settings.eval_batch_size)
     # a resume must not change them (the options, a global batch, a data order)
     extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size}
     trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -28,10 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from distil.data import ofrecord
-from distil.data.dataset import EvalStream, OFRecordDataset, open_split
+from distil.data.dataset import OFRecordDataset, open_split
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir, write_json_atomic
 from distil.runtime import import_oneflow
+from distil.train.graph import outputs_per_example
 from distil.train.placement import Placement
 from distil.train.step import CACHED_PREFIX, DistillStep, model_inputs
 
@@ -76,27 +78,23 @@ def is_fresh(cache: Path, expected: Dict[str, str]) -> bool:
 
 def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], placement: Placement,
                  batch_size: int) -> Dict[str, np.ndarray]:
-    """{output: array with one row per training example, in file order}: the teacher run once over the split,
-    eagerly without autograd (as lean as an evaluation gets), each rank on its shard."""
+    """{output: float32 array with one row per training example, in file order}: the teacher run once over
+    the split, as an evaluation runs (eagerly, without autograd, each rank on its shard)."""
     names = tuple(f"{step.teacher_view}{name}" for name in ("input_ids", "segment_ids", "input_mask"))
     data = OFRecordDataset(train_dir, batch_size, features=names, placement=placement)
-    stream = EvalStream(data.num_examples, data.batch_size, data.shards)
     placement.module(step)
-    progress = tqdm(total=stream.steps, desc="teacher cache", unit="batch", dynamic_ncols=True,
-                    disable=None if placement.writer else True)
+    progress = tqdm(total=math.ceil(data.num_examples / data.batch_size), desc="teacher cache", unit="batch",
+                    dynamic_ncols=True, disable=None if placement.writer else True)
 
-    def next_batch() -> Dict[str, np.ndarray]:
-        with flow.no_grad():
-            batch = placement.batch(data())
-            result = step.teacher(*model_inputs(batch, step.teacher_view))
-            values = {name: placement.gather(result[name]) for name in outputs}
-        progress.update(1)
-        return {name: (v.to_local() if v.is_global else v).numpy().astype(np.float32) for name, v in values.items()}
+    def compute(batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        result = step.teacher(*model_inputs(batch, step.teacher_view))
+        return {name: result[name] for name in outputs}
 
     try:
-        return stream.run(next_batch)
+        values = outputs_per_example(compute, data, placement, lambda: progress.update(1))
     finally:
         progress.close()
+    return {name: value.astype(np.float32) for name, value in values.items()}
 
 
 def write_cache(train_dir: Path, cache: Path, values: Dict[str, np.ndarray], expected: Dict[str, str]) -> None:

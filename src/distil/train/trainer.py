@@ -28,6 +28,7 @@ from distil.models.dropout import seed_dropout
 from distil.models import io
 from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_weights, size_on_disk
 from distil.runtime import import_oneflow
+from distil.train import teacher_cache
 from distil.train.graph import EagerStep, Evaluator, TrainGraph
 from distil.train.optim import build_optimizer
 from distil.train.placement import Placement
@@ -115,8 +116,11 @@ class Trainer:
     def fit(self) -> RunState:
         """Train to the end (resuming from train_state/ if a previous run was interrupted)."""
         state = self._start_or_resume()
+        self._epoch_start = time.perf_counter()  # the first epoch's time includes the teacher cache's pass
+        train_dir = teacher_cache.prepare(self.step_module, self.train_dir, self.model_dir, self.placement,
+                                          self.settings.teacher_cache, self.settings.eval_batch_size)
         seed_everything(self.step_module, self.settings.seed + state.step)
-        data = OFRecordDataset(self.train_dir, self.settings.batch_size, shuffle=self.settings.shuffle,
+        data = OFRecordDataset(train_dir, self.settings.batch_size, shuffle=self.settings.shuffle,
                                seed=self.settings.seed + state.step, placement=self.placement)
         if self.placement.distributed:
             log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
@@ -171,8 +175,11 @@ class Trainer:
         value = metrics[self.main_metric]
         # original: strict >, from 0.0, so a run could save nothing
         improved = not self.settings.select_best or state.best_value is None or value >= state.best_value
-        state.history.append({"epoch": epoch, "step": state.step, "metrics": metrics, "saved": improved})
-        log.info("epoch %d (step %d/%d) dev %s%s", epoch, state.step, total,
+        now = time.perf_counter()
+        seconds, self._epoch_start = round(now - self._epoch_start, 1), now
+        state.history.append({"epoch": epoch, "step": state.step, "metrics": metrics, "saved": improved,
+                              "seconds": seconds})
+        log.info("epoch %d (step %d/%d, %.1f s) dev %s%s", epoch, state.step, total, seconds,
                  json.dumps({k: round(v, 4) for k, v in metrics.items()}), " — new best, saved" if improved else "")
         if improved:
             state.best_value, state.best_epoch = value, epoch
