@@ -82,9 +82,10 @@ def train(ws: Path, data_root: Path, out: Path, batch: int, *extra: str):
 
 @pytest.fixture(scope="module")
 def two_processes(ws, tmp_path_factory):
-    """The teacher trained by 2 processes on one node, 8 examples each per step."""
+    """The teacher trained by 2 processes on one node, 8 examples each per step, as 2 micro-batches of 4."""
     out = tmp_path_factory.mktemp("two") / "model"
-    two = train(ws, ws / "data", out, 8, "--nproc_per_node", "2", "--master_port", str(free_port()))
+    two = train(ws, ws / "data", out, 8, "--nproc_per_node", "2", "--master_port", str(free_port()),
+                "--micro_batch_size", "4")
     assert two.returncode == 0, two.stderr[-3000:]
     return out, two
 
@@ -98,6 +99,7 @@ def max_relative_difference(a: dict, b: dict) -> float:
 def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path, two_processes):
     two_dir, two = two_processes
     assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
+    assert "each step runs 2 micro-batches of 4 examples per process" in two.stderr
     data_one = tmp_path / "data_one"
     shutil.copytree(ws / "data" / "SST-2" / "eval", data_one / "SST-2" / "eval", ignore=shutil.ignore_patterns(".*"))
     interleaved_copy(ws / "data" / "SST-2" / "train", data_one / "SST-2" / "train", 2, 8)
@@ -146,7 +148,8 @@ def test_two_nodes_of_one_process_each_train_what_one_node_of_two_processes_trai
                                            "--model_save_dir", str(out), "--epochs", "1", "--batch_size", "8",
                                            "--eval_batch_size", "4", "--learning_rate", "1e-3", "--weight_decay", "0.01",
                                            "--shuffle", "false", "--log_every", "1", "--device", "cpu",
-                                           "--nproc_per_node", "1", "--nnodes", "2", "--node_rank", str(node),
+                                           "--micro_batch_size", "4", "--nproc_per_node", "1", "--nnodes", "2",
+                                           "--node_rank", str(node),
                                            "--node_ips", node_ips[node], "--master_port", str(port)],
                                           stdout=stdout, stderr=stderr, env=env))
     try:

@@ -21,7 +21,8 @@ from distil.models import io
 from distil.models.dropout import Dropout, seed_dropout
 from distil.models.hf_format import read_hf
 from distil.runtime import import_oneflow
-from distil.train.settings import TrainSettings
+from distil.errors import UsageError
+from distil.train.settings import TrainSettings, micro_batches
 from distil.train.step import DistillStep, hard_label
 from distil.train.trainer import build_step_runner, seed_everything
 
@@ -72,23 +73,25 @@ def initial_model(dropout: float):
     return model.train()
 
 
-def train(split: Path, steps: int, dropout: float, eager: bool, seed: int = 0):
+def train(split: Path, steps: int, dropout: float, eager: bool, seed: int = 0, micro_batches: int = 1):
     model = initial_model(dropout)
     step_module = DistillStep(model, [hard_label()])
     seed_everything(step_module, seed)
-    data = OFRecordDataset(split, SETTINGS.batch_size, shuffle=False)
-    runner = build_step_runner(step_module, data, SETTINGS, steps, eager=eager)
+    data = OFRecordDataset(split, SETTINGS.batch_size // micro_batches, shuffle=False)
+    runner = build_step_runner(step_module, data, SETTINGS, steps, eager=eager, micro_batches=micro_batches)
     losses, lrs = [], []
     for _ in range(steps):
         if eager:
             lrs.append(runner.optimizer.param_groups[0]["lr"])
-        losses.append(float(runner()["loss"].numpy()))
+        losses.append(float(runner()["loss"].numpy().mean()))
     return model, np.array(losses), lrs
 
 
-@pytest.mark.parametrize("eager", [False, True], ids=["graph", "eager"])
-def test_thirty_steps_without_dropout_match_pytorch(split, reference, eager):
-    model, losses, lrs = train(split, len(reference["nodrop_losses"]), dropout=0.0, eager=eager)
+@pytest.mark.parametrize("eager,micro_batches", [(False, 1), (False, 4), (True, 1)],
+                         ids=["graph", "graph-4-micro-batches", "eager"])
+def test_thirty_steps_without_dropout_match_pytorch(split, reference, eager, micro_batches):
+    model, losses, lrs = train(split, len(reference["nodrop_losses"]), dropout=0.0, eager=eager,
+                               micro_batches=micro_batches)
     np.testing.assert_allclose(losses, reference["nodrop_losses"], rtol=1e-4)
     if eager:
         np.testing.assert_allclose(lrs, reference["nodrop_lrs"], rtol=1e-6, atol=1e-12)
@@ -197,3 +200,15 @@ def test_dropout_gradient_noise_of_a_real_checkpoint_is_pytorchs(minilm_dir):
     model = minilm3(minilm_dir, ref, 0.1)
     seed_dropout(model, 11)
     assert_noise_matches(gradient_norms(model, ref, ref["grad_norms"].shape[1]).mean(axis=0), ref["grad_norms"])
+
+
+@pytest.mark.parametrize("batch,seq,micro,expected", [(32, 128, 0, 4), (32, 64, 0, 2), (32, 32, 0, 1), (20, 128, 0, 4),
+                                                      (7, 128, 0, 1), (32, 128, 16, 2), (32, 32, 4, 8)])
+def test_a_step_is_cut_into_micro_batches_of_at_most_1024_tokens_unless_told(batch, seq, micro, expected):
+    settings = TrainSettings(batch_size=batch, micro_batch_size=micro)
+    assert micro_batches(settings, seq) == expected
+
+
+def test_a_micro_batch_size_that_does_not_divide_the_batch_is_refused():
+    with pytest.raises(UsageError, match=r"--micro_batch_size must divide --batch_size \(32\), got 5"):
+        TrainSettings(batch_size=32, micro_batch_size=5)

@@ -188,10 +188,6 @@ class OFRecordDataset(flow.nn.Module):
     def num_examples(self) -> int:
         return int(self.meta["num_examples"])
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
     def forward(self) -> Dict[str, "flow.Tensor"]:
         record = self.reader()
         return {name: decoder(record) for name, decoder in zip(self.names, self.decoders)}

@@ -40,12 +40,14 @@ class TrainGraph(flow.nn.Graph):
     """
 
     def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule,
-                 placement: Placement):
+                 placement: Placement, micro_batches: int = 1):
         super().__init__()
         self.step_module = step_module
         self.data = data
         self.placement = placement
         self.add_optimizer(optimizer, lr_sch=schedule)
+        if micro_batches > 1:  # build runs (reads a batch of `data`) that many times per call; outputs concatenate
+            self.config.set_gradient_accumulation_steps(micro_batches)
         # fused AdamW update and residual adds: ~7 % per step on CPU (bench/bench_bert.py --only step)
         self.config.allow_fuse_model_update_ops(True)
         self.config.allow_fuse_add_to_output(True)

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from distil.data import ofrecord
 from distil.data.dataset import OFRecordDataset
 from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
@@ -33,7 +34,7 @@ from distil.train.graph import EagerStep, Evaluator, TrainGraph
 from distil.train.optim import build_optimizer
 from distil.train.placement import Placement
 from distil.train.schedules import warmup_linear_factor, warmup_steps
-from distil.train.settings import TrainSettings
+from distil.train.settings import TrainSettings, micro_batches
 
 flow = import_oneflow()
 log = logging.getLogger(__name__)
@@ -79,9 +80,10 @@ def seed_everything(step_module: flow.nn.Module, seed: int) -> None:
 
 
 def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settings: TrainSettings, total: int,
-                      placement: Optional[Placement] = None, eager: bool = False) -> Union[TrainGraph, EagerStep]:
+                      placement: Optional[Placement] = None, eager: bool = False,
+                      micro_batches: int = 1) -> Union[TrainGraph, EagerStep]:
     """Place the step module, then build the optimizer, its schedule over `total` steps, and the graph (or
-    eager step) that applies them."""
+    eager step) that applies them; a graph step reads `micro_batches` batches of `data` and updates once."""
     placement = placement or Placement()
     placement.module(step_module)
     optimizer, schedule = build_optimizer(step_module.named_parameters(), settings.learning_rate,
@@ -92,7 +94,7 @@ def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settin
             raise UsageError("--use_fp16: this stage trains eagerly (BERT-of-Theseus's module replacement), and "
                              "OneFlow 0.9's loss scaling works only in nn.Graph; leave USE_FP16 False for it")
         return EagerStep(step_module, data, optimizer, schedule, placement, settings.clip_grad)
-    return TrainGraph(step_module, data, optimizer, schedule, placement)
+    return TrainGraph(step_module, data, optimizer, schedule, placement, micro_batches)
 
 
 class Trainer:
@@ -120,13 +122,20 @@ class Trainer:
         train_dir = teacher_cache.prepare(self.step_module, self.train_dir, self.model_dir, self.placement,
                                           self.settings.teacher_cache, self.settings.eval_batch_size)
         seed_everything(self.step_module, self.settings.seed + state.step)
-        data = OFRecordDataset(train_dir, self.settings.batch_size, shuffle=self.settings.shuffle,
+        features = ofrecord.read_meta(train_dir)["features"]
+        seq_length = max(f["shape"][-1] for name, f in features.items() if name.endswith("input_ids"))
+        parts = 1 if self.eager else micro_batches(self.settings, seq_length)
+        data = OFRecordDataset(train_dir, self.settings.batch_size // parts, shuffle=self.settings.shuffle,
                                seed=self.settings.seed + state.step, placement=self.placement)
         if self.placement.distributed:
             log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
-                     self.settings.batch_size, data.batch_size)
-        total = self.total_steps(data.steps_per_epoch)
-        graph = build_step_runner(self.step_module, data, self.settings, total, self.placement, self.eager)
+                     self.settings.batch_size, self.settings.batch_size * self.placement.world_size)
+        if parts > 1:
+            log.info("each step runs %d micro-batches of %d examples per process and accumulates their gradients "
+                     "(--micro_batch_size)", parts, self.settings.batch_size // parts)
+        steps_per_epoch = math.ceil(data.num_examples / (self.settings.batch_size * self.placement.world_size))
+        total = self.total_steps(steps_per_epoch)
+        graph = build_step_runner(self.step_module, data, self.settings, total, self.placement, self.eager, parts)
         if state.step:
             self._load_train_state(graph)
             log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
@@ -143,8 +152,8 @@ class Trainer:
                 progress.update(1)
                 if state.step % self.settings.log_every == 0 or state.step == total:
                     self._log_losses(outputs, state, total, progress)
-                if state.step % data.steps_per_epoch == 0 or state.step == total:
-                    self._end_of_epoch(graph, evaluator, state, math.ceil(state.step / data.steps_per_epoch), total)
+                if state.step % steps_per_epoch == 0 or state.step == total:
+                    self._end_of_epoch(graph, evaluator, state, math.ceil(state.step / steps_per_epoch), total)
                 elif self.settings.checkpoint_every and state.step % self.settings.checkpoint_every == 0:
                     self._save_train_state(graph, state)
         progress.close()
@@ -157,7 +166,8 @@ class Trainer:
     def _log_losses(self, outputs: Dict[str, flow.Tensor], state: RunState, total: int, progress: tqdm) -> None:
         """Every `log_every` steps: each weighted loss term by name, their sum `loss`, the learning rate and
         the throughput of all processes (original: Metric)."""
-        losses = {k: round(float(v.numpy()), 6) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
+        # (one value per micro-batch: their mean is the step's, as every term is a mean over rows)
+        losses = {k: round(float(v.numpy().mean()), 6) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
         warmup = warmup_steps(total, self.settings.warmup_proportion)
         lr = self.settings.learning_rate * warmup_linear_factor(state.step - 1, total, warmup)
         if not all(np.isfinite(v) for v in losses.values()):
