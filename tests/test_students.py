@@ -53,12 +53,24 @@ def workspace(tmp_path_factory, vocab_file):
     trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2"], env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads(trained.stdout)["accuracy"] >= 0.9
+    assert predicted_accuracy(root, root / "teacher") == json.loads(trained.stdout)["accuracy"]
     return root
 
 
 def env_for(root: Path, **extra) -> dict:
     return {**COMMON, "FT_BERT_BASE_DIR": str(root / "teacher"), "DATA_ROOT": str(root / "data"),
             "MODELS_ROOT": str(root / "models"), **extra}
+
+
+def predicted_accuracy(root: Path, model_dir: Path) -> float:
+    """Accuracy of `run_predict.sh` on the raw dev TSV against its labels."""
+    predicted = run(["bash", str(ROOT / "scripts" / "run_predict.sh"), str(model_dir),
+                     str(root / "glue" / "SST-2" / "dev.tsv")])
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    labels = [line.rsplit("\t", 1)[1] for line in (root / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    rows = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [row["line"] for row in rows] == list(range(2, len(labels) + 2))
+    return sum(row["label"] == label for row, label in zip(rows, labels)) / len(labels)
 
 
 def majority_rate(root: Path) -> float:
@@ -82,6 +94,7 @@ def test_student_trains_beats_majority_and_evaluates_the_same(workspace, algorit
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
     assert json.loads((model_dir / "results_eval.json").read_text())["accuracy"] == results["accuracy"]
+    assert predicted_accuracy(workspace, model_dir) == results["accuracy"]  # predict on raw text = eval
     for name, value in io.load_model(workspace / "teacher").state_dict().items():  # the teacher stayed frozen
         np.testing.assert_array_equal(value.numpy(), teacher_weights[name], err_msg=name)
     config = json.loads((model_dir / "config.json").read_text())

@@ -315,6 +315,25 @@ def _run_eval(args: argparse.Namespace) -> Dict:
                               args.eval_batch_size, _device(args.device, args.use_fp16), args.task, args.use_fp16)
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify new text with a trained model directory (JSON lines)")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="a GLUE TSV of the model's task, plain text (one example per line, a pair as two "
+                        "tab-separated fields) or - for stdin (default: stdin)")
+    p.add_argument("--output", type=Path, default=None, help="JSON lines file, written atomically (default: stdout)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> Optional[Dict]:
+    from distil.predict import predict
+
+    summary = predict(args.model_dir, args.inputs, args.output, args.batch_size, _device(args.device))
+    return summary if args.output else None  # else stdout holds the predictions
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="SERVE_FOR_ONLINE: keep only what inference needs in a model dir")
     p.add_argument("model_dir", type=Path)
@@ -362,7 +381,7 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     _add_download, _add_glue_process, _add_make_demo_data, _add_convert_hf, _add_init_bert, _add_train,
-    _add_pkd_student, _add_eval, _add_serve, _add_report, _add_augment]
+    _add_pkd_student, _add_eval, _add_predict, _add_serve, _add_report, _add_augment]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +416,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    if rank == 0:
+    if rank == 0 and result is not None:
         print(result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False))
     return 0

@@ -1,0 +1,203 @@
+"""Putting a trained model to work on new text: `python -m distil predict MODEL_DIR [INPUT ...]`.
+
+An input is a GLUE TSV of the model's task (recognised by its header, or for CoLA by its four
+columns; a label column is ignored), or plain text with one example per line (a sentence pair as two
+tab-separated fields), or `-` for standard input. Examples are turned into features exactly as
+`glue_process.sh` turned the training data (the model directory's own vocabulary, casing, sequence
+length and format: BERT word pieces, or the BiLSTM's words), so `predict` on a dev TSV gives the
+predictions `eval` scores. The output has one JSON line per example: its source and line number, the
+label and the probability of every label (the score for STS-B).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from distil.data.convert import bert_inputs, lstm_inputs
+from distil.data.tasks import SplitSpec, TaskSpec, column_index, get_task
+from distil.data.tokenization import FullTokenizer, load_vocab
+from distil.errors import UsageError
+from distil.models import io
+
+log = logging.getLogger(__name__)
+
+STDIN = "-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One example to classify; `line` is its 1-based line number in `source`."""
+
+    source: str
+    line: int
+    text_a: str
+    text_b: Optional[str]
+
+
+def _lines(source: str) -> Iterator[tuple]:
+    """(line number, fields) of every non-empty line of a file or of stdin ('\\n' ends a line)."""
+    handle = sys.stdin if source == STDIN else open(source, encoding="utf-8-sig", newline="\n")
+    try:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                yield number, line.split("\t")
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+
+
+def _tsv_layout(task: TaskSpec, first: List[str]) -> Optional[SplitSpec]:
+    """The task split whose layout the first row shows (a header naming its columns, or CoLA's 4 columns)."""
+    for spec in (task.splits.get("eval"), task.splits.get("test")):
+        if spec is None:
+            continue
+        named = [c for c in (spec.text_a, spec.text_b) if c is not None]
+        if spec.header and all(isinstance(c, str) and c in first for c in named):
+            return spec
+        if not spec.header and len(first) > max(c for c in named if isinstance(c, int)) and len(first) > 2:
+            return spec
+    return None
+
+
+def read_lines(source: str, task: TaskSpec) -> Iterator[Line]:
+    """The examples of one input, checked field by field: a bad line stops with `source:line`."""
+    if source != STDIN and not Path(source).is_file():
+        raise UsageError(f"{source}: no such input file")
+    rows = _lines(source)
+    first = next(rows, None)
+    if first is None:
+        return
+    spec = _tsv_layout(task, first[1])
+    if spec is not None:
+        header = first[1] if spec.header else None
+        columns = [column_index(c, header, Path(source)) for c in (spec.text_a, spec.text_b) if c is not None]
+        width = len(first[1])
+        rows = rows if spec.header else iter([first, *rows])
+        for number, fields in rows:
+            if len(fields) != width:
+                raise UsageError(f"{source}:{number}: {len(fields)} tab-separated fields, but the {task.name} TSV "
+                                 f"layout of line {first[0]} has {width}")
+            yield Line(source, number, fields[columns[0]], fields[columns[1]] if len(columns) > 1 else None)
+        return
+    want = 2 if task.is_pair else 1
+    for number, fields in iter([first, *rows]):
+        if len(fields) != want:
+            kind = "a sentence pair: two tab-separated fields" if task.is_pair else "one sentence, no tab"
+            raise UsageError(f"{source}:{number}: {len(fields)} tab-separated fields; a {task.name} example is "
+                             f"{kind} (or give a {task.name} TSV with its header)")
+        yield Line(source, number, fields[0], fields[1] if task.is_pair else None)
+
+
+class Featurizer:
+    """Model inputs of raw text, as the model's training data was converted (convert.py)."""
+
+    def __init__(self, model_dir: Path, config: Dict[str, Any]):
+        data = config.get("data") or {}
+        self.format, self.seq_length = data.get("format", "bert"), data.get("seq_length")
+        lower = data.get("do_lower_case", True)
+        if not self.seq_length:
+            raise UsageError(f"{model_dir / io.CONFIG_FILE}: no data.seq_length (was this model trained here?)")
+        self.tokenizer = FullTokenizer(str(model_dir / io.VOCAB_FILE), lower)
+        self.words = load_vocab(model_dir / io.VOCAB_FILE) if self.format == "lstm" else None
+
+    def __call__(self, lines: Sequence[Line]) -> Dict[str, np.ndarray]:
+        rows = [self._one(line) for line in lines]
+        return {name: np.array([row[i] for row in rows], dtype=np.int32)
+                for i, name in enumerate(("input_ids", "input_mask", "segment_ids"))}
+
+    def _one(self, line: Line):
+        basic, wordpiece = self.tokenizer.basic_tokenizer, self.tokenizer.wordpiece_tokenizer
+        words_a = basic.tokenize(line.text_a)
+        words_b = basic.tokenize(line.text_b) if line.text_b is not None else None
+        if self.words is not None:
+            return lstm_inputs(words_a, words_b, self.words, self.seq_length)
+        pieces_b = wordpiece.tokenize_words(words_b) if words_b is not None else None
+        return bert_inputs(wordpiece.tokenize_words(words_a), pieces_b, self.tokenizer, self.seq_length)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def prediction(line: Line, logits: np.ndarray, task: TaskSpec) -> Dict[str, Any]:
+    """One output line: where the example came from, and the label with every label's probability."""
+    where = {"source": line.source, "line": line.line}
+    if task.is_regression:
+        return {**where, "score": float(logits[0])}
+    probabilities = _softmax(logits.astype(np.float64))
+    return {**where, "label": task.labels[int(np.argmax(logits))],
+            "probabilities": {label: float(p) for label, p in zip(task.labels, probabilities)}}
+
+
+class OneFlowEngine:
+    """The model directory's weights in OneFlow, run eagerly without autograd (as evaluation runs)."""
+
+    name = "oneflow"
+
+    def __init__(self, model_dir: Path, device: str):
+        from distil.runtime import import_oneflow
+        from distil.train.placement import Placement
+
+        self.flow = import_oneflow()
+        self.placement = Placement(device)
+        self.model = self.placement.module(io.load_model(model_dir)).eval()
+
+    def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+        flow = self.flow
+        with flow.no_grad():
+            batch = self.placement.batch({k: flow.tensor(v) for k, v in features.items()})
+            logits = self.model(batch["input_ids"], batch["segment_ids"], batch["input_mask"])["logits"]
+        return logits.numpy()
+
+
+def _write_lines(out: IO[str], results: Sequence[Dict[str, Any]]) -> None:
+    for result in results:
+        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+
+def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str) -> Dict:
+    """Classify every example of `inputs`; JSON lines into `output` (atomically) or onto stdout."""
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
+    config = io.read_config(model_dir)
+    if not config.get("task"):
+        raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
+    if not (model_dir / io.WEIGHTS_DIR).is_dir():
+        raise UsageError(f"{model_dir}: no {io.WEIGHTS_DIR}/ (the model was never saved, or not completely)")
+    task = get_task(config["task"]["name"])
+    featurize = Featurizer(model_dir, config)
+    lines = [line for source in inputs or [STDIN] for line in read_lines(source, task)]
+    if not lines:
+        raise UsageError(f"{', '.join(inputs or [STDIN])}: no examples to classify (the input is empty)")
+    engine = OneFlowEngine(model_dir, device)
+    staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output else None
+    out = open(staged, "w", encoding="utf-8") if staged else sys.stdout
+    try:
+        with tqdm(total=len(lines), desc="predict", unit="example", dynamic_ncols=True, disable=None) as progress:
+            for start in range(0, len(lines), batch_size):
+                chunk = lines[start:start + batch_size]
+                logits = engine(featurize(chunk))
+                _write_lines(out, [prediction(line, row, task) for line, row in zip(chunk, logits)])
+                progress.update(len(chunk))
+        if staged:
+            out.close()
+            os.replace(staged, output)
+    finally:
+        if staged:
+            out.close()
+            staged.unlink(missing_ok=True)
+    summary = {"model_dir": str(model_dir), "task": task.name, "examples": len(lines), "engine": engine.name,
+               "output": str(output) if output else "stdout"}
+    log.info("predicted %d examples with %s (%s)", len(lines), model_dir, engine.name)
+    return summary

@@ -1,0 +1,151 @@
+"""`predict` on raw text: the same inputs and predictions as `eval` on the converted split, every input form
+(task TSV with or without labels, plain text, pairs, stdin), and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, ROOT, run
+from distil.data.convert import ConvertConfig, convert_task
+from distil.data.tasks import get_task
+from distil.data.tokenization import load_vocab
+from distil.models import io
+from distil.models.bert import BertConfig
+from distil.runtime import import_oneflow
+from distil.train.graph import Evaluator
+from distil.train.placement import Placement
+from glue_fixtures import write_task
+
+flow = import_oneflow()
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+         "max_position_embeddings": 64}
+TASKS = ("CoLA", "MRPC", "STS-B")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, vocab_file) -> Path:
+    """CoLA (header-less dev), MRPC (pairs, a BOM in the header) and STS-B (regression), converted at seq 32,
+    and a random model directory for each whose outputs differ from example to example."""
+    root = tmp_path_factory.mktemp("predict")
+    for name in TASKS:
+        write_task(root / "glue", name, {"train.tsv": 4, "dev.tsv": 23, "test.tsv": 9})
+        convert_task(name, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
+                                         lstm_seq_length=0, workers=1))
+        task = get_task(name)
+        flow.manual_seed(1)
+        config = {**BertConfig(vocab_size=len(load_vocab(vocab_file)), **SIZES).to_dict(), "num_labels": task.num_labels}
+        model = io.build_model(config)
+        with flow.no_grad():
+            model.classifier.weight.mul_(30.0)
+        io.write_new_model_dir(root / "models" / name, model, config, vocab_file, {"name": "teacher"},
+                               task={"name": name, "labels": list(task.labels or []), "num_labels": task.num_labels,
+                                     "metrics": list(task.metrics)},
+                               data={"format": "bert", "folder": name, "seq_length": 32, "do_lower_case": True})
+    return root
+
+
+def predict(ws: Path, model: str, *args: str, **kwargs):
+    return run([PYTHON, "-m", "distil", "predict", str(ws / "models" / model), *args, "--device", "cpu"], **kwargs)
+
+
+def rows(stdout: str):
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_predict_on_the_dev_tsv_gives_evals_outputs_for_every_example(ws, name):
+    task = get_task(name)
+    dev = ws / "glue" / name / task.splits["eval"].file
+    done = predict(ws, name, str(dev))
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = rows(done.stdout)
+    model = io.load_model(ws / "models" / name)
+    _, outputs, _ = Evaluator(model, ws / "data" / name / "eval", task.metrics, 5, Placement("cpu")).run()
+    logits = outputs["logits"]
+    assert len(got) == len(logits) == 23
+    first_data_line = 1 if name == "CoLA" else 2  # CoLA's dev file has no header
+    assert [r["line"] for r in got] == list(range(first_data_line, first_data_line + 23))
+    assert {r["source"] for r in got} == {str(dev)}
+    if task.is_regression:
+        np.testing.assert_allclose([r["score"] for r in got], logits[:, 0], rtol=1e-5, atol=1e-6)
+        return
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose([[r["probabilities"][label] for label in task.labels] for r in got], expected,
+                               rtol=1e-5, atol=1e-6)
+    assert [r["label"] for r in got] == [task.labels[i] for i in logits.argmax(-1)]
+    assert np.ptp(expected[:, 0]) > 100 * 1e-6  # examples differ by far more than the tolerance
+
+
+def test_unlabelled_tsv_plain_text_pairs_and_stdin_give_the_same_predictions(ws, tmp_path):
+    rows_dev = [line.split("\t") for line in (ws / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    pairs = [f"{r[3]}\t{r[4]}" for r in rows_dev]
+    text = tmp_path / "pairs.txt"
+    text.write_text("\n".join(pairs) + "\n", encoding="utf-8")
+    from_tsv = rows(predict(ws, "MRPC", str(ws / "glue" / "MRPC" / "dev.tsv")).stdout)
+    from_text = rows(predict(ws, "MRPC", str(text)).stdout)
+    from_stdin = rows(predict(ws, "MRPC", input="\n".join(pairs) + "\n").stdout)
+    assert [r["line"] for r in from_text] == list(range(1, 24)) and from_stdin[0]["source"] == "-"
+    for a, b, c in zip(from_tsv, from_text, from_stdin):
+        assert a["probabilities"] == b["probabilities"] == c["probabilities"]
+    unlabelled = predict(ws, "MRPC", str(ws / "glue" / "MRPC" / "test.tsv"))
+    assert unlabelled.returncode == 0 and len(rows(unlabelled.stdout)) == 9
+    both = predict(ws, "CoLA", str(ws / "glue" / "CoLA" / "test.tsv"), "-", input="a plain sentence .\n")
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert [(r["source"], r["line"]) for r in rows(both.stdout)][-2:] == [(str(ws / "glue" / "CoLA" / "test.tsv"), 10),
+                                                                          ("-", 1)]
+
+
+def test_output_file_is_written_whole_with_a_summary(ws, tmp_path):
+    out = tmp_path / "predictions.jsonl"
+    done = run(["bash", str(ROOT / "scripts" / "run_predict.sh"), str(ws / "models" / "STS-B"),
+                str(ws / "glue" / "STS-B" / "test.tsv")], env={"OUTPUT": str(out), "BATCH_SIZE": "4"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"model_dir": str(ws / "models" / "STS-B"), "task": "STS-B", "examples": 9,
+                                       "engine": "oneflow", "output": str(out)}
+    assert [set(r) for r in rows(out.read_text())] == [{"source", "line", "score"}] * 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl"]
+
+
+@pytest.mark.parametrize("setup,message", [
+    ("empty", "no examples to classify (the input is empty)"),
+    ("three_fields", "pairs.txt:2: 3 tab-separated fields; a MRPC example is a sentence pair"),
+    ("one_field", "pairs.txt:1: 1 tab-separated fields; a MRPC example is a sentence pair"),
+    ("short_tsv_row", "dev.tsv:3: 4 tab-separated fields, but the MRPC TSV layout of line 1 has 5"),
+    ("missing_input", "nothing.txt: no such input file"),
+    ("no_weights", "no weights/"),
+    ("not_a_model", "config.json"),
+])
+def test_bad_input_is_a_clear_error_and_leaves_no_output(ws, tmp_path, setup, message):
+    model, inputs = ws / "models" / "MRPC", [str(tmp_path / "pairs.txt")]
+    (tmp_path / "pairs.txt").write_text({"empty": "\n\n", "three_fields": "a\tb\nc\td\te\n",
+                                         "one_field": "just one sentence\n"}.get(setup, "a\tb\n"), encoding="utf-8")
+    if setup == "short_tsv_row":
+        lines = (ws / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+        lines[2] = "\t".join(lines[2].split("\t")[:4])
+        inputs = [str(tmp_path / "dev.tsv")]
+        (tmp_path / "dev.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if setup == "missing_input":
+        inputs = [str(tmp_path / "nothing.txt")]
+    if setup in ("no_weights", "not_a_model"):
+        model = tmp_path / "model"
+        model.mkdir()
+        if setup == "no_weights":
+            (model / "config.json").write_text((ws / "models" / "MRPC" / "config.json").read_text())
+    out = tmp_path / "out" / "predictions.jsonl"
+    out.parent.mkdir()
+    done = run([PYTHON, "-m", "distil", "predict", str(model), *inputs, "--output", str(out), "--device", "cpu"])
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert os.listdir(out.parent) == []
+
+
+def test_a_batch_size_below_one_is_a_usage_error(ws):
+    done = predict(ws, "MRPC", "--batch_size", "0", input="a\tb\n")
+    assert done.returncode == 2 and "--batch_size must be at least 1, got 0" in done.stderr
