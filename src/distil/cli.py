@@ -334,6 +334,19 @@ def _run_predict(args: argparse.Namespace) -> Optional[Dict]:
     return summary if args.output else None  # else stdout holds the predictions
 
 
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-onnx", help="export a model directory to ONNX (dynamic batch), checked against OneFlow")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("out", type=Path, nargs="?", default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
+    p.set_defaults(run=lambda args: _export_onnx(args.model_dir, args.out))
+
+
+def _export_onnx(model_dir: Path, out: Optional[Path]) -> Dict:
+    from distil.onnx_export import export_onnx
+
+    return export_onnx(model_dir, out)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="SERVE_FOR_ONLINE: keep only what inference needs in a model dir")
     p.add_argument("model_dir", type=Path)
@@ -381,7 +394,7 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     _add_download, _add_glue_process, _add_make_demo_data, _add_convert_hf, _add_init_bert, _add_train,
-    _add_pkd_student, _add_eval, _add_predict, _add_serve, _add_report, _add_augment]
+    _add_pkd_student, _add_eval, _add_predict, _add_export_onnx, _add_serve, _add_report, _add_augment]
 
 
 def build_parser() -> argparse.ArgumentParser:

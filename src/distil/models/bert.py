@@ -113,8 +113,11 @@ class BertSelfAttention(nn.Module):
         return x.reshape(batch, seq, self.num_heads, self.head_size).permute(0, 2, 1, 3)  # (B, h, S, d)
 
     def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor):
-        q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
-        scores = flow.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_size))  # (B, h, S, S)
+        q, v = self._heads(self.query(hidden)), self._heads(self.value(hidden))
+        batch, seq, _ = hidden.shape
+        # K^T by one permute: oneflow-onnx's transpose optimiser drops a permute followed by a transpose
+        k_t = self.key(hidden).reshape(batch, seq, self.num_heads, self.head_size).permute(0, 2, 3, 1)  # (B, h, d, S)
+        scores = flow.matmul(q, k_t) * (1.0 / math.sqrt(self.head_size))  # (B, h, S, S)
         scores = scores + additive_mask                                  # (B, 1, 1, S): -10000 on padding keys
         probs = self.dropout(flow.softmax(scores, dim=-1))
         context = flow.matmul(probs, v).permute(0, 2, 1, 3)              # (B, S, h, d)

@@ -1,0 +1,76 @@
+"""oneflow-onnx 0.6.2 made to export this project's OneFlow 0.9 models correctly: every known incompatibility,
+in one place (tests/test_onnx.py checks each through a real export).
+
+1. `import oneflow_onnx` uses `np.bool`, which numpy >= 1.24 removed.
+2. OneFlow's `flip` (the BiLSTM's backward direction) has no handler: ONNX `Slice` with step -1.
+3. OneFlow's `stack` has no handler: `Unsqueeze` of each input, then `Concat`.
+4. The exporter's stock `reduce_sum` handler keeps `axes` as an attribute, which opset 13 dropped, so ONNX
+   sums over every axis (silently wrong); at opset 13 `axes` is passed as an input.
+Two more are avoided in the models themselves: position ids are a buffer (OneFlow's `arange` carries an
+empty `nd_sbp` attribute that onnx rejects), and attention's K^T is one permute (the exporter's
+transpose optimiser drops a permute followed by a transpose).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OPSET = 13
+_patched = False
+
+
+def _unique(name: str) -> str:
+    import oneflow
+
+    return oneflow._oneflow_internal.UniqueStr(name)
+
+
+def _const_input(ctx, node, name: str, values) -> None:
+    const = ctx.MakeConst(_unique(name), np.array(values, dtype=np.int64))
+    node.input_tensor_names.append(const.output_tensor_names[0])
+
+
+def patch() -> None:
+    """Make `oneflow_onnx` importable and register the missing or wrong handlers (once per process)."""
+    global _patched
+    if _patched:
+        return
+    if "bool" not in np.__dict__:
+        np.bool = bool  # type: ignore[attr-defined]
+    from oneflow_onnx.oneflow2onnx.handler import flow_op
+
+    @flow_op("flip", onnx_op="Slice")
+    class Flip:  # noqa: F841  (registered by the decorator)
+        @classmethod
+        def Version_10(cls, ctx, node, **kwargs):
+            rank = len(ctx.get_shape(node.input_tensor_names[0]))
+            dims = [d + rank if d < 0 else d for d in node.attrs.pop("dims")]
+            _const_input(ctx, node, "flip_starts", [-1] * len(dims))
+            _const_input(ctx, node, "flip_ends", [np.iinfo(np.int64).min] * len(dims))
+            _const_input(ctx, node, "flip_axes", dims)
+            _const_input(ctx, node, "flip_steps", [-1] * len(dims))
+
+    @flow_op("stack", onnx_op="Concat")
+    class Stack:  # noqa: F841
+        @classmethod
+        def Version_13(cls, ctx, node, **kwargs):
+            rank = len(ctx.get_shape(node.input_tensor_names[0])) + 1
+            axis = node.attrs.pop("axis")
+            axis = axis + rank if axis < 0 else axis
+            node.attrs.pop("max_dim_size", None)
+            for index, name in enumerate(list(node.input_tensor_names)):
+                axes = ctx.MakeConst(_unique("stack_axes"), np.array([axis], dtype=np.int64))
+                unsqueezed = ctx.MakeNode("Unsqueeze", [name, axes.output_tensor_names[0]], name=_unique("stack_unsqueeze"))
+                node.input_tensor_names[index] = unsqueezed.output_tensor_names[0]
+            node.attrs["axis"] = axis
+
+    @flow_op("reduce_sum", onnx_op="ReduceSum")
+    class ReduceSum13:  # noqa: F841
+        @classmethod
+        def Version_13(cls, ctx, node, **kwargs):
+            rank = len(ctx.get_shape(node.input_tensor_names[0]))
+            axes = [a + rank if a < 0 else a for a in (node.attrs.pop("axis", None) or [])]
+            if axes:
+                _const_input(ctx, node, "reduce_sum_axes", axes)
+
+    _patched = True

@@ -1,0 +1,179 @@
+"""`python -m distil export-onnx MODEL_DIR [OUT]`: a model directory as an ONNX model (default
+MODEL_DIR/model.onnx) with a dynamic batch axis, for onnxruntime and any other ONNX runtime.
+
+The export goes through OneFlow's own exporter (`oneflow-onnx`, patched by `distil.onnx_compat`) from the
+model's inference graph, traced at a batch size that no other dimension of the model has; the shapes
+that hold that batch size are then freed. Before the file is written (atomically), onnx's checker runs
+and onnxruntime must reproduce OneFlow's logits within 1e-4 on random inputs at three batch sizes; an
+export that disagrees is an error, never a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from distil import onnx_compat
+from distil.errors import UsageError
+from distil.models import io
+from distil.runtime import import_oneflow
+
+flow = import_oneflow()
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INPUTS = ("input_ids", "segment_ids", "input_mask")
+OUTPUT = "logits"
+TOLERANCE = 1e-4
+CHECK_BATCHES = (1, 3)
+
+
+class InferenceGraph(flow.nn.Graph):
+    """The model's logits as a static graph: what the exporter reads."""
+
+    def __init__(self, model: flow.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def build(self, input_ids, segment_ids, input_mask):
+        return self.model(input_ids, segment_ids, input_mask)["logits"]
+
+
+def weights_mtime(model_dir: Path) -> float:
+    """When the model's weights last changed (the newest file in weights/)."""
+    files = [p for p in (model_dir / io.WEIGHTS_DIR).rglob("*") if p.is_file()]
+    if not files:
+        raise UsageError(f"{model_dir}: no {io.WEIGHTS_DIR}/ (the model was never saved, or not completely)")
+    return max(p.stat().st_mtime for p in files)
+
+
+def trace_batch(model_config: Dict[str, Any], seq_length: int) -> int:
+    """A batch size equal to no dimension of the model, so that the traced shapes holding it are the batch's."""
+    taken = {seq_length, *(v for v in model_config.values() if isinstance(v, int))}
+    return next(p for p in (13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59) if p not in taken)
+
+
+def sample_inputs(batch: int, seq_length: int, vocab_size: int, rng: np.random.Generator) -> List[np.ndarray]:
+    """Random token ids with padding and two segments, as int32 like the converted data."""
+    lengths = rng.integers(2, seq_length + 1, batch)
+    positions = np.arange(seq_length)[None, :]
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    ids = (rng.integers(1, vocab_size, (batch, seq_length)) * mask).astype(np.int32)
+    segments = ((positions >= lengths[:, None] // 2) * mask).astype(np.int32)
+    return [ids, segments, mask]
+
+
+def free_batch_axis(proto, batch: int) -> None:
+    """Make the traced batch size dynamic: a Reshape target holding it (or, for an input that leads with it, a
+    multiple of it) once reads -1 there (or 0 in first place, the input's first axis, when -1 is taken), a Slice ending at it ends at the axis' end, and the graph's
+    inputs and outputs get a symbolic first axis. (The exporter shares equal constants between nodes, so
+    each changed constant becomes the node's own.)"""
+    import onnx
+    from onnx import numpy_helper
+
+    initializers = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+
+    def replace(node, index: int, values: np.ndarray) -> None:
+        name = f"{node.input[index]}.{node.name}"
+        proto.graph.initializer.append(numpy_helper.from_array(values.astype(np.int64), name))
+        node.input[index] = name
+
+    for node in proto.graph.node:
+        if node.op_type == "Slice" and len(node.input) > 3 and node.input[2] in initializers:
+            ends, axes = initializers[node.input[2]].copy(), initializers.get(node.input[3])
+            dims = shapes.get(node.input[0])
+            batch_axes = [i for i, axis in enumerate(axes if axes is not None else [])
+                          if dims and dims[axis] == batch and ends[i] == batch]
+            if batch_axes:  # a slice over the whole batch axis: to its end, whatever its size
+                ends[batch_axes] = np.iinfo(np.int64).max
+                replace(node, 2, ends)
+        elif node.op_type == "Reshape" and node.input[1] in initializers:
+            shape = initializers[node.input[1]].copy()
+            at = np.flatnonzero(shape == batch) if shape.ndim == 1 else []
+            if not len(at) and (shapes.get(node.input[0]) or [0])[0] == batch:  # the batch merged with other axes
+                at = np.flatnonzero(shape % batch == 0) if shape.ndim == 1 else []
+            if len(at) == 1 and (-1 not in shape or at[0] == 0):
+                shape[at[0]] = 0 if -1 in shape else -1  # 0: the input's first axis, which is the batch's
+                replace(node, 1, shape)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del proto.graph.value_info[:]
+
+
+def rename_io(proto) -> None:
+    """The graph's inputs as input_ids / segment_ids / input_mask and its output as logits."""
+    renames = {old.name: new for old, new in zip(proto.graph.input, INPUTS)}
+    renames[proto.graph.output[0].name] = OUTPUT
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.name = renames[value.name]
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+
+
+def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> float:
+    with flow.no_grad():
+        expected = model(*(flow.tensor(x) for x in inputs))["logits"].numpy()
+    got = session.run([OUTPUT], dict(zip(INPUTS, inputs)))[0]
+    if got.shape != expected.shape:
+        return float("inf")
+    return float(np.abs(got - expected).max())
+
+
+def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
+    """Write `out` (default MODEL_DIR/model.onnx) and return what was checked."""
+    onnx_compat.patch()
+    import onnx
+    import onnxruntime
+    from oneflow_onnx.oneflow2onnx.flow2onnx import Export
+
+    config = io.read_config(model_dir)
+    weights_mtime(model_dir)
+    seq_length = (config.get("data") or {}).get("seq_length")
+    if not seq_length:
+        raise UsageError(f"{model_dir / io.CONFIG_FILE}: no data.seq_length (export a model trained on converted data)")
+    out = Path(out) if out else model_dir / ONNX_FILE
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; give the ONNX file's path")
+    model = io.load_model(model_dir).eval()
+    vocab_size = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    batch = trace_batch(config["model"], seq_length)
+    traced_inputs = sample_inputs(batch, seq_length, vocab_size, rng)
+    graph = InferenceGraph(model)
+    graph(*(flow.tensor(x) for x in traced_inputs))
+    with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=out.parent) as tmp:
+        state = graph.state_dict()
+        # the exporter reads every constant from this file, non-persistent buffers included
+        state["model"] = {**dict(model.named_buffers()), **state["model"]}
+        flow.save(state, os.path.join(tmp, "weights"))
+        Export(graph, os.path.join(tmp, "weights"), os.path.join(tmp, "traced.onnx"), opset=onnx_compat.OPSET)
+        proto = onnx.load(os.path.join(tmp, "traced.onnx"))
+        free_batch_axis(proto, batch)
+        rename_io(proto)
+        onnx.checker.check_model(proto)
+        staged = Path(tmp) / ONNX_FILE
+        onnx.save(proto, str(staged))
+        session = onnxruntime.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
+        differences = {b: max_difference(session, model, traced_inputs if b == batch else
+                                         sample_inputs(b, seq_length, vocab_size, rng))
+                       for b in (batch, *CHECK_BATCHES)}
+        worst = max(differences.values())
+        if not worst <= TOLERANCE:
+            raise UsageError(f"{model_dir}: the ONNX export disagrees with OneFlow (max |logit difference| per batch "
+                             f"size: {differences}); not written")
+        os.replace(staged, out)
+    summary = {"model_dir": str(model_dir), "onnx": str(out), "opset": onnx_compat.OPSET, "inputs": list(INPUTS),
+               "dynamic_axes": {name: {0: "batch"} for name in (*INPUTS, OUTPUT)}, "nodes": len(proto.graph.node),
+               "max_abs_logit_difference": worst, "checked_batch_sizes": sorted(differences)}
+    log.info("exported %s to %s (%d nodes; onnxruntime matches OneFlow within %.1e)", model_dir, out,
+             len(proto.graph.node), worst)
+    return summary
