@@ -4,11 +4,12 @@
 # model's task, plain text with one example per line (a sentence pair as two tab-separated fields), or -
 # for stdin (the default). Prints one JSON line per example (source, line, label, probabilities; score
 # for STS-B), or writes them to OUTPUT atomically.
-# Variables: OUTPUT [] (stdout)  BATCH_SIZE [32]  GPU [0]
+# Variables: OUTPUT [] (stdout)  BATCH_SIZE [32]  ENGINE [auto: onnxruntime if MODEL_DIR/model.onnx is newer than
+# the weights, else oneflow]  GPU [0]
 # Example: echo "a gripping , funny film" | bash scripts/run_predict.sh models/student_model/SST-2/<MODEL_ID>
 set -euo pipefail
 if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
   [ $# -lt 1 ] && exit 2
   exit 0
 fi
@@ -16,4 +17,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export CUDA_VISIBLE_DEVICES=${GPU:-${CUDA_VISIBLE_DEVICES:-0}}
 ARGS=(--batch_size "${BATCH_SIZE:-32}")
 [ -n "${OUTPUT:-}" ] && ARGS+=(--output "$OUTPUT")
+[ -n "${ENGINE:-}" ] && ARGS+=(--engine "$ENGINE")
 exec python -m distil predict "$@" "${ARGS[@]}"

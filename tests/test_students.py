@@ -33,7 +33,7 @@ CASES = {
     "bert_pkd": ("run_train_student_bert_pkd.sh", "run_eval_student_bert_pkd.sh", {"LAYER_LIST": "1"}, [],
                  "bert-pkd_1_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.2_kd_beta-10"),
     "tinybert": ("run_train_student_tinybert.sh", "run_eval_student_tinybert.sh",
-                 {"TINYBERT_MODE": "two_stage", "SERVE_FOR_ONLINE": "True"},
+                 {"TINYBERT_MODE": "two_stage", "SERVE_FOR_ONLINE": "True", "EXPORT_ONNX": "True"},
                  [*TINY_STUDENT, "--intermediate_epochs", "3", "--intermediate_learning_rate", "2e-3"],
                  "tinybert_epoch-5_lr-2e-3_wd-0.0001"),
     "theseus": ("run_train_theseus.sh", "run_eval_theseus.sh", {}, ["--successor_layers", "1"],
@@ -106,8 +106,9 @@ def test_served_student_loads_without_its_teacher(workspace, tmp_path):
     model_dir = workspace / "models" / "student_model" / "SST-2" / model_id
     if not model_dir.is_dir():
         pytest.fail("run after test_student_trains_beats_majority_and_evaluates_the_same[tinybert]")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "results_eval.json", "train_curve.png",
-                                                           "train_history.json", "vocab.txt", "weights"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.onnx", "results_eval.json",
+                                                           "train_curve.png", "train_history.json", "vocab.txt",
+                                                           "weights"]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["served"] and "teacher_model" not in config["algorithm"]["options"]
     moved = shutil.move(str(workspace / "teacher"), str(tmp_path / "teacher_elsewhere"))

@@ -135,6 +135,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--result_dir", default="", help="where results_eval.json goes ('' = the model dir)")
     p.add_argument("--serve_for_online", type=str2bool, default=False,
                    help="after training keep only what inference needs (drops train_state/)")
+    p.add_argument("--export_onnx", type=str2bool, default=False,
+                   help="after training also write MODEL_DIR/model.onnx (python -m distil export-onnx)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --model_save_dir first")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when visible")
     _add_algorithm_options(p)
@@ -196,7 +198,7 @@ def _run_train(args: argparse.Namespace) -> Dict:
     model_dir = args.model_save_dir or algorithm.default_dir(args.models_root, task, model_id)
     run = RunConfig(task=task.name, data_root=args.data_root, model_save_dir=model_dir, settings=settings,
                     options=options, result_dir=Path(args.result_dir) if args.result_dir else None,
-                    serve_for_online=args.serve_for_online, overwrite=args.overwrite,
+                    serve_for_online=args.serve_for_online, export_onnx=args.export_onnx, overwrite=args.overwrite,
                     device=_device(args.device, settings.use_fp16))
     results = train_algorithm(algorithm, run)
     log.info("model id: %s (in %s)", model_dir.name, model_dir)
@@ -323,14 +325,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                         "tab-separated fields) or - for stdin (default: stdin)")
     p.add_argument("--output", type=Path, default=None, help="JSON lines file, written atomically (default: stdout)")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for the OneFlow engine")
+    p.add_argument("--engine", default="auto", help="auto (onnxruntime when MODEL_DIR/model.onnx is newer than the "
+                                                    "weights, else oneflow), oneflow or onnxruntime")
+    p.add_argument("--onnx", type=Path, default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
     p.set_defaults(run=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> Optional[Dict]:
     from distil.predict import predict
 
-    summary = predict(args.model_dir, args.inputs, args.output, args.batch_size, _device(args.device))
+    summary = predict(args.model_dir, args.inputs, args.output, args.batch_size, _device(args.device), args.engine,
+                      args.onnx)
     return summary if args.output else None  # else stdout holds the predictions
 
 

@@ -67,6 +67,9 @@ def _check(args: argparse.Namespace) -> str:
                          "--nproc_per_node (GPU_NUM_PER_NODE)")
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is not a TCP port")
+    if getattr(args, "export_onnx", False):
+        raise UsageError("--export_onnx (EXPORT_ONNX) needs a one-process run; after this one, export with: "
+                         "python -m distil export-onnx MODEL_DIR")
     from distil.train.placement import resolve_device
 
     device = resolve_device(getattr(args, "device", "auto"), bool(getattr(args, "use_fp16", False)))

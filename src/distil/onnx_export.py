@@ -26,7 +26,6 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 INPUTS = ("input_ids", "segment_ids", "input_mask")
 OUTPUT = "logits"
 TOLERANCE = 1e-4
@@ -106,6 +105,10 @@ def free_batch_axis(proto, batch: int) -> None:
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     del proto.graph.value_info[:]
+    used = {name for node in proto.graph.node for name in node.input}
+    kept = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
 
 
 def rename_io(proto) -> None:
@@ -140,7 +143,7 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
     seq_length = (config.get("data") or {}).get("seq_length")
     if not seq_length:
         raise UsageError(f"{model_dir / io.CONFIG_FILE}: no data.seq_length (export a model trained on converted data)")
-    out = Path(out) if out else model_dir / ONNX_FILE
+    out = Path(out) if out else model_dir / io.ONNX_FILE
     if out.is_dir():
         raise UsageError(f"{out} is a directory; give the ONNX file's path")
     model = io.load_model(model_dir).eval()
@@ -160,7 +163,7 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
         free_batch_axis(proto, batch)
         rename_io(proto)
         onnx.checker.check_model(proto)
-        staged = Path(tmp) / ONNX_FILE
+        staged = Path(tmp) / io.ONNX_FILE
         onnx.save(proto, str(staged))
         session = onnxruntime.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
         differences = {b: max_difference(session, model, traced_inputs if b == batch else

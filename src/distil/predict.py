@@ -6,7 +6,8 @@ tab-separated fields), or `-` for standard input. Examples are turned into featu
 `glue_process.sh` turned the training data (the model directory's own vocabulary, casing, sequence
 length and format: BERT word pieces, or the BiLSTM's words), so `predict` on a dev TSV gives the
 predictions `eval` scores. The output has one JSON line per example: its source and line number, the
-label and the probability of every label (the score for STS-B).
+label and the probability of every label (the score for STS-B). The engine is onnxruntime when the model directory holds a model.onnx newer than
+its weights (`python -m distil export-onnx`), else OneFlow; `--engine` forces one.
 """
 
 from __future__ import annotations
@@ -161,12 +162,51 @@ class OneFlowEngine:
         return logits.numpy()
 
 
+class OnnxEngine:
+    """An exported model.onnx run by onnxruntime (CPU)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], {name: features[name] for name in ("input_ids", "segment_ids", "input_mask")})[0]
+
+
+ENGINES = ("auto", "oneflow", "onnxruntime")
+
+
+def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], device: str):
+    """onnxruntime when asked, or (auto) when the ONNX file exists and is newer than the weights; else OneFlow.
+
+    An ONNX file older than the weights belongs to an earlier model: asked for, it is an error; under auto
+    it is passed over with a warning."""
+    from distil.onnx_export import weights_mtime
+
+    path = onnx_file or model_dir / io.ONNX_FILE
+    if engine == "oneflow" or (engine == "auto" and not path.is_file()):
+        return OneFlowEngine(model_dir, device)
+    if not path.is_file():
+        raise UsageError(f"--engine onnxruntime: no {path} (export it: python -m distil export-onnx {model_dir})")
+    if path.stat().st_mtime < weights_mtime(model_dir):
+        message = f"{path} is older than {model_dir / io.WEIGHTS_DIR}/ (re-export: python -m distil export-onnx {model_dir})"
+        if engine == "onnxruntime":
+            raise UsageError(message)
+        log.warning("%s; using OneFlow", message)
+        return OneFlowEngine(model_dir, device)
+    return OnnxEngine(path)
+
+
 def _write_lines(out: IO[str], results: Sequence[Dict[str, Any]]) -> None:
     for result in results:
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
-def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str) -> Dict:
+def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str,
+            engine: str = "auto", onnx_file: Optional[Path] = None) -> Dict:
     """Classify every example of `inputs`; JSON lines into `output` (atomically) or onto stdout."""
     if batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
@@ -175,12 +215,14 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
     if not (model_dir / io.WEIGHTS_DIR).is_dir():
         raise UsageError(f"{model_dir}: no {io.WEIGHTS_DIR}/ (the model was never saved, or not completely)")
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'")
     task = get_task(config["task"]["name"])
     featurize = Featurizer(model_dir, config)
     lines = [line for source in inputs or [STDIN] for line in read_lines(source, task)]
     if not lines:
         raise UsageError(f"{', '.join(inputs or [STDIN])}: no examples to classify (the input is empty)")
-    engine = OneFlowEngine(model_dir, device)
+    engine = choose_engine(model_dir, engine, onnx_file, device)
     staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output else None
     out = open(staged, "w", encoding="utf-8") if staged else sys.stdout
     try:

@@ -154,11 +154,12 @@ def size_on_disk(path: PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR)  # plus result files (*.json, *.png)
+ONNX_FILE = "model.onnx"  # python -m distil export-onnx
+SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR, ONNX_FILE)  # plus result files (*.json, *.png)
 
 
 def serve_for_online(model_dir: PathLike) -> None:
-    """Keep only what inference needs: config, vocab, the served weights and results.
+    """Keep only what inference needs: config, vocab, the served weights, an ONNX export and results.
 
     Removes train_state/ (optimizer, step, RNG), any intermediate stage, and the paths of the teacher
     and of the initial student from config.json.

@@ -43,6 +43,7 @@ class RunConfig:
     options: Any                           # the algorithm's Options dataclass
     result_dir: Optional[Path] = None      # None: results go into the model directory
     serve_for_online: bool = False
+    export_onnx: bool = False              # write model.onnx beside the final weights
     overwrite: bool = False
     device: str = "cpu"
 
@@ -196,6 +197,10 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         log.info("results of the saved best model (epoch %d) in %s", state.best_epoch, path)
         if run.serve_for_online and stage.final:
             io.serve_for_online(model_dir)
+        if run.export_onnx and stage.final:
+            from distil.onnx_export import export_onnx
+
+            export_onnx(model_dir)
 
     placement.write(finish)
     return results

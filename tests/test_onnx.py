@@ -1,0 +1,139 @@
+"""ONNX export: onnxruntime gives OneFlow's logits on every dev example (a BERT student, the BiLSTM single and
+paired, the real MiniLM checkpoint), with any batch size; predict picks the engine; stale files are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, run
+from distil.data.convert import ConvertConfig, convert_task
+from distil.data.tasks import get_task
+from distil.data.tokenization import load_vocab
+from distil.models import io
+from distil.models.bert import BertConfig
+from distil.onnx_export import export_onnx
+from distil.predict import Featurizer, OneFlowEngine, OnnxEngine, read_lines
+from distil.runtime import import_oneflow
+from glue_fixtures import write_learnable_sst2, write_task
+
+flow = import_oneflow()
+TOLERANCE = 1e-4
+
+
+def model_dir(root: Path, name: str, model: flow.nn.Module, config: dict, vocab: Path, task: str, fmt: str) -> Path:
+    spec = get_task(task)
+    io.write_new_model_dir(root / name, model, config, vocab, {"name": "test"},
+                           task={"name": task, "labels": list(spec.labels), "num_labels": spec.num_labels,
+                                 "metrics": list(spec.metrics)},
+                           data={"format": fmt, "folder": task + ("_lstm_8" if fmt == "lstm" else ""),
+                                 "seq_length": 8 if fmt == "lstm" else 32, "do_lower_case": True})
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, vocab_file, minilm_dir) -> Path:
+    root = tmp_path_factory.mktemp("onnx")
+    write_learnable_sst2(root / "glue", 64, 40)
+    write_task(root / "glue", "MRPC", {"train.tsv": 40, "dev.tsv": 30, "test.tsv": 3})
+    for task in ("SST-2", "MRPC"):
+        convert_task(task, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
+                                         lstm_seq_length=8, workers=1))  # the BiLSTM's graph unrolls each step
+    flow.manual_seed(0)
+    bert = BertConfig(vocab_size=len(load_vocab(vocab_file)), hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=48, max_position_embeddings=64).to_dict()
+    model_dir(root, "bert", io.build_model(bert), bert, vocab_file, "SST-2", "bert")
+    for task, mode in (("SST-2", "single"), ("MRPC", "separate")):
+        words = root / "data" / f"{task}_lstm_8" / io.VOCAB_FILE
+        lstm = {"model_type": "bilstm", "vocab_size": len(load_vocab(words)), "pad_token_id": load_vocab(words)["<PAD>"],
+                "num_labels": 2, "pair_mode": mode, "embedding_size": 16, "hidden_size": 8, "fc_size": 12}
+        model_dir(root, f"lstm_{mode}", io.build_model(lstm), lstm, words, task, "lstm")
+    io.convert_hf(minilm_dir, root / "minilm")  # the real checkpoint, given a task as fine-tuning would
+    config = json.loads((root / "minilm" / io.CONFIG_FILE).read_text())
+    spec = get_task("SST-2")
+    config.update(task={"name": "SST-2", "labels": list(spec.labels), "num_labels": 2, "metrics": ["accuracy"]},
+                  data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True})
+    assert config["model"].get("num_labels", 2) == 2
+    (root / "minilm" / io.CONFIG_FILE).write_text(json.dumps(config))
+    return root
+
+
+CASES = {"bert": "SST-2", "lstm_single": "SST-2", "lstm_separate": "MRPC", "minilm": "SST-2"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_onnxruntime_gives_oneflows_logits_on_every_dev_example(ws, name, tmp_path):
+    directory = ws / name
+    summary = export_onnx(directory, tmp_path / "model.onnx")
+    assert summary["max_abs_logit_difference"] <= TOLERANCE and summary["checked_batch_sizes"][:2] == [1, 3]
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == ["input_ids", "segment_ids", "input_mask"]
+    assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in (*proto.graph.input, *proto.graph.output))
+    task = get_task(CASES[name])
+    lines = list(read_lines(str(ws / "glue" / task.folder / task.splits["eval"].file), task))
+    features = Featurizer(directory, io.read_config(directory))(lines)
+    oneflow, onnxruntime = OneFlowEngine(directory, "cpu"), OnnxEngine(tmp_path / "model.onnx")
+    worst = 0.0
+    for batch in (len(lines), 7):  # the whole dev set at once, and batches of 7 with a shorter last one
+        for start in range(0, len(lines), batch):
+            part = {k: v[start:start + batch] for k, v in features.items()}
+            got, expected = onnxruntime(part), oneflow(part)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+            worst = max(worst, float(np.abs(got - expected).max()))
+    assert np.ptp(oneflow(features), axis=0).max() > 10 * worst  # examples differ far more than the engines do
+
+
+def test_predict_uses_a_fresh_export_refuses_a_stale_one_and_checks_the_engine_flag(ws, tmp_path):
+    directory = tmp_path / "bert"
+    shutil.copytree(ws / "bert", directory)
+    dev = str(ws / "glue" / "SST-2" / "dev.tsv")
+
+    def predict(*flags):
+        return run([PYTHON, "-m", "distil", "predict", str(directory), dev, "--output", str(tmp_path / "p.jsonl"),
+                    "--device", "cpu", *flags])
+
+    plain = predict()
+    assert plain.returncode == 0 and json.loads(plain.stdout)["engine"] == "oneflow"
+    by_oneflow = (tmp_path / "p.jsonl").read_text()
+    exported = run([PYTHON, "-m", "distil", "export-onnx", str(directory)])
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    fresh = predict()
+    assert fresh.returncode == 0 and json.loads(fresh.stdout)["engine"] == "onnxruntime"
+    for a, b in zip(by_oneflow.splitlines(), (tmp_path / "p.jsonl").read_text().splitlines()):
+        a, b = json.loads(a), json.loads(b)
+        assert a["label"] == b["label"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    forced = predict("--engine", "oneflow")
+    assert forced.returncode == 0 and json.loads(forced.stdout)["engine"] == "oneflow"
+
+    later = os.path.getmtime(directory / "model.onnx") + 10
+    for weights in (directory / io.WEIGHTS_DIR).rglob("*"):
+        os.utime(weights, (later, later))  # the weights changed after the export
+    stale = predict()
+    assert stale.returncode == 0 and json.loads(stale.stdout)["engine"] == "oneflow"
+    assert "model.onnx is older than" in stale.stderr
+    refused = predict("--engine", "onnxruntime")
+    assert refused.returncode == 2 and f"{directory / 'model.onnx'} is older than" in refused.stderr
+    unknown = predict("--engine", "tensorrt")
+    assert unknown.returncode == 2 and "--engine must be one of auto, oneflow, onnxruntime, got 'tensorrt'" in unknown.stderr
+    (directory / "model.onnx").unlink()
+    missing = predict("--engine", "onnxruntime")
+    assert missing.returncode == 2 and "export it: python -m distil export-onnx" in missing.stderr
+
+
+def test_export_errors_name_the_model_and_write_nothing(ws, tmp_path):
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(ws / "bert" / io.CONFIG_FILE, no_weights / io.CONFIG_FILE)
+    done = run([PYTHON, "-m", "distil", "export-onnx", str(no_weights)])
+    assert done.returncode == 2 and f"{no_weights}: no weights/" in done.stderr
+    assert sorted(p.name for p in no_weights.iterdir()) == [io.CONFIG_FILE]
+    missing = run([PYTHON, "-m", "distil", "export-onnx", str(tmp_path / "nothing")])
+    assert missing.returncode == 2 and "nothing" in missing.stderr and "Traceback" not in missing.stderr
