@@ -62,3 +62,26 @@ def test_quick_processes_run_compares_one_and_two_processes(tmp_path):
     for figure in (one, two):  # 12 steps logged every 4: the first interval (compilation) is left out
         assert len(figure["intervals"]) == 2 and figure["examples_per_s"] > 0
     assert "2 processes / 1 process" in result.stdout and "QUICK" in result.stdout
+
+
+def test_quick_kd_run_times_every_epoch_and_shows_the_cache_at_work(tmp_path):
+    output = tmp_path / "kd.json"
+    result = run(["bash", SCRIPT, "kd", "--quick", "--output", str(output)], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    data = json.loads(output.read_text(encoding="utf-8"))
+    assert set(data["figures"]) == {"ours-1p-cache", "ours-1p-nocache"} and "oneflow" in data["versions"]
+    for figure in data["figures"].values():
+        assert len(figure["epoch_seconds"]) == 3 and figure["peak_rss_gb"] > 0 and figure["wall_seconds"] > 0
+    assert "1st/later" in result.stdout and "QUICK" in result.stdout
+
+
+def test_quick_inference_run_measures_oneflow_and_onnxruntime(tmp_path):
+    output = tmp_path / "inference.json"
+    result = run(["bash", SCRIPT, "inference", "--quick", "--output", str(output)], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    figures = json.loads(output.read_text(encoding="utf-8"))["figures"]
+    assert set(figures) == {"student", "teacher"}
+    for engines in figures.values():
+        assert engines["pytorch"] is None  # --quick: no PyTorch side
+        for engine in ("oneflow nn.Graph", "onnxruntime"):
+            assert engines[engine]["examples_per_s"] > 0 and engines[engine]["p95_ms"] >= engines[engine]["p50_ms"]
