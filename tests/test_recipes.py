@@ -42,15 +42,20 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     root = tmp_path_factory.mktemp("recipes")
     write_learnable_sst2(root / "glue", 96, 32)
     convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, workers=1))
+    write_teacher(root / "teacher", vocab_file)
+    return root
+
+
+def write_teacher(dst: Path, vocab_file: Path) -> None:
+    """A random 4-layer SST-2 teacher model dir whose logits differ from example to example."""
     flow.manual_seed(0)
     config = BertConfig(vocab_size=len(load_vocab(vocab_file)), **TEACHER).to_dict()
     teacher = io.build_model(config)
     with flow.no_grad():
-        teacher.classifier.weight.mul_(50.0)  # logits that differ from example to example
-    io.write_new_model_dir(root / "teacher", teacher, config, vocab_file, {"name": "teacher"},
+        teacher.classifier.weight.mul_(50.0)
+    io.write_new_model_dir(dst, teacher, config, vocab_file, {"name": "teacher"},
                            task={"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]},
                            data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True})
-    return root
 
 
 def build(ws: Path, name: str, stage_index: int = 0, **options):

@@ -15,22 +15,17 @@ from distil.data import ofrecord
 from distil.data.convert import ConvertConfig, convert_task
 from distil.data.dataset import OFRecordDataset
 from distil.data.tasks import get_task
-from distil.data.tokenization import load_vocab
 from distil.models import io
-from distil.models.bert import BertConfig
 from distil.runtime import import_oneflow
 from distil.train import teacher_cache
 from distil.train.placement import Placement
 from distil.train.run import RunConfig, data_dirs, train_algorithm
 from distil.train.settings import TrainSettings
 from glue_fixtures import write_learnable_sst2
+from test_recipes import SMALL as STUDENT, write_teacher
 
 flow = import_oneflow()
 TASK = get_task("SST-2")
-TEACHER = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 48,
-           "max_position_embeddings": 64}
-STUDENT = {"student_num_hidden_layers": 2, "student_hidden_size": 16, "student_num_attention_heads": 4,
-           "student_intermediate_size": 24}
 SETTINGS = TrainSettings(epochs=2, learning_rate=2e-3, batch_size=16, eval_batch_size=24, log_every=1)
 
 
@@ -42,14 +37,7 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     for seq in (32, 24):
         convert_task("SST-2", ConvertConfig(root / "glue", root / f"data{seq}", vocab_file, max_seq_length=seq,
                                             workers=1))
-    flow.manual_seed(0)
-    config = BertConfig(vocab_size=len(load_vocab(vocab_file)), **TEACHER).to_dict()
-    teacher = io.build_model(config)
-    with flow.no_grad():
-        teacher.classifier.weight.mul_(50.0)
-    io.write_new_model_dir(root / "teacher", teacher, config, vocab_file, {"name": "teacher"},
-                           task={"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]},
-                           data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True})
+    write_teacher(root / "teacher", vocab_file)
     return root
 
 
