@@ -9,6 +9,7 @@ global batch, so the same number of steps). Reported per run: the seconds of epo
 epoch (this project: from train_history.json, the first epoch including the teacher cache's pass;
 PyTorch sides: from their own per-epoch timing), the wall time of the whole command (start-up,
 compilation and saving included), examples/s over the whole run and the peak RSS of its largest process.
+Then `python -m distil eval` of the teacher on the dev split (batch 32): its examples/s and peak RSS.
 
 Usage: bash scripts/run_bench.sh kd [--train_size 192] [--runs ours-1p-cache,...] [--quick]
    or: PYTHONPATH=src .venv/bin/python bench/bench_kd.py ...
@@ -115,6 +116,15 @@ def theirs(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]
             "dev_accuracy": [e["accuracy"] for e in history]}
 
 
+def teacher_evaluation(work: Path) -> Dict[str, object]:
+    """`python -m distil eval` of the teacher on the dev split (batch 32): its peak RSS and examples/s."""
+    out = work / "eval"
+    figures = measured([sys.executable, "-m", "distil", "eval", str(work / "teacher"), "--data_root", str(work / "data"),
+                        "--eval_batch_size", "32", "--result_dir", str(out), "--device", "cpu"], work / "eval.log")
+    results = json.loads((out / "results_eval.json").read_text())
+    return {**figures, "examples_per_s": results["examples_per_second"], "num_examples": results["num_examples"]}
+
+
 def table(figures: Dict[str, Dict[str, object]], examples: int, epochs: int) -> str:
     lines = [f"{'run':18s} {'epoch 1 s':>9s} {'later s':>8s} {'1st/later':>9s} {'whole run s':>11s} "
              f"{'examples/s':>10s} {'peak RSS GB':>11s}"]
@@ -186,15 +196,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             begun = time.time()
             figures[name] = (ours if name in OURS else theirs)(work, name, args)
             print(f"{name}: {time.time() - begun:.0f} s", file=sys.stderr, flush=True)
+        evaluation = teacher_evaluation(work)
     output = {"benchmark": "bench/bench_kd.py", "started": started.isoformat(timespec="seconds"), "quick": args.quick,
               "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
               "versions": versions(args.torch_python),
-              "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "figures": figures}
+              "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "figures": figures,
+              "teacher_evaluation": evaluation}
     write_json_atomic(args.output, output)
     print(f"{'QUICK run: tiny sizes. ' if args.quick else ''}KD, teacher {args.teacher}, student {args.student} "
           f"(layers, hidden, heads, FFN), {args.train_size} examples, seq {args.seq}, global batch 32, "
           f"{args.epochs} epochs, {os.cpu_count()} CPUs; {json.dumps(output['versions'])}")
     print(table(figures, args.train_size, args.epochs))
+    print(f"teacher evaluation (python -m distil eval, batch 32, seq {args.seq}): {evaluation['examples_per_s']} "
+          f"examples/s, peak RSS {evaluation['peak_rss_gb']:.2f} GB")
     print(f"wrote {args.output}")
     return 0
 

@@ -73,6 +73,7 @@ def test_quick_kd_run_times_every_epoch_and_shows_the_cache_at_work(tmp_path):
     for figure in data["figures"].values():
         assert len(figure["epoch_seconds"]) == 3 and figure["peak_rss_gb"] > 0 and figure["wall_seconds"] > 0
     assert "1st/later" in result.stdout and "QUICK" in result.stdout
+    assert data["teacher_evaluation"]["num_examples"] == 16 and data["teacher_evaluation"]["peak_rss_gb"] > 0
 
 
 def test_quick_inference_run_measures_oneflow_and_onnxruntime(tmp_path):
