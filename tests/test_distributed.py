@@ -196,6 +196,12 @@ def test_bad_process_flags_are_one_line_usage_errors(ws, tmp_path, flags, messag
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
 
 
+def test_an_onnx_export_after_a_multi_process_training_is_refused_before_it_starts(ws, tmp_path):
+    result = train(ws, ws / "data", tmp_path / "m", 8, "--nproc_per_node", "2", "--export_onnx", "true")
+    assert result.returncode == 2 and "--export_onnx (EXPORT_ONNX) needs a one-process run" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_busy_master_port_is_a_usage_error(ws, tmp_path):
     with socket.socket() as busy:
         busy.bind(("", 0))

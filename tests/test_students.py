@@ -162,6 +162,7 @@ def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(wor
     """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks;
     the BiLSTM's eval script too, with 2 processes."""
     script, eval_script, extra_env, flags, model_id = CASES[algorithm]
+    extra_env = {k: v for k, v in extra_env.items() if k != "EXPORT_ONNX"}  # one-process only (test_distributed)
     env = env_for(workspace, **extra_env, MODELS_ROOT=str(workspace / "models_2p"), GPU_NUM_PER_NODE="2",
                   BATCH_SIZE="8", MASTER_PORT=str(free_port()))
     trained = run(["bash", str(ROOT / "scripts" / script), "SST-2", *flags], env=env)
