@@ -163,6 +163,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--torch-python", dest="torch_python",
                    default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python"))
     p.add_argument("--quick", action="store_true", help="tiny sizes for CI (no PyTorch side)")
+    p.add_argument("--one", nargs=2, metavar=("ENGINE", "MODEL_DIR"), help=argparse.SUPPRESS)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results_inference.json")
     p.set_defaults(sizes=SIZES)
     if p.parse_known_args(argv)[0].quick:
@@ -170,20 +171,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from distil.onnx_export import export_onnx
+def measure_in_subprocess(engine: str, model_dir: Path, args) -> Dict[str, float]:
+    """One engine on one model in a process of its own: OneFlow 0.9's CPU nn.Graph keeps every buffer of a
+    pass (about 12 GB for the teacher at batch 32), so no process holds two of them."""
+    done = subprocess.run([sys.executable, __file__, "--one", engine, str(model_dir), "--seq", str(args.seq),
+                           "--batch", str(args.batch), "--repeats", str(args.repeats), "--latency_runs",
+                           str(args.latency_runs)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    if done.returncode:
+        raise SystemExit(f"{engine} on {model_dir.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    vocab = len(DEFAULT_VOCAB.read_text(encoding="utf-8").splitlines())
+    if args.one:
+        engine, model_dir = args.one[0], Path(args.one[1])
+        call = oneflow_graph(model_dir) if engine == "oneflow" else onnxruntime_session(model_dir)
+        print(json.dumps(measure(call, args.seq, vocab, args)))
+        return 0
     started = datetime.datetime.now()
     figures: Dict[str, Dict[str, Optional[Dict[str, float]]]] = {}
-    vocab = len(DEFAULT_VOCAB.read_text(encoding="utf-8").splitlines())
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         work = Path(tmp)
         for name in args.models.split(","):
             model_dir = make_model(work, name, args.sizes[name], args.seq)
-            export_onnx(model_dir)
-            figures[name] = {"oneflow nn.Graph": measure(oneflow_graph(model_dir), args.seq, vocab, args),
-                             "onnxruntime": measure(onnxruntime_session(model_dir), args.seq, vocab, args),
+            exported = subprocess.run([sys.executable, "-m", "distil", "export-onnx", str(model_dir)],
+                                      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+            if exported.returncode:
+                raise SystemExit(f"export of {name} failed:\n{exported.stderr[-3000:]}")
+            figures[name] = {"oneflow nn.Graph": measure_in_subprocess("oneflow", model_dir, args),
+                             "onnxruntime": measure_in_subprocess("onnxruntime", model_dir, args),
                              "pytorch": pytorch(export_hf(model_dir, work / f"{name}_hf"), args.seq, args)}
             print(f"{name}: done", file=sys.stderr, flush=True)
     import onnxruntime
