@@ -83,9 +83,11 @@ def test_tinybert_caches_only_its_prediction_stage(ws, tmp_path):
     algorithm = get_algorithm("tinybert")
     run = run_config(ws, "tinybert", tmp_path / "m", **STUDENT, tinybert_mode="two_stage")
     train_dir, _ = data_dirs(run.data_root, TASK)
-    cacheable = [algorithm.build(run, stage, TASK, ofrecord.read_meta(train_dir)).step_module.cacheable_outputs()
-                 for stage in algorithm.stages(run)]
-    assert cacheable == [(), ("logits",)]
+    intermediate, prediction = algorithm.stages(run)
+    first = algorithm.build(run, intermediate, TASK, ofrecord.read_meta(train_dir))
+    io.write_new_model_dir(prediction.init, first.model, first.model_config, first.vocab_file, {"name": "stage 1"})
+    second = algorithm.build(run, prediction, TASK, ofrecord.read_meta(train_dir))
+    assert (first.step_module.cacheable_outputs(), second.step_module.cacheable_outputs()) == ((), ("logits",))
 
 
 @pytest.mark.parametrize("name,options", [("tinybert", {}), ("bert_pkd", {"layer_list": "1,3"}),

@@ -98,25 +98,67 @@ class EagerStep:
         self.schedule.load_state_dict(state["schedule"])
 
 
-def outputs_per_example(compute: Callable[[Dict[str, flow.Tensor]], Dict[str, flow.Tensor]], data: OFRecordDataset,
-                        placement: Placement, on_batch: Callable[[], None] = lambda: None) -> Dict[str, np.ndarray]:
-    """{name: one row per example of `data`'s split, in file order}: `compute(batch)` over one pass, every
-    example exactly once, each rank on its shard.
+Compute = Callable[[flow.nn.Module, Dict[str, flow.Tensor]], Dict[str, flow.Tensor]]
+GRAPH_PASS_BUDGET = 8_000_000  # rows x seq x layers x hidden of one pass below which a graph stays small
 
-    Runs eagerly without autograd (in mixed precision under --use_fp16): on OneFlow 0.9's CPU an nn.Graph
-    keeps every intermediate buffer of its forward pass (11.7 GB for BERT-base at batch 32 x 128 against
-    1.6 GB eagerly) for no more than 10-25 % more speed (bench/README.md, issue 11).
+
+def in_graph(model: flow.nn.Module, rows: int, seq_length: int) -> bool:
+    """Whether a pass of `model` over `rows` x `seq_length` runs as an nn.Graph (fast) or eagerly (lean).
+
+    OneFlow 0.9's CPU nn.Graph keeps every buffer of its forward pass: BERT-base at batch 32 x 128 takes
+    11.7 GB as a graph and 1.6 GB eagerly (4L-312: 2.1 vs 0.6 GB); small models and the BiLSTM, whose
+    step loop costs many eager op launches, are up to 10x faster as a graph (issue 11).
     """
-    stream = EvalStream(data.num_examples, data.batch_size // data.shards, data.shards)
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    return layers is None or rows * seq_length * layers * config.hidden_size <= GRAPH_PASS_BUDGET
 
-    def next_batch() -> Dict[str, np.ndarray]:
-        with flow.no_grad(), placement.autocast():
-            values = {name: placement.gather(flow.cast(v, flow.float32) if v.dtype == flow.float16 else v)
-                      for name, v in compute(placement.batch(data())).items()}
-        on_batch()
-        return {name: (v.to_local() if v.is_global else v).numpy() for name, v in values.items()}
 
-    return stream.run(next_batch)
+class PassGraph(flow.nn.Graph):
+    """`compute(model, batch)` on the next batch of `data`, gathered from every rank, as a static graph (the
+    model must be in eval mode when it compiles)."""
+
+    def __init__(self, compute: Compute, model: flow.nn.Module, data: OFRecordDataset, placement: Placement):
+        super().__init__()
+        self.model, self.data, self.placement, self.compute = model, data, placement, compute
+        if placement.fp16:
+            self.config.enable_amp(True)
+
+    def build(self) -> Dict[str, flow.Tensor]:
+        return _gathered(self.compute(self.model, self.placement.batch(self.data())), self.placement)
+
+
+def _gathered(values: Dict[str, flow.Tensor], placement: Placement) -> Dict[str, flow.Tensor]:
+    return {name: placement.gather(flow.cast(v, flow.float32) if v.dtype == flow.float16 else v)
+            for name, v in values.items()}
+
+
+class SplitPass:
+    """Passes of `compute(model, batch)` over a split: {name: one row per example, in file order}, every
+    example exactly once, each rank on its shard; in a PassGraph (compiled once) or eagerly without autograd
+    (in mixed precision under --use_fp16). Later passes go on where the reader stopped."""
+
+    def __init__(self, compute: Compute, model: flow.nn.Module, data: OFRecordDataset, placement: Placement,
+                 graph: bool = False):
+        self.compute, self.model, self.data, self.placement = compute, model, data, placement
+        self.stream = EvalStream(data.num_examples, data.batch_size // data.shards, data.shards)
+        self.graph = PassGraph(compute, model, data, placement) if graph else None
+
+    def run(self, on_batch: Callable[[], None] = lambda: None) -> Dict[str, np.ndarray]:
+        def next_batch() -> Dict[str, np.ndarray]:
+            if self.graph is not None:
+                values = self.graph()
+            else:
+                with flow.no_grad(), self.placement.autocast():
+                    values = _gathered(self.compute(self.model, self.placement.batch(self.data())), self.placement)
+            on_batch()
+            return {name: (v.to_local() if v.is_global else v).numpy() for name, v in values.items()}
+
+        return self.stream.run(next_batch)
+
+
+def _logits_and_labels(model: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+    return {"logits": model(*(batch[name] for name in MODEL_INPUTS))["logits"], "labels": batch["label_ids"]}
 
 
 class Evaluator:
@@ -126,6 +168,8 @@ class Evaluator:
                  placement: Placement):
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
         self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
+        graph = in_graph(model, batch_size, self.data.meta["features"]["input_ids"]["shape"][-1])
+        self.passes = SplitPass(_logits_and_labels, self.model, self.data, placement, graph)
 
     @property
     def num_examples(self) -> int:
@@ -140,12 +184,8 @@ class Evaluator:
         self.model.eval()
         marks: List[float] = []
 
-        def compute(batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-            return {"logits": self.model(*(batch[name] for name in MODEL_INPUTS))["logits"],
-                    "labels": batch["label_ids"]}
-
         start = time.perf_counter()
-        outputs = outputs_per_example(compute, self.data, self.placement, lambda: marks.append(time.perf_counter()))
+        outputs = self.passes.run(lambda: marks.append(time.perf_counter()))
         self.model.train(was_training)
         timed_examples = self.num_examples - min(self.data.batch_size, self.num_examples)
         timed_seconds = marks[-1] - marks[0]

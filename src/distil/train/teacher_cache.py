@@ -33,7 +33,7 @@ from distil.data.dataset import OFRecordDataset, open_split
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir, write_json_atomic
 from distil.runtime import import_oneflow
-from distil.train.graph import outputs_per_example
+from distil.train.graph import SplitPass
 from distil.train.placement import Placement
 from distil.train.step import CACHED_PREFIX, DistillStep, model_inputs
 
@@ -79,19 +79,19 @@ def is_fresh(cache: Path, expected: Dict[str, str]) -> bool:
 def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], placement: Placement,
                  batch_size: int) -> Dict[str, np.ndarray]:
     """{output: float32 array with one row per training example, in file order}: the teacher run once over
-    the split, as an evaluation runs (eagerly, without autograd, each rank on its shard)."""
+    the split, eagerly without autograd (lean whatever the teacher's size), each rank on its shard."""
     names = tuple(f"{step.teacher_view}{name}" for name in ("input_ids", "segment_ids", "input_mask"))
     data = OFRecordDataset(train_dir, batch_size, features=names, placement=placement)
     placement.module(step)
     progress = tqdm(total=math.ceil(data.num_examples / data.batch_size), desc="teacher cache", unit="batch",
                     dynamic_ncols=True, disable=None if placement.writer else True)
 
-    def compute(batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-        result = step.teacher(*model_inputs(batch, step.teacher_view))
+    def compute(teacher: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        result = teacher(*model_inputs(batch, step.teacher_view))
         return {name: result[name] for name in outputs}
 
     try:
-        values = outputs_per_example(compute, data, placement, lambda: progress.update(1))
+        values = SplitPass(compute, step.teacher, data, placement).run(lambda: progress.update(1))
     finally:
         progress.close()
     return {name: value.astype(np.float32) for name, value in values.items()}
