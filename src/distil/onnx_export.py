@@ -22,11 +22,12 @@ from distil import onnx_compat
 from distil.errors import UsageError
 from distil.models import io
 from distil.runtime import import_oneflow
+from distil.train.graph import MODEL_INPUTS
 
 flow = import_oneflow()
 log = logging.getLogger(__name__)
 
-INPUTS = ("input_ids", "segment_ids", "input_mask")
+INPUTS = MODEL_INPUTS  # the ONNX graph's input names, in the models' argument order
 OUTPUT = "logits"
 TOLERANCE = 1e-4
 CHECK_BATCHES = (1, 3)

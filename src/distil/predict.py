@@ -173,7 +173,9 @@ class OnnxEngine:
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], {name: features[name] for name in ("input_ids", "segment_ids", "input_mask")})[0]
+        from distil.onnx_export import INPUTS, OUTPUT
+
+        return self.session.run([OUTPUT], {name: features[name] for name in INPUTS})[0]
 
 
 ENGINES = ("auto", "oneflow", "onnxruntime")

@@ -33,7 +33,7 @@ from distil.data.dataset import OFRecordDataset, open_split
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir, write_json_atomic
 from distil.runtime import import_oneflow
-from distil.train.graph import SplitPass
+from distil.train.graph import MODEL_INPUTS, SplitPass
 from distil.train.placement import Placement
 from distil.train.step import CACHED_PREFIX, DistillStep, model_inputs
 
@@ -80,7 +80,7 @@ def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], pla
                  batch_size: int) -> Dict[str, np.ndarray]:
     """{output: float32 array with one row per training example, in file order}: the teacher run once over
     the split, eagerly without autograd (lean whatever the teacher's size), each rank on its shard."""
-    names = tuple(f"{step.teacher_view}{name}" for name in ("input_ids", "segment_ids", "input_mask"))
+    names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
     data = OFRecordDataset(train_dir, batch_size, features=names, placement=placement)
     placement.module(step)
     progress = tqdm(total=math.ceil(data.num_examples / data.batch_size), desc="teacher cache", unit="batch",
