@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,22 @@ def test_onnxruntime_gives_oneflows_logits_on_every_dev_example(ws, name, tmp_pa
             np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
             worst = max(worst, float(np.abs(got - expected).max()))
     assert np.ptp(oneflow(features), axis=0).max() > 10 * worst  # examples differ far more than the engines do
+    if name in ("bert", "minilm"):  # every LayerNorm and GELU exported as a pattern onnxruntime fuses into one kernel
+        layers = io.read_config(directory)["model"]["num_hidden_layers"]
+        fused = fused_op_counts(tmp_path / "model.onnx", tmp_path / "optimized.onnx")
+        assert (fused["LayerNormalization"], fused["Gelu"]) == (1 + 2 * layers, layers)
+
+
+def fused_op_counts(path: Path, optimized: Path) -> Counter:
+    """The op types of the model as onnxruntime runs it after its (portable) graph optimisations."""
+    import onnx
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(optimized)
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
 
 
 def test_predict_uses_a_fresh_export_refuses_a_stale_one_and_checks_the_engine_flag(ws, tmp_path):

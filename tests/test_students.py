@@ -20,6 +20,7 @@ from glue_fixtures import write_learnable_sst2
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
              "max_position_embeddings": 64}
+TINY_LSTM = ["--lstm_seq_length", "12", "--lstm_embedding_size", "32", "--lstm_hidden_size", "32", "--lstm_fc_size", "32"]
 TINY_STUDENT = ["--student_num_hidden_layers", "1", "--student_hidden_size", "16", "--student_num_attention_heads",
                 "4", "--student_intermediate_size", "24"]
 COMMON = {"EPOCH": "5", "LEARNING_RATE": "2e-3", "BATCH_SIZE": "16"}
@@ -29,7 +30,7 @@ CASES = {
     "kd": ("run_train_student_kd.sh", "run_eval_student_kd.sh", {}, TINY_STUDENT,
            "bert-kd-distl_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.8"),
     "distilled_lstm": ("run_train_student_distilled_lstm.sh", "run_eval_student_distilled_lstm.sh", {},
-                       ["--log_every", "20"], "bert-distilled_lstm_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.7"),
+                       [*TINY_LSTM, "--log_every", "20"], "bert-distilled_lstm_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.7"),
     "bert_pkd": ("run_train_student_bert_pkd.sh", "run_eval_student_bert_pkd.sh", {"LAYER_LIST": "1"}, [],
                  "bert-pkd_1_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.2_kd_beta-10"),
     "tinybert": ("run_train_student_tinybert.sh", "run_eval_student_tinybert.sh",
@@ -46,7 +47,8 @@ def workspace(tmp_path_factory, vocab_file):
     """Learnable SST-2 (BERT and BiLSTM data, seq 32) and a tiny fine-tuned teacher."""
     root = tmp_path_factory.mktemp("students")
     write_learnable_sst2(root / "glue", 640, 160)
-    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, workers=1))
+    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
+                                        lstm_seq_length=12, workers=1))  # sentences of at most 10 words
     io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
     env = {**COMMON, "PRETRAINED_MODEL": str(root / "pretrained"), "DATA_ROOT": str(root / "data"),
            "MODELS_ROOT": str(root / "models"), "MODEL_SAVE_DIR": str(root / "teacher")}

@@ -36,7 +36,7 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     write_learnable_sst2(root / "glue", 100, 30)
     for seq in (32, 24):
         convert_task("SST-2", ConvertConfig(root / "glue", root / f"data{seq}", vocab_file, max_seq_length=seq,
-                                            workers=1))
+                                            lstm_seq_length=12, workers=1))
     write_teacher(root / "teacher", vocab_file)
     return root
 
@@ -58,7 +58,8 @@ def trained(ws: Path, name: str, model_dir: Path, cache: str, **options):
     return history["losses"], {k: v.numpy() for k, v in weights.items()}
 
 
-CACHED = {"kd": {**STUDENT}, "distilled_lstm": {}}  # the student's and the BiLSTM's teacher view
+CACHED = {"kd": {**STUDENT},  # the student's and the BiLSTM's teacher view
+          "distilled_lstm": {"lstm_seq_length": 12, "lstm_embedding_size": 16, "lstm_hidden_size": 16, "lstm_fc_size": 16}}
 
 
 @pytest.mark.parametrize("name", sorted(CACHED))

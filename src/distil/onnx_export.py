@@ -14,13 +14,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from distil import onnx_compat
 from distil.errors import UsageError
 from distil.models import io
+from distil.models.bert import Gelu, LayerNorm
 from distil.runtime import import_oneflow
 from distil.train.graph import MODEL_INPUTS
 
@@ -112,6 +113,105 @@ def free_batch_axis(proto, batch: int) -> None:
     proto.graph.initializer.extend(kept)
 
 
+def module_subgraph(proto, scope: str) -> Tuple[List[int], str, str]:
+    """The indices of the nodes a module's forward became, its one input and its one output; an error if they do
+    not form such a block. Its ops' outputs carry the module's scope; nodes the exporter added between them
+    (a Reshape-Gemm-Reshape for a matmul) carry none and belong to it when fed and read only by it."""
+    nodes = list(proto.graph.node)
+    constants = {t.name for t in proto.graph.initializer}
+    scoped = {i for i, n in enumerate(nodes) if n.output and all(o.startswith(scope + "-") for o in n.output)}
+    unscoped = {i for i, n in enumerate(nodes) if not any(o.startswith(scope.split(".")[0] + ".") for o in n.output)}
+    readers: Dict[str, List[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            readers.setdefault(name, []).append(i)
+    graph_outputs = {o.name for o in proto.graph.output}
+
+    def made(group) -> set:
+        return {o for i in group for o in nodes[i].output}
+
+    group = set(scoped)
+    while True:  # unscoped nodes fed only by the group
+        fed = {i for i in unscoped - group if set(nodes[i].input) - constants <= made(group)}
+        if not fed:
+            break
+        group |= fed
+    while True:  # ... and read only by it
+        leaking = {i for i in group - scoped if any(o in graph_outputs or set(readers.get(o, ())) - group
+                                                    for o in nodes[i].output)}
+        if not leaking:
+            break
+        group -= leaking
+    inputs = {name for i in group for name in nodes[i].input if name and name not in constants} - made(group)
+    outputs = {o for i in group for o in nodes[i].output if o in graph_outputs or set(readers.get(o, ())) - group}
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise RuntimeError(f"ONNX export: the ops of {scope} have inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                           f"expected one of each")
+    return sorted(group), inputs.pop(), outputs.pop()
+
+
+def layer_norm_nodes(x: str, y: str, prefix: str, eps: str, two: str, gamma: str, beta: str) -> List[Any]:
+    """LayerNorm over the last axis as the op pattern onnxruntime fuses into one LayerNormalization kernel."""
+    from onnx import helper
+
+    def node(op: str, inputs: List[str], output: str, **attrs) -> Any:
+        return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+    return [node("ReduceMean", [x], f"{prefix}/mean", axes=[-1], keepdims=1),
+            node("Sub", [x, f"{prefix}/mean"], f"{prefix}/centered"),
+            node("Pow", [f"{prefix}/centered", two], f"{prefix}/squared"),
+            node("ReduceMean", [f"{prefix}/squared"], f"{prefix}/variance", axes=[-1], keepdims=1),
+            node("Add", [f"{prefix}/variance", eps], f"{prefix}/variance_eps"),
+            node("Sqrt", [f"{prefix}/variance_eps"], f"{prefix}/std"),
+            node("Div", [f"{prefix}/centered", f"{prefix}/std"], f"{prefix}/normalized"),
+            node("Mul", [f"{prefix}/normalized", gamma], f"{prefix}/scaled"),
+            node("Add", [f"{prefix}/scaled", beta], y)]
+
+
+def gelu_nodes(x: str, y: str, prefix: str, sqrt2: str, one: str, half: str) -> List[Any]:
+    """The erf GELU as the op pattern onnxruntime fuses into one Gelu kernel."""
+    from onnx import helper
+
+    return [helper.make_node("Div", [x, sqrt2], [f"{prefix}/scaled"], name=f"{prefix}/scaled"),
+            helper.make_node("Erf", [f"{prefix}/scaled"], [f"{prefix}/erf"], name=f"{prefix}/erf"),
+            helper.make_node("Add", [f"{prefix}/erf", one], [f"{prefix}/erf_1"], name=f"{prefix}/erf_1"),
+            helper.make_node("Mul", [x, f"{prefix}/erf_1"], [f"{prefix}/x_erf_1"], name=f"{prefix}/x_erf_1"),
+            helper.make_node("Mul", [f"{prefix}/x_erf_1", half], [y], name=y)]
+
+
+def fusable_forms(proto, model: flow.nn.Module) -> int:
+    """Rewrite each LayerNorm and GELU of the traced graph, whose forms are chosen to be fast in OneFlow (matmul
+    means, a written-out erf), as the standard op patterns onnxruntime fuses into one kernel each. Returns the
+    number of modules rewritten."""
+    from onnx import numpy_helper
+
+    def constant(name: str, value: np.ndarray) -> str:
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    two, one, half = constant("fusable/two", 2.0), constant("fusable/one", 1.0), constant("fusable/half", 0.5)
+    sqrt2 = constant("fusable/sqrt2", np.sqrt(2.0))
+    rewritten = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (LayerNorm, Gelu)):
+            continue
+        scope = f"model.{name}"
+        group, x, y = module_subgraph(proto, scope)
+        if isinstance(module, LayerNorm):
+            gamma = constant(f"{scope}.weight", module.weight.numpy())
+            beta = constant(f"{scope}.bias", module.bias.numpy())
+            eps = constant(f"{scope}.eps", module.eps)
+            new = layer_norm_nodes(x, y, scope, eps, two, gamma, beta)
+        else:
+            new = gelu_nodes(x, y, scope, sqrt2, one, half)
+        nodes = list(proto.graph.node)
+        del proto.graph.node[:]  # the new nodes where the module's last node was: after x, before y's readers
+        proto.graph.node.extend([n for i, n in enumerate(nodes[:group[-1]]) if i not in group] + new +
+                                [n for i, n in enumerate(nodes) if i > group[-1] and i not in group])
+        rewritten += 1
+    return rewritten
+
+
 def rename_io(proto) -> None:
     """The graph's inputs as input_ids / segment_ids / input_mask and its output as logits."""
     renames = {old.name: new for old, new in zip(proto.graph.input, INPUTS)}
@@ -161,6 +261,7 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
         flow.save(state, os.path.join(tmp, "weights"))
         Export(graph, os.path.join(tmp, "weights"), os.path.join(tmp, "traced.onnx"), opset=onnx_compat.OPSET)
         proto = onnx.load(os.path.join(tmp, "traced.onnx"))
+        fusable_forms(proto, model)
         free_batch_axis(proto, batch)
         rename_io(proto)
         onnx.checker.check_model(proto)

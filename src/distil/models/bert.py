@@ -155,13 +155,21 @@ def gelu(x: flow.Tensor) -> flow.Tensor:
     return 0.5 * x * (1.0 + flow.erf(x * (1.0 / math.sqrt(2.0))))
 
 
+class Gelu(nn.Module):
+    """`gelu` as a module, so that its ops carry a module scope of their own (the ONNX export finds them)."""
+
+    def forward(self, x: flow.Tensor) -> flow.Tensor:
+        return gelu(x)
+
+
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = Gelu()
 
     def forward(self, hidden: flow.Tensor) -> flow.Tensor:
-        return gelu(self.dense(hidden))
+        return self.intermediate_act_fn(self.dense(hidden))
 
 
 class BertLayer(nn.Module):
