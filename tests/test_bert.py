@@ -34,6 +34,19 @@ def test_output_contract(num_labels):
     assert [a.shape for a in out["attention_scores"]] == [(13, 4, 7, 7)] * 2
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_logits_alone_equal_the_full_forwards(layers):
+    flow.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**{**CONFIG, "num_hidden_layers": layers}, num_labels=3)).eval()
+    with flow.no_grad():
+        for parameter in model.parameters():  # no zero biases or unit LayerNorms
+            parameter.add_(flow.randn(*parameter.shape) * 0.2)
+        inputs = tensors(*batch())
+        full, alone = model(*inputs)["logits"].numpy(), model.logits(*inputs).numpy()
+    np.testing.assert_allclose(alone, full, rtol=0, atol=1e-6)
+    assert np.ptp(full, axis=0).min() > 1e-2
+
+
 def test_config_errors_name_the_numbers():
     with pytest.raises(ValueError, match=r"hidden size \(30\) is not a multiple of the number of attention heads \(4\)"):
         BertConfig(**{**CONFIG, "hidden_size": 30})

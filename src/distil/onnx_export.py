@@ -42,7 +42,7 @@ class InferenceGraph(flow.nn.Graph):
         self.model = model
 
     def build(self, input_ids, segment_ids, input_mask):
-        return self.model(input_ids, segment_ids, input_mask)["logits"]
+        return self.model.logits(input_ids, segment_ids, input_mask)
 
 
 def weights_mtime(model_dir: Path) -> float:

@@ -155,10 +155,12 @@ class OneFlowEngine:
         self.model = self.placement.module(io.load_model(model_dir)).eval()
 
     def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+        from distil.train.graph import MODEL_INPUTS
+
         flow = self.flow
         with flow.no_grad():
             batch = self.placement.batch({k: flow.tensor(v) for k, v in features.items()})
-            logits = self.model(batch["input_ids"], batch["segment_ids"], batch["input_mask"])["logits"]
+            logits = self.model.logits(*(batch[name] for name in MODEL_INPUTS))
         return logits.numpy()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from distil.models.dropout import Dropout
 from distil.runtime import import_oneflow
@@ -112,8 +112,10 @@ class BertSelfAttention(nn.Module):
         batch, seq, _ = x.shape
         return x.reshape(batch, seq, self.num_heads, self.head_size).permute(0, 2, 1, 3)  # (B, h, S, d)
 
-    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor):
-        q, v = self._heads(self.query(hidden)), self._heads(self.value(hidden))
+    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor, query_rows: Optional[int] = None):
+        """Every position attends, or only the first `query_rows` (queries; keys and values are all positions)."""
+        queries = hidden if query_rows is None else hidden[:, :query_rows]
+        q, v = self._heads(self.query(queries)), self._heads(self.value(hidden))
         batch, seq, _ = hidden.shape
         # K^T by one permute: oneflow-onnx's transpose optimiser drops a permute followed by a transpose
         k_t = self.key(hidden).reshape(batch, seq, self.num_heads, self.head_size).permute(0, 2, 3, 1)  # (B, h, d, S)
@@ -144,9 +146,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config, config.hidden_size)
 
-    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor):
-        context, scores = self.self(hidden, additive_mask)
-        return self.output(context, hidden), scores
+    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor, query_rows: Optional[int] = None):
+        context, scores = self.self(hidden, additive_mask, query_rows)
+        return self.output(context, hidden if query_rows is None else hidden[:, :query_rows]), scores
 
 
 def gelu(x: flow.Tensor) -> flow.Tensor:
@@ -179,8 +181,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSelfOutput(config, config.intermediate_size)
 
-    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor):
-        attended, scores = self.attention(hidden, additive_mask)
+    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor, query_rows: Optional[int] = None):
+        """The layer's output at every position, or at the first `query_rows` positions only."""
+        attended, scores = self.attention(hidden, additive_mask, query_rows)
         return self.output(self.intermediate(attended), attended), scores
 
 
@@ -227,6 +230,16 @@ class BertModel(nn.Module):
             attention_scores.append(scores)
         return self.pooler(hidden), hidden_states, attention_scores
 
+    def pooled(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor) -> flow.Tensor:
+        """The pooled [CLS] state alone: the last layer computes only the [CLS] row after its keys and values,
+        the one row the pooler reads (for 4 layers, about a fifth of the work)."""
+        additive_mask = additive_attention_mask(input_mask)
+        hidden = self.embeddings(input_ids, segment_ids)
+        last = len(self.encoder.layer) - 1
+        for index, layer in enumerate(self.encoder.layer):
+            hidden, _ = layer(hidden, additive_mask, 1 if index == last else None)
+        return self.pooler(hidden)
+
 
 def init_weights(model: nn.Module, std: float) -> None:
     """Google BERT's initialisation: N(0, std) weights (truncation aside), zero biases, unit LayerNorm."""
@@ -257,3 +270,7 @@ class BertForSequenceClassification(nn.Module):
         pooled, hidden_states, attention_scores = self.bert(input_ids, segment_ids, input_mask)
         logits = self.classifier(self.dropout(pooled))
         return {"logits": logits, "hidden_states": hidden_states, "attention_scores": attention_scores}
+
+    def logits(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor) -> flow.Tensor:
+        """forward's logits, computing only what they need (inference: evaluation, predict, ONNX)."""
+        return self.classifier(self.dropout(self.bert.pooled(input_ids, segment_ids, input_mask)))

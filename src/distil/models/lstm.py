@@ -203,3 +203,7 @@ class BiLstmForSequenceClassification(nn.Module):
             features = encoded[:, 0]                                       # (B, 2H)
         logits = self.classifier(self.dropout(flow.relu(self.dense(features))))
         return {"logits": logits, "hidden_states": [], "attention_scores": []}
+
+    def logits(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor) -> flow.Tensor:
+        """forward's logits (the inference entry every model has)."""
+        return self(input_ids, segment_ids, input_mask)["logits"]

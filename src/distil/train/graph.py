@@ -158,7 +158,7 @@ class SplitPass:
 
 
 def _logits_and_labels(model: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-    return {"logits": model(*(batch[name] for name in MODEL_INPUTS))["logits"], "labels": batch["label_ids"]}
+    return {"logits": model.logits(*(batch[name] for name in MODEL_INPUTS)), "labels": batch["label_ids"]}
 
 
 class Evaluator:
