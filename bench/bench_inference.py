@@ -74,7 +74,12 @@ def make_model(work: Path, name: str, sizes, seq: int) -> Path:
     config = BertConfig(vocab_size=len(DEFAULT_VOCAB.read_text(encoding="utf-8").splitlines()), hidden_size=hidden,
                         num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
                         max_position_embeddings=512).to_dict()
-    io.write_new_model_dir(work / name, io.build_model(config), config, DEFAULT_VOCAB, {"name": "random-init"},
+    model = io.build_model(config)
+    with flow.no_grad():  # trained-like: no zero biases or unit LayerNorms, which exporters could fold away
+        for parameter_name, parameter in model.named_parameters():
+            if parameter_name.endswith("bias") or "LayerNorm" in parameter_name:
+                parameter.add_(flow.randn(*parameter.shape) * 0.05)
+    io.write_new_model_dir(work / name, model, config, DEFAULT_VOCAB, {"name": "random-init"},
                            task={"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]},
                            data={"format": "bert", "folder": "SST-2", "seq_length": seq, "do_lower_case": True})
     return work / name

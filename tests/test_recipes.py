@@ -144,6 +144,7 @@ def test_teacher_recipe_is_cross_entropy(ws):
 @pytest.mark.parametrize("mode, temperature", [("soft_ce", 2.0), ("kl", 2.0), ("mse", 3.0)])
 def test_kd_recipe_weights_gold_by_alpha_and_soft_labels_by_one_minus_alpha(ws, mode, temperature):
     built, _, train_dir = build(ws, "kd", kd_alpha=0.3, temperature=temperature, pred_distill_mode=mode, **SMALL)
+    assert built.step_module.logits_only  # its models compute their logits alone: the same values (checked here)
     got, s, t, labels = evaluated(built, train_dir)
     soft = {"soft_ce": soft_ce, "kl": kl, "mse": lambda a, b, _: mse(a, b)}[mode](s["logits"], t["logits"], temperature)
     check(got, {"hard_label_loss": 0.3 * cross_entropy(s["logits"], labels), "pred_loss": 0.7 * soft})

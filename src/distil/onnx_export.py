@@ -45,14 +45,6 @@ class InferenceGraph(flow.nn.Graph):
         return self.model.logits(input_ids, segment_ids, input_mask)
 
 
-def weights_mtime(model_dir: Path) -> float:
-    """When the model's weights last changed (the newest file in weights/)."""
-    files = [p for p in (model_dir / io.WEIGHTS_DIR).rglob("*") if p.is_file()]
-    if not files:
-        raise UsageError(f"{model_dir}: no {io.WEIGHTS_DIR}/ (the model was never saved, or not completely)")
-    return max(p.stat().st_mtime for p in files)
-
-
 def trace_batch(model_config: Dict[str, Any], seq_length: int) -> int:
     """A batch size equal to no dimension of the model, so that the traced shapes holding it are the batch's."""
     taken = {seq_length, *(v for v in model_config.values() if isinstance(v, int))}
@@ -240,7 +232,7 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
     from oneflow_onnx.oneflow2onnx.flow2onnx import Export
 
     config = io.read_config(model_dir)
-    weights_mtime(model_dir)
+    io.weights_mtime(model_dir)  # (an error without weights)
     seq_length = (config.get("data") or {}).get("seq_length")
     if not seq_length:
         raise UsageError(f"{model_dir / io.CONFIG_FILE}: no data.seq_length (export a model trained on converted data)")

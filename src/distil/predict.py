@@ -188,14 +188,12 @@ def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], devic
 
     An ONNX file older than the weights belongs to an earlier model: asked for, it is an error; under auto
     it is passed over with a warning."""
-    from distil.onnx_export import weights_mtime
-
     path = onnx_file or model_dir / io.ONNX_FILE
     if engine == "oneflow" or (engine == "auto" and not path.is_file()):
         return OneFlowEngine(model_dir, device)
     if not path.is_file():
         raise UsageError(f"--engine onnxruntime: no {path} (export it: python -m distil export-onnx {model_dir})")
-    if path.stat().st_mtime < weights_mtime(model_dir):
+    if path.stat().st_mtime < io.weights_mtime(model_dir):
         message = f"{path} is older than {model_dir / io.WEIGHTS_DIR}/ (re-export: python -m distil export-onnx {model_dir})"
         if engine == "onnxruntime":
             raise UsageError(message)
@@ -217,8 +215,7 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     config = io.read_config(model_dir)
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
-    if not (model_dir / io.WEIGHTS_DIR).is_dir():
-        raise UsageError(f"{model_dir}: no {io.WEIGHTS_DIR}/ (the model was never saved, or not completely)")
+    io.weights_mtime(model_dir)  # (an error without weights)
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'")
     task = get_task(config["task"]["name"])

@@ -125,6 +125,19 @@ def local_copies(state: Any) -> Any:
     return state
 
 
+def weights_mtime(model_dir: Path) -> float:
+    """When the model's weights last changed (the newest file in weights/)."""
+    files = [p for p in (model_dir / WEIGHTS_DIR).rglob("*") if p.is_file()]
+    if not files:
+        raise UsageError(f"{model_dir}: no {WEIGHTS_DIR}/ (the model was never saved, or not completely)")
+    return max(p.stat().st_mtime for p in files)
+
+
+def as_numpy(tensor: flow.Tensor) -> np.ndarray:
+    """The values of a local tensor or of a broadcast global one (every rank holds all of them)."""
+    return (tensor.to_local() if tensor.is_global else tensor).numpy()
+
+
 def save_weights(model: flow.nn.Module, model_dir: PathLike) -> None:
     """flow.save the model's state dict into <model_dir>/weights, atomically (global tensors as local copies)."""
     model_dir = Path(model_dir)

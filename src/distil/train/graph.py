@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 
 from distil.data.dataset import EvalStream, OFRecordDataset
+from distil.models import io
 from distil.runtime import import_oneflow
 from distil.train.metrics import compute_metrics
 from distil.train.optim import clip_global_norm
@@ -152,7 +153,7 @@ class SplitPass:
                 with flow.no_grad(), self.placement.autocast():
                     values = _gathered(self.compute(self.model, self.placement.batch(self.data())), self.placement)
             on_batch()
-            return {name: (v.to_local() if v.is_global else v).numpy() for name, v in values.items()}
+            return {name: io.as_numpy(v) for name, v in values.items()}
 
         return self.stream.run(next_batch)
 

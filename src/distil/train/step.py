@@ -22,6 +22,7 @@ OPERATORS = ("hard_label", "pred_distill", "layer_distill", "pkd_patient", "att_
 TEACHER_FREE = ("hard_label",)  # the operators that read no teacher output
 PER_EXAMPLE = {"pred_distill": "logits"}  # operators whose teacher input is one small vector per example
 CACHED_PREFIX = "cached_"  # batch features holding a cached teacher output (distil.train.teacher_cache)
+LOGITS_ONLY = ("hard_label", "pred_distill")  # operators that read nothing but the logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,8 @@ class DistillStep(flow.nn.Module):
         self.student, self.teacher, self.fit_dense = student, teacher, projection
         self.terms, self.teacher_view = tuple(terms), teacher_view
         self.cached: Tuple[str, ...] = ()
+        # a recipe on logits alone runs the models' `logits` (BERT: the last layer only on the [CLS] row)
+        self.logits_only = all(term.operator in LOGITS_ONLY for term in terms)
 
     @property
     def needs_teacher(self) -> bool:
@@ -106,13 +109,17 @@ class DistillStep(flow.nn.Module):
         """From now on take these teacher outputs from the batch's `cached_*` features instead of running it."""
         self.cached = tuple(outputs)
 
+    def outputs(self, model: flow.nn.Module, inputs: Tuple[flow.Tensor, ...]) -> Dict[str, flow.Tensor]:
+        """What the terms read of a model: all of its outputs, or only its logits (computed alone)."""
+        return {"logits": model.logits(*inputs)} if self.logits_only else model(*inputs)
+
     def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-        student = self.student(*model_inputs(batch))
+        student = self.outputs(self.student, model_inputs(batch))
         teacher = None
         if self.cached:
             teacher = {name: batch[f"{CACHED_PREFIX}{name}"] for name in self.cached}
         elif self.needs_teacher:
-            teacher = self.teacher(*model_inputs(batch, self.teacher_view))
+            teacher = self.outputs(self.teacher, model_inputs(batch, self.teacher_view))
         return {term.name: term.weight * self.term_value(term, student, teacher, batch) for term in self.terms}
 
     def term_value(self, term: LossTerm, student: Dict, teacher: Optional[Dict],

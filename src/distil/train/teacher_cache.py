@@ -32,6 +32,7 @@ from distil.data import ofrecord
 from distil.data.dataset import OFRecordDataset, open_split
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir, write_json_atomic
+from distil.models import io
 from distil.runtime import import_oneflow
 from distil.train.graph import MODEL_INPUTS, SplitPass
 from distil.train.placement import Placement
@@ -49,7 +50,7 @@ def weights_digest(module: flow.nn.Module) -> str:
     """SHA-256 over every parameter and buffer of `module`: names, shapes, dtypes and values."""
     digest = hashlib.sha256()
     for name, value in sorted(module.state_dict().items()):
-        array = np.ascontiguousarray((value.to_local() if value.is_global else value).numpy())
+        array = np.ascontiguousarray(io.as_numpy(value))
         digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
@@ -87,7 +88,7 @@ def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], pla
                     dynamic_ncols=True, disable=None if placement.writer else True)
 
     def compute(teacher: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
-        result = teacher(*model_inputs(batch, step.teacher_view))
+        result = step.outputs(teacher, model_inputs(batch, step.teacher_view))
         return {name: result[name] for name in outputs}
 
     try:
