@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, run
+from conftest import PYTHON, ROOT, free_port, run
 from distil.data.convert import ConvertConfig, convert_task
 from distil.data.tasks import get_task
 from distil.data.tokenization import load_vocab
@@ -110,6 +110,25 @@ def test_output_file_is_written_whole_with_a_summary(ws, tmp_path):
                                        "engine": "oneflow", "output": str(out)}
     assert [set(r) for r in rows(out.read_text())] == [{"source", "line", "score"}] * 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl"]
+
+
+def test_two_processes_predict_what_one_does_and_rank_zero_writes(ws, tmp_path):
+    dev = str(ws / "glue" / "MRPC" / "dev.tsv")
+    one = rows(predict(ws, "MRPC", dev, "--batch_size", "5").stdout)
+    out = tmp_path / "two.jsonl"
+    env = {"OUTPUT": str(out), "BATCH_SIZE": "5", "GPU_NUM_PER_NODE": "2", "MASTER_PORT": str(free_port())}
+    done = run(["bash", str(ROOT / "scripts" / "run_predict.sh"), str(ws / "models" / "MRPC"), dev], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["examples"] == 23  # 23 rows in batches of 5: the last, 3 rows, split 2 + 2
+    two = rows(out.read_text())
+    assert [(r["line"], r["label"]) for r in two] == [(r["line"], r["label"]) for r in one]
+    for a, b in zip(one, two):
+        assert b["probabilities"] == pytest.approx(a["probabilities"], abs=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.jsonl"]
+    for flags, message in ((["-"], "reads INPUT files, not standard input"),
+                           ([dev, "--engine", "onnxruntime"], "--engine onnxruntime runs in one process")):
+        refused = predict(ws, "MRPC", *flags, "--nproc_per_node", "2", "--master_port", str(free_port()), input="")
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
 
 
 @pytest.mark.parametrize("setup,message", [

@@ -329,6 +329,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="auto", help="auto (onnxruntime when MODEL_DIR/model.onnx is newer than the "
                                                     "weights, else oneflow), oneflow or onnxruntime")
     p.add_argument("--onnx", type=Path, default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
+    launch.add_flags(p)
     p.set_defaults(run=_run_predict)
 
 

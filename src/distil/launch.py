@@ -1,4 +1,4 @@
-"""Multi-process runs: `python -m distil train|eval|report --nproc_per_node N [--nnodes M ...]` relaunches
+"""Multi-process runs: `python -m distil train|eval|report|predict --nproc_per_node N [--nnodes M ...]` relaunches
 itself through OneFlow's own launcher (`python -m oneflow.distributed.launch`), once per node.
 
 The original's variables map onto the flags in the bash scripts: GPU_NUM_PER_NODE (processes per node:
@@ -70,6 +70,12 @@ def _check(args: argparse.Namespace) -> str:
     if getattr(args, "export_onnx", False):
         raise UsageError("--export_onnx (EXPORT_ONNX) needs a one-process run; after this one, export with: "
                          "python -m distil export-onnx MODEL_DIR")
+    if getattr(args, "engine", "auto") == "onnxruntime":
+        raise UsageError("--engine onnxruntime runs in one process (onnxruntime uses every core itself); drop "
+                         "--nproc_per_node or use --engine oneflow")
+    if hasattr(args, "inputs") and (not args.inputs or "-" in args.inputs):
+        raise UsageError("predict with several processes reads INPUT files, not standard input (every process "
+                         "reads the whole input)")
     from distil.train.placement import resolve_device
 
     device = resolve_device(getattr(args, "device", "auto"), bool(getattr(args, "use_fp16", False)))

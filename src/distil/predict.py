@@ -6,8 +6,10 @@ tab-separated fields), or `-` for standard input. Examples are turned into featu
 `glue_process.sh` turned the training data (the model directory's own vocabulary, casing, sequence
 length and format: BERT word pieces, or the BiLSTM's words), so `predict` on a dev TSV gives the
 predictions `eval` scores. The output has one JSON line per example: its source and line number, the
-label and the probability of every label (the score for STS-B). The engine is onnxruntime when the model directory holds a model.onnx newer than
-its weights (`python -m distil export-onnx`), else OneFlow; `--engine` forces one.
+label and the probability of every label (the score for STS-B). The engine is onnxruntime when the model
+directory holds a model.onnx newer than its weights (`python -m distil export-onnx`), else OneFlow;
+`--engine` forces one. With several processes (`--nproc_per_node`, OneFlow's launcher) OneFlow computes
+each batch data-parallel and rank 0 writes the output.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from distil import launch
 from distil.data.convert import bert_inputs, lstm_inputs
 from distil.data.tasks import SplitSpec, TaskSpec, column_index, get_task
 from distil.data.tokenization import FullTokenizer, load_vocab
@@ -157,11 +160,19 @@ class OneFlowEngine:
     def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
         from distil.train.graph import MODEL_INPUTS
 
-        flow = self.flow
+        flow, rows = self.flow, len(features["input_ids"])
         with flow.no_grad():
-            batch = self.placement.batch({k: flow.tensor(v) for k, v in features.items()})
-            logits = self.model.logits(*(batch[name] for name in MODEL_INPUTS))
-        return logits.numpy()
+            batch = self.placement.batch({k: flow.tensor(v) for k, v in self.own_rows(features).items()})
+            logits = self.placement.gather(self.model.logits(*(batch[name] for name in MODEL_INPUTS)))
+        return io.as_numpy(logits)[:rows]
+
+    def own_rows(self, features: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """This process's equal share of the rows (every process sees all of them; the last row is repeated to
+        make the shares equal, and its copies are dropped from the gathered logits)."""
+        world, rank = self.placement.world_size, self.placement.rank
+        share = -(-len(features["input_ids"]) // world)
+        return {k: np.concatenate([v, np.repeat(v[-1:], share * world - len(v), axis=0)])[rank * share:(rank + 1) * share]
+                for k, v in features.items()}
 
 
 class OnnxEngine:
@@ -189,7 +200,7 @@ def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], devic
     An ONNX file older than the weights belongs to an earlier model: asked for, it is an error; under auto
     it is passed over with a warning."""
     path = onnx_file or model_dir / io.ONNX_FILE
-    if engine == "oneflow" or (engine == "auto" and not path.is_file()):
+    if engine == "oneflow" or (engine == "auto" and (launch.launched() or not path.is_file())):
         return OneFlowEngine(model_dir, device)
     if not path.is_file():
         raise UsageError(f"--engine onnxruntime: no {path} (export it: python -m distil export-onnx {model_dir})")
@@ -224,10 +235,12 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     if not lines:
         raise UsageError(f"{', '.join(inputs or [STDIN])}: no examples to classify (the input is empty)")
     engine = choose_engine(model_dir, engine, onnx_file, device)
-    staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output else None
-    out = open(staged, "w", encoding="utf-8") if staged else sys.stdout
+    writer = launch.rank() == 0  # with several processes, rank 0 writes
+    staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output and writer else None
+    out = open(staged, "w", encoding="utf-8") if staged else sys.stdout if writer else open(os.devnull, "w")
     try:
-        with tqdm(total=len(lines), desc="predict", unit="example", dynamic_ncols=True, disable=None) as progress:
+        with tqdm(total=len(lines), desc="predict", unit="example", dynamic_ncols=True,
+                  disable=None if writer else True) as progress:
             for start in range(0, len(lines), batch_size):
                 chunk = lines[start:start + batch_size]
                 logits = engine(featurize(chunk))
@@ -237,8 +250,9 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
             out.close()
             os.replace(staged, output)
     finally:
-        if staged:
+        if out is not sys.stdout:
             out.close()
+        if staged:
             staged.unlink(missing_ok=True)
     summary = {"model_dir": str(model_dir), "task": task.name, "examples": len(lines), "engine": engine.name,
                "output": str(output) if output else "stdout"}
