@@ -13,12 +13,14 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from distil.data import ofrecord
 from distil.data.dataset import EvalStream, OFRecordDataset
 from distil.models import io
 from distil.runtime import import_oneflow
 from distil.train.metrics import compute_metrics
 from distil.train.optim import clip_global_norm
 from distil.train.placement import Placement
+from distil.train.settings import MICRO_BATCH_TOKENS
 
 flow = import_oneflow()
 
@@ -168,8 +170,11 @@ class Evaluator:
     def __init__(self, model: flow.nn.Module, split_dir: Path, metrics: Sequence[str], batch_size: int,
                  placement: Placement):
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
+        seq_length = ofrecord.read_meta(split_dir)["features"]["input_ids"]["shape"][-1]
+        graph = in_graph(model, batch_size, seq_length)
+        if graph:  # a compiled pass holds all its buffers: at most MICRO_BATCH_TOKENS per call, like training
+            batch_size = min(batch_size, max(1, MICRO_BATCH_TOKENS // seq_length))
         self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
-        graph = in_graph(model, batch_size, self.data.meta["features"]["input_ids"]["shape"][-1])
         self.passes = SplitPass(_logits_and_labels, self.model, self.data, placement, graph)
 
     @property

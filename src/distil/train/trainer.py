@@ -112,6 +112,7 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.main_metric = metrics[0]
         self.eager = eager
+        self.evaluator: Optional[Evaluator] = None  # fit's, which evaluate_best reuses
 
     # ------------------------------------------------------------ the loop
 
@@ -139,8 +140,8 @@ class Trainer:
         if state.step:
             self._load_train_state(graph)
             log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
-        evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics, self.settings.eval_batch_size,
-                              self.placement)
+        evaluator = self.evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics,
+                                               self.settings.eval_batch_size, self.placement)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
                         dynamic_ncols=True, disable=None if self.placement.writer else True)
@@ -252,17 +253,20 @@ class Trainer:
     def evaluate_best(self) -> Dict[str, Any]:
         """Reload the saved best weights and evaluate them (original: reported the last epoch's)."""
         load_weights(self.model, self.model_dir)
+        # the epochs' evaluator again: a second compiled pass would hold as much memory again
         return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size, self.placement,
-                        self.model_dir)
+                        self.model_dir, {"eval": self.evaluator} if self.evaluator else {})
 
 
 def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], batch_size: int,
-             device: Union[str, Placement], model_dir: Path) -> Dict[str, Any]:
-    """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput."""
+             device: Union[str, Placement], model_dir: Path,
+             evaluators: Optional[Dict[str, Evaluator]] = None) -> Dict[str, Any]:
+    """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput; `evaluators`
+    already built for some splits are reused."""
     results: Dict[str, Any] = {}
     placement = device if isinstance(device, Placement) else Placement(device)
     for name, split_dir in eval_dirs.items():
-        evaluator = Evaluator(model, split_dir, metrics, batch_size, placement)
+        evaluator = (evaluators or {}).get(name) or Evaluator(model, split_dir, metrics, batch_size, placement)
         values, _, timing = evaluator.run()
         entry = {**values, "num_examples": evaluator.num_examples,
                  "examples_per_second": round(timing["examples_per_second"], 1),
