@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -58,9 +60,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(cmd, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command with the project on PYTHONPATH; capture text output; never raise on failure."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env.update(kwargs.pop("env", {}))
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=kwargs.pop("timeout", 600),
-                          **kwargs)
+def run(cmd, timeout: float = 600, env: Optional[dict] = None, input: Optional[str] = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command with the project on PYTHONPATH; capture text output; never raise on failure.
+
+    On timeout the command's whole process group gets SIGTERM (a multi-process job then stops its
+    launcher's ranks, which run in a session of their own), then SIGKILL: nothing is left behind.
+    """
+    full_env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    full_env.update(env or {})
+    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                               start_new_session=True, **kwargs)
+    try:
+        out, err = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+        err += f"\n[test harness] timed out after {timeout} s and stopped\n"
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)

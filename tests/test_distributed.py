@@ -28,19 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(cmd, timeout: float = 900):
-    """conftest.run, but a timeout stops the job with SIGTERM first, so the launcher stops its ranks too."""
-    import os
-    import signal
-    import subprocess
-
-    env = dict(os.environ, PYTHONPATH=f"{conftest.ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+    return conftest.run(cmd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +311,29 @@ def test_dropout_draws_other_masks_on_each_rank_in_eager_and_graph(tmp_path):
     for mode, (same, mean, values) in lines.items():
         assert same == "False", mode  # rank 1's rows are not rank 0's mask again
         assert 0.8 < float(mean) < 1.2 and values == "[0.0, 2.0]", (mode, mean, values)  # keep 1/2, scaled by 2
+
+
+RANK_THAT_DIES = '''
+import os, signal, sys
+if sys.argv[1] == "report":
+    os.write(int(os.environ["DISTIL_FINISHED_FD"]), b"0\\n")
+os.kill(os.getpid(), signal.SIGABRT)
+'''
+
+
+@pytest.mark.parametrize("reported", [True, False])
+def test_a_rank_that_dies_after_reporting_it_finished_keeps_its_status(reported, monkeypatch, capfd):
+    """OneFlow 0.9 aborts a rank whose peer exits first (an EPOLLERR check in its socket poller): after the
+    rank's work is done, that abort must not fail the job; before, it must."""
+    import sys
+
+    from distil.launch import watch_rank
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status = watch_rank([sys.executable, "-c", RANK_THAT_DIES, "report" if reported else "silent"])
+    err = capfd.readouterr().err
+    if reported:
+        assert status == 0 and "error: rank" not in err
+    else:
+        assert status == 1 and "error: rank 1 of 2" in err and "was killed by SIGABRT" in err

@@ -3,6 +3,7 @@
 import traceback
 
 from distil.cli import main
+from distil.launch import finish_rank
 from distil.runtime import exit_now
 
 if __name__ == "__main__":
@@ -11,4 +12,5 @@ if __name__ == "__main__":
     except Exception:  # noqa: BLE001  an unexpected error: its traceback, then out at once, because OneFlow's
         traceback.print_exc()  # teardown in a multi-process job waits for the other ranks, which may never come
         status = 1
+    finish_rank(status)
     exit_now(status)

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
-from typing import List
+from typing import List, Optional
 
 from distil.errors import UsageError
 
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # OneFlow's launcher sets them
+FINISHED_FD = "DISTIL_FINISHED_FD"  # the pipe on which a rank tells its watcher it has finished, and how
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -129,22 +131,68 @@ class JobFailed(Exception):
     """A process of a multi-process job failed (its own message names its rank)."""
 
 
-def watch_rank(argv: List[str]) -> int:
-    """One launched process: run this rank's `python -m distil <argv>`; if it fails or dies, name the rank.
+def finish_rank(status: int) -> None:
+    """End of a launched rank's work: tell its watcher the status, then wait for the other ranks.
+
+    OneFlow 0.9 aborts a process whose peer closes its sockets first (`io_event_poller.cpp` "Check
+    failed: !(cur_event->events & EPOLLERR)"), which happens when one rank exits while another is
+    still alive, however briefly. The status is written before the final barrier, so a rank that
+    dies after it has still finished its work; once any rank passes the barrier, every rank has.
+    Its glog trace is then noise, so fd 2 is closed. A failed rank does not wait: the others may
+    never come, and the launcher stops them.
+    """
+    fd = os.environ.get(FINISHED_FD)
+    if not launched() or fd is None:
+        return
+    os.write(int(fd), f"{status}\n".encode())
+    if status == 0:
+        import gc
+
+        from distil.runtime import import_oneflow
+
+        gc.collect()  # (graphs close at the same point on every rank: see Placement.release)
+        import_oneflow().comm.barrier()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+
+def _finished_status(read_end: int) -> Optional[int]:
+    """The status a rank reported through :func:`finish_rank`, if it got that far."""
+    if not select.select([read_end], [], [], 0)[0]:
+        return None
+    text = os.read(read_end, 64).decode().strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def watch_rank(command: List[str]) -> int:
+    """One launched process: run this rank's `command` (`python -m distil ...`); if it fails or dies, name the rank.
 
     A rank killed outright (out of memory, SIGKILL) prints nothing itself; this line is what says which
     process of the job it was. A rank stopped by the launcher because another one failed stays quiet.
+    A rank that reported its status before dying kept that status (see :func:`finish_rank`).
     """
-    child = subprocess.Popen([sys.executable, "-m", "distil", *argv], env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(command, pass_fds=(write_end,),
+                             env=dict(os.environ, PYTHONUNBUFFERED="1", **{FINISHED_FD: str(write_end)}))
+    os.close(write_end)
     stopped = []
 
     def forward(signum, frame):
         stopped.append(signum)
         child.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    status = child.wait()
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    reported = _finished_status(read_end)
+    os.close(read_end)
+    if status < 0 and reported is not None:
+        status = reported
     if status and not stopped:
         why = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"failed with exit status {status}"
         sys.stderr.write(f"error: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} (pid {child.pid} on "
@@ -153,4 +201,4 @@ def watch_rank(argv: List[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(watch_rank(sys.argv[1:]))
+    sys.exit(watch_rank([sys.executable, "-m", "distil", *sys.argv[1:]]))

@@ -12,6 +12,7 @@ batches are split on dim 0 (each rank reads its own shard of the records); only 
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Any, Callable, Dict
 
 from distil.errors import UsageError
@@ -101,6 +102,18 @@ class Placement:
 
     def barrier(self) -> None:
         if self.distributed:
+            flow.comm.barrier()
+
+    def release(self) -> None:
+        """Every rank closes the compiled graphs it no longer references here, at the same point.
+
+        Under N processes, closing an nn.Graph waits until the other ranks close theirs (measured: a rank
+        closing one while the other waits in a barrier hangs both). Graphs in reference cycles close
+        whenever Python's collector runs, which differs between ranks (rank 0 alone writes files), so a
+        run's end collects them explicitly on every rank, then meets.
+        """
+        if self.distributed:
+            gc.collect()
             flow.comm.barrier()
 
     def write(self, write: Callable[[], Any]) -> None:

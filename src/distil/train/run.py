@@ -203,6 +203,8 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
             export_onnx(model_dir)
 
     placement.write(finish)
+    del trainer, built
+    placement.release()
     return results
 
 
@@ -234,6 +236,7 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     model = io.load_model(model_dir)
     results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
                **evaluate(model, eval_dirs, task.metrics, batch_size, placement, model_dir)}
+    placement.release()
     target = result_dir or model_dir
 
     def write() -> None:
