@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from distil.errors import UsageError
 
@@ -115,16 +115,21 @@ def launch(args: argparse.Namespace, argv: List[str]) -> int:
         os.killpg(launcher.pid, signal.SIGTERM)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        status = launcher.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    status = _wait_handling_signals(launcher, stop)
     if status:
         raise JobFailed(f"the {args.nproc_per_node * args.nnodes}-process job failed (exit status {status}); "
                         "the failing rank's error is above, the other ranks were stopped")
     return 0
+
+
+def _wait_handling_signals(process: subprocess.Popen, handler: Callable) -> int:
+    """`process`'s exit status; SIGTERM and SIGINT meanwhile go to `handler`, then back to what they were."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return process.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class JobFailed(Exception):
@@ -183,12 +188,7 @@ def watch_rank(command: List[str]) -> int:
         stopped.append(signum)
         child.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        status = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    status = _wait_handling_signals(child, forward)
     reported = _finished_status(read_end)
     os.close(read_end)
     if status < 0 and reported is not None:
