@@ -60,7 +60,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(cmd, timeout: float = 600, env: Optional[dict] = None, input: Optional[str] = None, **kwargs) -> subprocess.CompletedProcess:
+def run(cmd, timeout: float = 600, env: Optional[dict] = None, input: Optional[str] = None,
+        **kwargs) -> subprocess.CompletedProcess:
     """Run a command with the project on PYTHONPATH; capture text output; never raise on failure.
 
     On timeout the command's whole process group gets SIGTERM (a multi-process job then stops its

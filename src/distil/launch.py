@@ -151,12 +151,9 @@ def finish_rank(status: int) -> None:
         return
     os.write(int(fd), f"{status}\n".encode())
     if status == 0:
-        import gc
+        from distil.train.placement import release_graphs
 
-        from distil.runtime import import_oneflow
-
-        gc.collect()  # (graphs close at the same point on every rank: see Placement.release)
-        import_oneflow().comm.barrier()
+        release_graphs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)

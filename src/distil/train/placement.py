@@ -21,6 +21,18 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 
 
+def release_graphs() -> None:
+    """Every rank of a multi-process job closes the compiled graphs it no longer references, at this point.
+
+    Under N processes, closing an nn.Graph waits until the other ranks close theirs (measured: a rank
+    closing one while the other waits in a barrier hangs both). Graphs in reference cycles close
+    whenever Python's collector runs, which differs between ranks (rank 0 alone writes files), so a
+    run's end collects them explicitly on every rank, then meets.
+    """
+    gc.collect()
+    flow.comm.barrier()
+
+
 def resolve_device(name: str, fp16: bool = False) -> str:
     """'auto' -> 'cuda' when OneFlow sees a GPU, else 'cpu'; 'cuda' / 'cuda:K' must be visible; `fp16`
     (mixed precision) needs CUDA."""
@@ -105,16 +117,9 @@ class Placement:
             flow.comm.barrier()
 
     def release(self) -> None:
-        """Every rank closes the compiled graphs it no longer references here, at the same point.
-
-        Under N processes, closing an nn.Graph waits until the other ranks close theirs (measured: a rank
-        closing one while the other waits in a barrier hangs both). Graphs in reference cycles close
-        whenever Python's collector runs, which differs between ranks (rank 0 alone writes files), so a
-        run's end collects them explicitly on every rank, then meets.
-        """
+        """Under N processes, every rank closes here the compiled graphs it no longer references."""
         if self.distributed:
-            gc.collect()
-            flow.comm.barrier()
+            release_graphs()
 
     def write(self, write: Callable[[], Any]) -> None:
         """Files of a run are written by rank 0 alone; the other ranks wait until they are there."""
