@@ -1,5 +1,6 @@
-"""One KD job side by side: this project (1 and 2 processes, teacher cache on and off), TextBrewer's
-GeneralDistiller and a plain PyTorch loop, on this machine, one run after the other.
+"""One KD job side by side: this project (1 and 2 processes, teacher cache on and off; with 1 process also the
+cache's pass on onnxruntime), TextBrewer's GeneralDistiller and a plain PyTorch loop, on this machine, one
+run after the other.
 
 The job: a 12L-768 teacher (random weights: speed does not depend on them) and a 4L-312 student (FFN
 1200) that both sides start from the same HF folder, SST-2-shaped data of --train_size examples, seq 128,
@@ -42,7 +43,8 @@ from real_data import export_hf  # noqa: E402
 from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task  # noqa: E402
 from distil.fileio import write_json_atomic  # noqa: E402
 
-OURS = ("ours-1p-cache", "ours-1p-nocache", "ours-2p-cache", "ours-2p-nocache")
+OURS = ("ours-1p-cache", "ours-1p-cache-ort", "ours-1p-nocache", "ours-2p-cache", "ours-2p-nocache")
+CACHE_MODE = {"-cache": "auto", "-cache-ort": "onnxruntime", "-nocache": "off"}  # by the run name's ending
 THEIRS = ("textbrewer", "pytorch-loop")
 QUICK = {"teacher": (2, 32, 4, 48), "student": (1, 16, 4, 24), "seq": 32, "train_size": 48, "dev_size": 16,
          "runs": "ours-1p-cache,ours-1p-nocache"}
@@ -94,7 +96,7 @@ def ours(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
                "--data_root", str(work / "data"), "--model_save_dir", str(model_dir), "--epochs", str(args.epochs),
                "--batch_size", str(32 // processes), "--eval_batch_size", "32", "--learning_rate", "1e-4",
                "--kd_alpha", "0.5", "--temperature", "1", "--log_every", "5", "--device", "cpu", "--overwrite",
-               "--teacher_cache", "auto" if name.endswith("-cache") else "off"]
+               "--teacher_cache", next(mode for end, mode in CACHE_MODE.items() if name.endswith(end))]
     if processes > 1:
         command += ["--nproc_per_node", str(processes), "--master_port", str(free_port())]
     figures = measured(command, work / f"{name}.log")

@@ -159,12 +159,12 @@ def test_two_nodes_of_one_process_each_train_what_one_node_of_two_processes_trai
     assert worst <= 1e-5, worst
 
 
-def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multiple_of_the_batch(ws, tmp_path):
-    trained = train(ws, ws / "data", tmp_path / "m", 16)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    one = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--data_root", str(ws / "data"),
+def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multiple_of_the_batch(ws, tmp_path,
+                                                                                                two_processes):
+    model_dir = two_processes[0]
+    one = run([PYTHON, "-m", "distil", "eval", str(model_dir), "--data_root", str(ws / "data"),
                "--eval_batch_size", "3", "--device", "cpu", "--result_dir", str(tmp_path / "r1")])
-    two = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--data_root", str(ws / "data"),
+    two = run([PYTHON, "-m", "distil", "eval", str(model_dir), "--data_root", str(ws / "data"),
                "--eval_batch_size", "3", "--device", "cpu", "--result_dir", str(tmp_path / "r2"),
                "--nproc_per_node", "2", "--master_port", str(free_port())])
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
@@ -184,9 +184,13 @@ def test_bad_process_flags_are_one_line_usage_errors(ws, tmp_path, flags, messag
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
 
 
-def test_an_onnx_export_after_a_multi_process_training_is_refused_before_it_starts(ws, tmp_path):
-    result = train(ws, ws / "data", tmp_path / "m", 8, "--nproc_per_node", "2", "--export_onnx", "true")
-    assert result.returncode == 2 and "--export_onnx (EXPORT_ONNX) needs a one-process run" in result.stderr
+@pytest.mark.parametrize("flags, message", [
+    (["--export_onnx", "true"], "--export_onnx (EXPORT_ONNX) needs a one-process run"),
+    (["--teacher_cache", "onnxruntime"], "--teacher_cache onnxruntime (TEACHER_CACHE) runs the teacher's pass in one"),
+])
+def test_one_process_options_of_a_multi_process_training_are_refused_before_it_starts(ws, tmp_path, flags, message):
+    result = train(ws, ws / "data", tmp_path / "m", 8, "--nproc_per_node", "2", *flags)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "m").exists()
 
 

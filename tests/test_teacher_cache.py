@@ -191,8 +191,22 @@ def test_a_damaged_or_half_written_cache_is_never_read(ws, tmp_path, monkeypatch
     np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=1e-5, atol=1e-6)
 
 
+def test_the_onnxruntime_pass_caches_oneflows_logits_and_leaves_no_onnx_file(ws, tmp_path, caplog):
+    """--teacher_cache onnxruntime: the teacher exported and run by onnxruntime; the cache holds OneFlow's logits
+    within the export's tolerance, serves a later auto run as it is, and the temporary ONNX file is gone."""
+    caplog.set_level(logging.INFO, logger="distil.train.teacher_cache")
+    step, train_dir = kd_step(ws)
+    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "onnxruntime", 24)
+    assert "the teacher's pass runs on onnxruntime" in caplog.text and step.cached == ("logits",)
+    np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=0, atol=1e-4)
+    assert np.abs(cached_logits(cache)).max() > 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [teacher_cache.CACHE_DIR]
+    teacher_cache.prepare(kd_step(ws)[0], train_dir, tmp_path, Placement(), "auto", 24)
+    assert "reusing" in caplog.text
+
+
 def test_teacher_cache_flag_is_checked():
     from distil.errors import UsageError
 
-    with pytest.raises(UsageError, match="--teacher_cache must be auto or off, got 'on'"):
+    with pytest.raises(UsageError, match="--teacher_cache must be one of auto, onnxruntime, off, got 'on'"):
         TrainSettings(teacher_cache="on")

@@ -72,6 +72,9 @@ def _check(args: argparse.Namespace) -> str:
     if getattr(args, "export_onnx", False):
         raise UsageError("--export_onnx (EXPORT_ONNX) needs a one-process run; after this one, export with: "
                          "python -m distil export-onnx MODEL_DIR")
+    if getattr(args, "teacher_cache", "auto") == "onnxruntime":
+        raise UsageError("--teacher_cache onnxruntime (TEACHER_CACHE) runs the teacher's pass in one process "
+                         "(onnxruntime uses every core itself); drop --nproc_per_node or use auto")
     if getattr(args, "engine", "auto") == "onnxruntime":
         raise UsageError("--engine onnxruntime runs in one process (onnxruntime uses every core itself); drop "
                          "--nproc_per_node or use --engine oneflow")

@@ -226,11 +226,6 @@ def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> 
 
 def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
     """Write `out` (default MODEL_DIR/model.onnx) and return what was checked."""
-    onnx_compat.patch()
-    import onnx
-    import onnxruntime
-    from oneflow_onnx.oneflow2onnx.flow2onnx import Export
-
     config = io.read_config(model_dir)
     io.weights_mtime(model_dir)  # (an error without weights)
     seq_length = (config.get("data") or {}).get("seq_length")
@@ -239,10 +234,19 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
     out = Path(out) if out else model_dir / io.ONNX_FILE
     if out.is_dir():
         raise UsageError(f"{out} is a directory; give the ONNX file's path")
-    model = io.load_model(model_dir).eval()
+    summary = export_model(io.load_model(model_dir).eval(), seq_length, out, str(model_dir))
+    return {"model_dir": str(model_dir), **summary}
+
+
+def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -> Dict[str, Any]:
+    """Write the logits of `model` (local, on the CPU, in eval mode) at `seq_length` to `out` once onnxruntime
+    reproduces them; `what` names the model in messages."""
+    import onnx
+    import onnxruntime
+
     vocab_size = model.config.vocab_size
     rng = np.random.default_rng(0)
-    batch = trace_batch(config["model"], seq_length)
+    batch = trace_batch(model.config.to_dict(), seq_length)
     traced_inputs = sample_inputs(batch, seq_length, vocab_size, rng)
     graph = InferenceGraph(model)
     graph(*(flow.tensor(x) for x in traced_inputs))
@@ -251,8 +255,7 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
         # the exporter reads every constant from this file, non-persistent buffers included
         state["model"] = {**dict(model.named_buffers()), **state["model"]}
         flow.save(state, os.path.join(tmp, "weights"))
-        Export(graph, os.path.join(tmp, "weights"), os.path.join(tmp, "traced.onnx"), opset=onnx_compat.OPSET)
-        proto = onnx.load(os.path.join(tmp, "traced.onnx"))
+        proto = onnx_compat.export_proto(graph, os.path.join(tmp, "weights"))
         fusable_forms(proto, model)
         free_batch_axis(proto, batch)
         rename_io(proto)
@@ -265,12 +268,12 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
                        for b in (batch, *CHECK_BATCHES)}
         worst = max(differences.values())
         if not worst <= TOLERANCE:
-            raise UsageError(f"{model_dir}: the ONNX export disagrees with OneFlow (max |logit difference| per batch "
+            raise UsageError(f"{what}: the ONNX export disagrees with OneFlow (max |logit difference| per batch "
                              f"size: {differences}); not written")
         os.replace(staged, out)
-    summary = {"model_dir": str(model_dir), "onnx": str(out), "opset": onnx_compat.OPSET, "inputs": list(INPUTS),
+    summary = {"onnx": str(out), "opset": onnx_compat.OPSET, "inputs": list(INPUTS),
                "dynamic_axes": {name: {0: "batch"} for name in (*INPUTS, OUTPUT)}, "nodes": len(proto.graph.node),
                "max_abs_logit_difference": worst, "checked_batch_sizes": sorted(differences)}
-    log.info("exported %s to %s (%d nodes; onnxruntime matches OneFlow within %.1e)", model_dir, out,
+    log.info("exported %s to %s (%d nodes; onnxruntime matches OneFlow within %.1e)", what, out,
              len(proto.graph.node), worst)
     return summary

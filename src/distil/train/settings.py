@@ -30,7 +30,8 @@ class TrainSettings:
     select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
     shuffle: bool = True          # False: training records in file order (each rank: its shard in order)
     use_fp16: bool = False        # mixed precision (nn.Graph AMP, dynamic loss scaling); CUDA only
-    teacher_cache: str = "auto"   # auto: the teacher's per-example outputs computed once (train/teacher_cache.py)
+    teacher_cache: str = "auto"   # auto: the teacher's per-example outputs computed once (train/teacher_cache.py);
+                                  # onnxruntime: the same, its pass on onnxruntime (one CPU process); off
     micro_batch_size: int = 0     # rows per forward/backward pass inside a step; 0: auto (micro_batches)
 
     def __post_init__(self) -> None:
@@ -42,10 +43,11 @@ class TrainSettings:
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise UsageError(f"--micro_batch_size must divide --batch_size ({self.batch_size}), got "
                              f"{self.micro_batch_size}")
-        if self.teacher_cache not in ("auto", "off"):
-            raise UsageError(f"--teacher_cache must be auto or off, got '{self.teacher_cache}'")
+        if self.teacher_cache not in CACHE_MODES:
+            raise UsageError(f"--teacher_cache must be one of {', '.join(CACHE_MODES)}, got '{self.teacher_cache}'")
 
 
+CACHE_MODES = ("auto", "onnxruntime", "off")
 MICRO_BATCH_TOKENS = 1024  # auto micro-batches hold at most this many tokens (8 rows of 128)
 
 
