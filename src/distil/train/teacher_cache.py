@@ -82,12 +82,12 @@ def is_fresh(cache: Path, expected: Dict[str, str]) -> bool:
 
 
 def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], placement: Placement,
-                 batch_size: int, work_dir: Path, engine: str = "oneflow") -> Dict[str, np.ndarray]:
+                 batch_size: int, work_dir: Path, on_onnxruntime: bool = False) -> Dict[str, np.ndarray]:
     """{output: float32 array with one row per training example, in file order}: the teacher run once over
     the split, in OneFlow eagerly without autograd (lean whatever the teacher's size), each rank on its
-    shard; or with `engine` "onnxruntime", exported and run by onnxruntime in this one CPU process."""
+    shard; or `on_onnxruntime`, exported and run by onnxruntime in this one CPU process."""
     names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
-    if engine == "onnxruntime":
+    if on_onnxruntime:
         if placement.distributed or placement.device != "cpu" or tuple(outputs) != ("logits",):
             raise UsageError(f"--teacher_cache onnxruntime runs the teacher's logits in one CPU process; this run "
                              f"has {placement.world_size} process(es) on {placement.device} and caches "
@@ -192,8 +192,7 @@ def prepare(step: flow.nn.Module, train_dir: Path, model_dir: Path, placement: P
     if is_fresh(cache, expected):
         log.info("teacher cache: reusing %s (same teacher weights, data and outputs)", cache)
     else:
-        values = teacher_pass(step, train_dir, outputs, placement, batch_size, model_dir,
-                              "onnxruntime" if mode == "onnxruntime" else "oneflow")
+        values = teacher_pass(step, train_dir, outputs, placement, batch_size, model_dir, mode == "onnxruntime")
         placement.write(lambda: write_cache(train_dir, cache, values, expected))
         log.info("teacher cache: %d examples x %s in %s (%.1f MB); the teacher does not run in training steps",
                  len(next(iter(values.values()))), "+".join(outputs), cache,
