@@ -110,6 +110,8 @@ def launch(args: argparse.Namespace, argv: List[str]) -> int:
                "--master_port", str(args.master_port), "-m", "distil.launch", *argv]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
+    # numpy's OpenBLAS, which runs OneFlow's matrix products (distil.blas): the node's cores shared among its processes
+    env.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc_per_node)))
     # its own session: when a rank fails, the launcher's killpg stops exactly its ranks; when this
     # process is stopped, it stops them too
     launcher = subprocess.Popen(command, env=env, start_new_session=True)

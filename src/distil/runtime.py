@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy  # noqa: F401  (loaded first, so its own OpenBLAS never sees the setting below)
 
+from distil import blas
+
 _flow: Optional[ModuleType] = None
 
 
@@ -30,9 +32,11 @@ def _prepare_environment() -> None:
 
     OneFlow 0.9 bundles an OpenBLAS that takes current AVX2 CPUs for a 2008 "Barcelona" and runs
     SSE kernels: 15 GFLOPS against 57 with its Haswell kernels on this machine (bench/bench_bert.py);
-    the results agree to float32 rounding (tests compare against an independent reference).
+    the results agree to float32 rounding (tests compare against an independent reference). Its
+    matrix products go to numpy's multi-threaded OpenBLAS where that can be arranged (distil.blas).
     """
     os.environ.setdefault("GLOG_minloglevel", "3")  # hides glog W/E lines about CUDA on CPU
+    blas.use_numpy_sgemm()
     if "OPENBLAS_CORETYPE" not in os.environ and {"avx2", "fma"} <= _cpu_flags():
         os.environ["OPENBLAS_CORETYPE"] = "Haswell"
 
