@@ -15,6 +15,7 @@ is imported; the multi-process launcher gives each process one thread per core i
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import hashlib
 import logging
@@ -29,7 +30,6 @@ import numpy
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("blas_sgemm.c")
-_bound: Optional[str] = None  # the BLAS OneFlow's sgemm runs on, once decided
 
 
 def _numpy_openblas() -> Optional[ctypes.CDLL]:
@@ -65,15 +65,10 @@ def _build_shim(target: Path) -> None:
             os.unlink(tmp)
 
 
+@functools.lru_cache(maxsize=None)
 def use_numpy_sgemm() -> str:
-    """Before `import oneflow`: route its sgemm to numpy's OpenBLAS when possible; returns which BLAS it uses."""
-    global _bound
-    if _bound is None:
-        _bound = _bind()
-    return _bound
-
-
-def _bind() -> str:
+    """Before `import oneflow`: route its sgemm to numpy's OpenBLAS when possible; returns which BLAS it uses
+    (decided once per process)."""
     if os.environ.get("DISTIL_BLAS", "numpy") == "oneflow":
         return "oneflow"
     openblas = _numpy_openblas()
