@@ -23,6 +23,7 @@ from distil.data import ofrecord
 from distil.data.convert import ConvertConfig, convert_task
 from distil.fileio import file_sha256
 from distil.models import io
+from distil.runtime import import_oneflow
 from distil.train.run import RunConfig, train_algorithm
 from distil.train.settings import TrainSettings
 from glue_fixtures import FILLER, LAYOUTS, write_learnable_sst2
@@ -523,6 +524,9 @@ def test_killed_run_resumes_finishes_and_keeps_the_best_weights(killed_run):
     assert final["history"][:len(killed["history"])] == killed["history"]
     results = json.loads(resumed.stdout)
     assert results["best_epoch"] == final["best_epoch"] and results["accuracy"] == final["best_value"]
+    graph_state = import_oneflow().load(str(killed_run["model_dir"] / "train_state" / "graph"))
+    steps = [v for k, v in graph_state.items() if k.endswith("TrainStep")]
+    assert [int(s.numpy()[0]) for s in steps] == [total]  # the LR schedule's counter continued, not restarted
     later_saves = [h for h in final["history"] if h["epoch"] > killed["best_epoch"] and h["saved"]]
     if not later_saves:
         assert final["best_epoch"] == killed["best_epoch"]

@@ -1,11 +1,9 @@
-"""Teacher fine-tuning through the real scripts, task heads, resume, SERVE_FOR_ONLINE and checkpoint errors."""
+"""Teacher fine-tuning through the real scripts, task heads, SERVE_FOR_ONLINE and checkpoint errors (resuming a
+killed teacher run: tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,35 +94,6 @@ def test_sts_b_head_is_a_regression(workspace, tmp_path):
     assert results["pearson"] == pytest.approx(expected, abs=1e-5)
     assert results["mse"] == pytest.approx(np.mean((outputs["logits"].reshape(-1) - outputs["labels"].reshape(-1)) ** 2),
                                            rel=1e-5)
-
-
-def test_training_resumes_after_being_killed_and_keeps_the_lr_schedule(workspace, tmp_path):
-    model_dir = tmp_path / "resumed"
-    command = [PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--task", "SST-2",
-               "--data_root", str(workspace / "data"), "--pretrained_model", str(workspace / "pretrained"),
-               "--model_save_dir", str(model_dir), "--epochs", "3", "--learning_rate", "1e-3",
-               "--batch_size", "16", "--checkpoint_every", "5"]
-    env = {"PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**__import__("os").environ, **env})
-    state_file = model_dir / "train_state" / "state.json"
-    deadline = time.time() + 120
-    while not state_file.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    interrupted = json.loads(state_file.read_text())
-    assert 5 <= interrupted["step"] < 120 and not interrupted["finished"]
-    resumed = run(command, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {model_dir} from step {interrupted['step']} of 120" in resumed.stderr
-    final = json.loads(state_file.read_text())
-    assert final["step"] == 120 and final["finished"] and [h["epoch"] for h in final["history"]][-1] == 3
-    from distil.runtime import import_oneflow
-
-    graph_state = import_oneflow().load(str(model_dir / "train_state" / "graph"))
-    steps = [v for k, v in graph_state.items() if k.endswith("TrainStep")]
-    assert [int(s.numpy()[0]) for s in steps] == [120]  # the LR schedule's counter continued, not restarted
 
 
 def test_serve_for_online_keeps_a_loadable_model_with_the_same_metrics(workspace):
