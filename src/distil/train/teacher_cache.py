@@ -123,7 +123,7 @@ def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, 
     file in `work_dir` (checked against OneFlow within 1e-4 by the export) and run by onnxruntime.
 
     onnxruntime runs BERT-base about 3x faster than OneFlow 0.9 on a 2-core CPU (two BLAS threads against
-    one), but the export costs time and memory (BERT-base: about 55 s and a 5.3 GB peak), so this is a
+    one), but the export costs time and memory (BERT-base: 40-55 s and a 5.3-5.7 GB peak), so this is a
     choice (--teacher_cache onnxruntime) for long passes on machines with memory to spare."""
     from distil.onnx_export import export_model
     from distil.predict import OnnxEngine
