@@ -46,14 +46,14 @@ def test_oneflows_matmuls_run_on_numpys_openblas_and_give_its_exact_results():
 
 
 def test_the_shim_is_built_atomically_and_a_failing_compiler_leaves_nothing(tmp_path, monkeypatch):
-    from distil import blas
+    from distil import blas, native
 
-    blas._build_shim(tmp_path / "shim.so")
+    native.build(blas.shim_command(), tmp_path / "shim.so")
     library = ctypes.CDLL(str(tmp_path / "shim.so"))
     assert hasattr(library, "cblas_sgemm") and hasattr(library, "distil_use_sgemm")
     assert [p.name for p in tmp_path.iterdir()] == ["shim.so"]
 
     monkeypatch.setenv("CC", "false")
     with pytest.raises(subprocess.CalledProcessError):
-        blas._build_shim(tmp_path / "other.so")
+        native.build(blas.shim_command(), tmp_path / "other.so")
     assert [p.name for p in tmp_path.iterdir()] == ["shim.so"]

@@ -6,7 +6,7 @@ a multi-threaded OpenBLAS whose kernels also suit current CPUs. liboneflow calls
 through its procedure linkage table, so a definition loaded into the global scope before
 `import oneflow` takes the place of its own: `blas_sgemm.c` defines one that forwards to
 numpy's `cblas_sgemm64_` (64-bit sizes). It is compiled once per environment with the system's C
-compiler; without one, or with DISTIL_BLAS=oneflow, OneFlow keeps its own BLAS.
+compiler (distil.native); without one, or with DISTIL_BLAS=oneflow, OneFlow keeps its own BLAS.
 
 Threads: OpenBLAS's own variables (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS) decide, read when numpy
 is imported; the multi-process launcher gives each process one thread per core it owns.
@@ -17,16 +17,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
-import hashlib
 import logging
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy
+
+from distil import native
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("blas_sgemm.c")
@@ -42,27 +40,9 @@ def _numpy_openblas() -> Optional[ctypes.CDLL]:
     return None
 
 
-def _shim_path() -> Path:
-    """Where this environment keeps the compiled shim (named by its source's hash, so an edit rebuilds it)."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    cache = Path(sys.prefix) / "lib"
-    if not os.access(cache, os.W_OK):
-        cache = Path.home() / ".cache" / "distil"
-    return cache / f"distil-sgemm-{digest}.so"
-
-
-def _build_shim(target: Path) -> None:
-    """Compile `blas_sgemm.c` to `target` (written under a temporary name, then renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
-    os.close(fd)
-    try:
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
-                       check=True, capture_output=True, timeout=120)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def shim_command() -> List[str]:
+    """The compiler command that builds `blas_sgemm.c` (the output path follows)."""
+    return [os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", str(SOURCE), "-o"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,13 +55,8 @@ def use_numpy_sgemm() -> str:
     if openblas is None:
         log.debug("numpy has no ILP64 OpenBLAS: OneFlow keeps its own BLAS")
         return "oneflow"
-    shim = _shim_path()
-    try:
-        if not shim.exists():
-            _build_shim(shim)
-        library = ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
-    except (OSError, subprocess.SubprocessError) as e:
-        log.debug("cannot build or load %s (%s): OneFlow keeps its own BLAS", shim, e)
+    library = native.load_global(native.library_path("distil-sgemm", SOURCE), shim_command())
+    if library is None:
         return "oneflow"
     library.distil_use_sgemm(ctypes.cast(openblas.cblas_sgemm64_, ctypes.c_void_p))
     return "numpy"

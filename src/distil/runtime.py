@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy  # noqa: F401  (loaded first, so its own OpenBLAS never sees the setting below)
 
-from distil import blas
+from distil import blas, native
 
 _flow: Optional[ModuleType] = None
 
@@ -33,10 +33,12 @@ def _prepare_environment() -> None:
     OneFlow 0.9 bundles an OpenBLAS that takes current AVX2 CPUs for a 2008 "Barcelona" and runs
     SSE kernels: 15 GFLOPS against 57 with its Haswell kernels on this machine (bench/bench_bert.py);
     the results agree to float32 rounding (tests compare against an independent reference). Its
-    matrix products go to numpy's multi-threaded OpenBLAS where that can be arranged (distil.blas).
+    matrix products go to numpy's multi-threaded OpenBLAS where that can be arranged (distil.blas), and its
+    queue of running graphs is made safe against a run that ends early (distil.native).
     """
     os.environ.setdefault("GLOG_minloglevel", "3")  # hides glog W/E lines about CUDA on CPU
     blas.use_numpy_sgemm()
+    native.fix_lazy_job_queue()
     if "OPENBLAS_CORETYPE" not in os.environ and {"avx2", "fma"} <= _cpu_flags():
         os.environ["OPENBLAS_CORETYPE"] = "Haswell"
 
