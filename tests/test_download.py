@@ -148,7 +148,7 @@ def test_mrpc_malformed_row_names_file_and_line(server, data_dir):
     bad = gs.msr_paraphrase(gs.MRPC_TRAIN_ROWS[:1]) + b"1\t42\tonly three fields\r\n"
     server.add("/glue/msr_paraphrase_train.txt", bad)
 
-    with pytest.raises(UsageError, match=r"msr_paraphrase_train\.txt, line 3: expected 5 tab-separated fields"):
+    with pytest.raises(UsageError, match=r"msr_paraphrase_train\.txt:3: expected 5 tab-separated fields"):
         fetch(server, data_dir, ["MRPC"])
     assert listing(data_dir) == []
 

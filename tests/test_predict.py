@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,7 @@ def test_two_processes_predict_what_one_does_and_rank_zero_writes(ws, tmp_path):
     ("three_fields", "pairs.txt:2: 3 tab-separated fields; a MRPC example is a sentence pair"),
     ("one_field", "pairs.txt:1: 1 tab-separated fields; a MRPC example is a sentence pair"),
     ("short_tsv_row", "dev.tsv:3: 4 tab-separated fields, but the MRPC TSV layout of line 1 has 5"),
+    ("not_utf8", "pairs.txt:2: not UTF-8 text (byte 0xe9 at byte 2 of the line)"),
     ("missing_input", "nothing.txt: no such input file"),
     ("no_weights", "no weights/"),
     ("not_a_model", "config.json"),
@@ -144,6 +146,8 @@ def test_bad_input_is_a_clear_error_and_leaves_no_output(ws, tmp_path, setup, me
     model, inputs = ws / "models" / "MRPC", [str(tmp_path / "pairs.txt")]
     (tmp_path / "pairs.txt").write_text({"empty": "\n\n", "three_fields": "a\tb\nc\td\te\n",
                                          "one_field": "just one sentence\n"}.get(setup, "a\tb\n"), encoding="utf-8")
+    if setup == "not_utf8":
+        (tmp_path / "pairs.txt").write_bytes(b"a\tb\nc\xe9\td\n")
     if setup == "short_tsv_row":
         lines = (ws / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()
         lines[2] = "\t".join(lines[2].split("\t")[:4])
@@ -163,6 +167,14 @@ def test_bad_input_is_a_clear_error_and_leaves_no_output(ws, tmp_path, setup, me
     assert message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert os.listdir(out.parent) == []
+
+
+def test_stdin_that_is_not_utf8_is_named_with_its_line(ws):
+    done = subprocess.run([PYTHON, "-m", "distil", "predict", str(ws / "models" / "MRPC"), "--device", "cpu"],
+                          input=b"a\tb\nc\td\n\xff\xfe\tx\n", capture_output=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert done.returncode == 2 and done.stdout == b"", done.stderr[-2000:]
+    assert b"-:3: not UTF-8 text (byte 0xff at byte 1 of the line)" in done.stderr and b"Traceback" not in done.stderr
 
 
 def test_a_batch_size_below_one_is_a_usage_error(ws):

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import IO, Any, Dict, Iterator, Optional, Tuple, Union
 
 from distil.errors import UsageError
 
@@ -53,3 +53,27 @@ def read_config_json(folder: Union[str, Path], kind: str, not_one: str) -> Dict[
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise UsageError(f"{path}: not valid JSON ({e})") from None
+
+
+def text_lines(path: Union[str, Path], stream: Optional[IO[bytes]] = None, keep_bom: bool = False
+               ) -> Iterator[Tuple[int, str]]:
+    """(1-based line number, text without its line end) of a UTF-8 text file, or of a byte `stream` named `path`.
+
+    Only '\\n' ends a line ('\\r' before it is dropped; text may hold a lone '\\r' or Unicode line separators); a
+    byte-order mark opening the file is dropped unless `keep_bom`. A line that is not UTF-8 stops with a usage
+    error naming file, line and byte, before anything of it is used.
+    """
+    handle = stream if stream is not None else open(path, "rb")
+    try:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf") and not keep_bom:
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                                 "of the line); save the file as UTF-8") from None
+            yield number, line.rstrip("\n").rstrip("\r")
+    finally:
+        if stream is None:
+            handle.close()

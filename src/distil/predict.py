@@ -30,6 +30,7 @@ from distil.data.convert import bert_inputs, lstm_inputs
 from distil.data.tasks import SplitSpec, TaskSpec, column_index, get_task
 from distil.data.tokenization import FullTokenizer, load_vocab
 from distil.errors import UsageError
+from distil.fileio import text_lines
 from distil.models import io
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,9 @@ class Line:
 
 def _lines(source: str) -> Iterator[tuple]:
     """(line number, fields) of every non-empty line of a file or of stdin ('\\n' ends a line)."""
-    handle = sys.stdin if source == STDIN else open(source, encoding="utf-8-sig", newline="\n")
-    try:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip():
-                yield number, line.split("\t")
-    finally:
-        if handle is not sys.stdin:
-            handle.close()
+    for number, line in text_lines(source, sys.stdin.buffer if source == STDIN else None):
+        if line.strip():
+            yield number, line.split("\t")
 
 
 def _tsv_layout(task: TaskSpec, first: List[str]) -> Optional[SplitSpec]:

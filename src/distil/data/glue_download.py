@@ -20,6 +20,7 @@ import requests
 from tqdm import tqdm
 
 from distil.errors import UsageError
+from distil.fileio import text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -355,32 +356,27 @@ def _diagnostic_task(job: _Job) -> None:
 
 def _mrpc_rows(path: Path) -> Iterator[list[str]]:
     """The 5 fields of each data row after the header, stripped and split as the original does."""
-    with open(path, encoding="utf-8") as lines:
-        next(lines, None)
-        for number, row in enumerate(lines, start=2):
-            if not row.strip():
-                continue
-            fields = row.strip().split("\t")
-            if len(fields) != 5:
-                raise UsageError(
-                    f"{path}, line {number}: expected 5 tab-separated fields "
-                    f"(Quality, #1 ID, #2 ID, #1 String, #2 String), found {len(fields)}"
-                )
-            yield fields
+    for number, row in text_lines(path, keep_bom=True):
+        if number == 1 or not row.strip():
+            continue
+        fields = row.strip().split("\t")
+        if len(fields) != 5:
+            raise UsageError(
+                f"{path}:{number}: expected 5 tab-separated fields "
+                f"(Quality, #1 ID, #2 ID, #1 String, #2 String), found {len(fields)}"
+            )
+        yield fields
 
 
 def _read_header(path: Path) -> str:
     """The first line, kept verbatim (its BOM too, as the original keeps it), ending in a newline."""
-    with open(path, encoding="utf-8") as lines:
-        header = lines.readline()
-    return header if header.endswith("\n") else header + "\n"
+    return next((line for _, line in text_lines(path, keep_bom=True)), "") + "\n"
 
 
 def _write_mrpc(train_src: Path, test_src: Path, dev_ids_src: Path, out: Path) -> None:
     """Split msr_paraphrase_train.txt into train/dev by the dev-id list and rewrite the test file."""
     shutil.copyfile(dev_ids_src, out / "dev_ids.tsv")
-    with open(dev_ids_src, encoding="utf-8-sig") as ids:
-        dev_ids = {tuple(row.strip().split("\t")) for row in ids}
+    dev_ids = {tuple(row.strip().split("\t")) for _, row in text_lines(dev_ids_src)}
     header = _read_header(train_src)
     with open(out / "train.tsv", "w", encoding="utf-8", newline="") as train, open(
         out / "dev.tsv", "w", encoding="utf-8", newline=""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from distil.errors import UsageError
+from distil.fileio import text_lines
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +166,12 @@ class Example:
 def tsv_rows(path: Path) -> Iterator[Tuple[int, List[str]]]:
     """Yield (line number, fields) of a TSV file without quoting (GLUE text contains bare quotes).
 
-    Only '\\n' ends a row: text may contain '\\r' or Unicode line separators.
+    Only '\\n' ends a row: text may contain '\\r' or Unicode line separators; a line that is not UTF-8 is an
+    error naming file and line.
     """
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line:
-                yield number, line.split("\t")
+    for number, line in text_lines(path):
+        if line:
+            yield number, line.split("\t")
 
 
 def column_index(column: Column, header: Optional[List[str]], path: Path) -> int:

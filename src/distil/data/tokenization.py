@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from distil.errors import UsageError
+from distil.fileio import text_lines
 
 # The CJK Unified Ideographs blocks Google surrounds with spaces (Hangul and kana are not CJK here).
 _CJK_RANGES = (
@@ -97,13 +98,10 @@ def load_vocab(vocab_file: str | Path) -> dict[str, int]:
     """Read a WordPiece vocabulary: one token per line, its id is the 0-based line number."""
     vocab: dict[str, int] = {}
     try:
-        with open(vocab_file, encoding="utf-8") as reader:
-            for index, line in enumerate(reader):
-                vocab[line.strip()] = index
+        for number, line in text_lines(vocab_file, keep_bom=True):
+            vocab[line.strip()] = number - 1
     except OSError as err:
         raise UsageError(f"cannot read vocab file {vocab_file}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise UsageError(f"vocab file {vocab_file} is not UTF-8 text: {err}") from err
     if not any(vocab):
         raise UsageError(
             f"vocab file {vocab_file} is empty: expected one WordPiece token per line"
