@@ -6,6 +6,7 @@
 #   FT_BERT_BASE_DIR [models/finetuned_teacher/<the teacher id of the teacher table>]   DATA_ROOT [data/glue_ofrecord]
 #   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.8]  TEMPERATURE [1]  TMP_STUDENT_DIR []
+#   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 # Example: EPOCH=1 KD_ALPHA=0.9 bash scripts/run_train_student_kd.sh RTE
 set -euo pipefail
 ALGORITHM=kd

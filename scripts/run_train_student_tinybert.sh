@@ -6,6 +6,7 @@
 #   FT_BERT_BASE_DIR [models/finetuned_teacher/<the teacher id of the teacher table>]   DATA_ROOT [data/glue_ofrecord]
 #   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  TMP_STUDENT_DIR [] (a general TinyBERT)  TINYBERT_MODE [one_stage|two_stage]  AUG_TRAIN [False]
+#   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 # Example: TINYBERT_MODE=two_stage TMP_STUDENT_DIR=models/general_tinybert bash scripts/run_train_student_tinybert.sh SST-2
 set -euo pipefail
 ALGORITHM=tinybert

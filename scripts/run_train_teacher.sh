@@ -6,6 +6,7 @@
 #   PRETRAINED_MODEL [models/uncased_L-12_H-768_A-12_oneflow]  a model dir or a Hugging Face BERT folder
 #   DATA_ROOT [data/glue_ofrecord]   MODELS_ROOT [models]   MODEL_SAVE_DIR []   RESULT_DIR [] (= the model dir)
 #   SERVE_FOR_ONLINE [False]  EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  GPU [0]
+#   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 # Example: EPOCH=1 BATCH_SIZE=16 bash scripts/run_train_teacher.sh MRPC --max_steps 50
 set -euo pipefail
 ALGORITHM=teacher

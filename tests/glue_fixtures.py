@@ -150,3 +150,25 @@ def write_learnable_sst2(root: Path, n_train: int, n_dev: int, seed: int = 0) ->
             words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
             lines.append(f"{' '.join(words)} \t{label}")
         (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+             "max_position_embeddings": 64}
+
+
+def write_tiny_teacher_workspace(root: Path, vocab_file: Path) -> Path:
+    """Learnable SST-2 (64 train, 19 dev, seq 32) in `root`/data and a tiny "pretrained" BERT without dropout in
+    `root`/pretrained, so that two training runs of it can give the same weights."""
+    import json
+
+    from distil.data.convert import ConvertConfig, convert_task
+    from distil.models import io
+
+    write_learnable_sst2(root / "glue", 64, 19)
+    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0,
+                                        workers=1))
+    io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
+    config = json.loads((root / "pretrained" / "config.json").read_text())
+    config["model"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (root / "pretrained" / "config.json").write_text(json.dumps(config))
+    return root

@@ -173,6 +173,19 @@ def test_missing_dev_split_names_the_file_and_keeps_the_earlier_conversion(ws, t
     assert snapshot(data) == before
 
 
+@pytest.mark.parametrize("file, line", [("train.tsv", 7), ("dev.tsv", 3)])
+def test_a_line_that_is_not_utf8_is_named_and_the_earlier_conversion_kept(ws, tmp_path, file, line):
+    folder = copy_glue(ws, tmp_path / "glue")
+    lines = (folder / file).read_bytes().split(b"\n")
+    lines[line - 1] = lines[line - 1][:4] + b"\xe9t\xe9" + lines[line - 1][4:]  # Latin-1 bytes in a UTF-8 file
+    (folder / file).write_bytes(b"\n".join(lines))
+    data = good_data(ws, tmp_path / "ofrecord")
+    before = snapshot(data)
+    result = script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", data))
+    failed_cleanly(result, f"{folder / file}:{line}: not UTF-8 text (byte 0xe9 at byte 5 of the line)")
+    assert snapshot(data) == before and sorted(p.name for p in data.iterdir()) == ["SST-2"]
+
+
 def test_missing_split_message_lists_only_the_files_that_are_required(ws, tmp_path):
     folder = copy_glue(ws, tmp_path / "glue")
     (folder / "dev.tsv").unlink()
@@ -453,6 +466,20 @@ def _stop(pid: int) -> None:
         time.sleep(0.0005)
 
 
+def _children(pid: int) -> list:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _hidden(model_dir: Path) -> list:
     return sorted(p.name for p in model_dir.iterdir() if p.name.startswith("."))
 
@@ -480,19 +507,26 @@ def killed_run(ws, tmp_path_factory):
         # after epoch 1, and the next checkpoint is a mid-epoch one (not the epoch-end save of weights)
         if step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH and (step + 2) % STEPS_PER_EPOCH \
                 and not state["finished"]:
-            _stop(process.pid)
+            trainer = _children(process.pid)  # the training process under the script's supervisor
+            if len(trainer) != 1:
+                continue
+            _stop(trainer[0])
             mid_save = any(name.startswith(".train_state") for name in _hidden(model_dir))
             if mid_save or step > 2 * STEPS_PER_EPOCH:
-                killed_at = step
-                process.kill()
+                killed_at, trainer_pid = step, trainer[0]
+                process.kill()  # the whole job, as a power cut would: the supervisor, and with it the trainer
                 break
-            os.kill(process.pid, signal.SIGCONT)
+            os.kill(trainer[0], signal.SIGCONT)
         time.sleep(0.001)
     if process.poll() is None:
         process.kill()
     process.wait()
     assert killed_at is not None, "the run ended before it could be killed mid-epoch: " + \
         (base / "killed.stderr").read_text()[-2000:]
+    gone = time.time() + 10
+    while _alive(trainer_pid) and time.time() < gone:  # the trainer dies with its supervisor (no orphan)
+        time.sleep(0.01)
+    assert not _alive(trainer_pid)
     killed_state = json.loads(state_file.read_text())
     weights = snapshot(model_dir / "weights")
     hidden_after_kill = _hidden(model_dir)

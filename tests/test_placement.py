@@ -44,7 +44,7 @@ def test_the_whole_step_module_is_placed_before_the_optimizer_is_built(monkeypat
                         intermediate_size=24).to_dict()
     student, teacher = io.build_model(config), io.build_model({**config, "hidden_size": 32})
     step = DistillStep(student, [hard_label(), soft_labels(1.0), hidden_states(1.0)], teacher, flow.nn.Linear(16, 32))
-    build_step_runner(step, data=None, settings=TrainSettings(), total=10, placement=Placement("cpu"))
+    build_step_runner(step, features=(), settings=TrainSettings(), total=10, placement=Placement("cpu"))
     assert placed == [step]
     inside = {id(m) for m in placed[0].modules()}
     assert {id(student), id(teacher), id(step.fit_dense)} <= inside
@@ -81,13 +81,13 @@ def test_fp16_turns_on_graph_amp_with_dynamic_loss_scaling(tmp_path):
     model = io.build_model(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=24).to_dict())
     optimizer, schedule = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10, 0.1, 1.0, graph=True)
-    train = TrainGraph(model, None, optimizer, schedule, mixed)
+    train = TrainGraph(model, (), optimizer, schedule, mixed)
     assert train.config.proto.enable_auto_mixed_precision
     evaluation = mixed.autocast()  # evaluations and the teacher cache run eagerly under OneFlow's autocast
     assert isinstance(evaluation, flow.autocast) and evaluation.fast_dtype == flow.float16
     assert evaluation.device == "cuda" and not isinstance(Placement("cpu").autocast(), flow.autocast)
     assert isinstance(train._grad_scaler, flow.amp.GradScaler) and train._grad_scaler._init_scale == 2.0 ** 16
-    plain = TrainGraph(model, None, optimizer, schedule, Placement("cpu"))
+    plain = TrainGraph(model, (), optimizer, schedule, Placement("cpu"))
     assert not plain.config.proto.enable_auto_mixed_precision and getattr(plain, "_grad_scaler", None) is None
     with pytest.raises(UsageError, match="trains eagerly"):
-        build_step_runner(model, None, TrainSettings(), 10, mixed, eager=True)
+        build_step_runner(model, (), TrainSettings(), 10, mixed, eager=True)

@@ -316,7 +316,7 @@ def test_train_state_keeps_no_frozen_teacher_and_a_resume_restores_the_rest(ws, 
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "step": 3, "finished": False}))  # as if killed after step 3
     resumed, stage, _ = build(ws, name, **options)
-    runner = build_step_runner(resumed.step_module, OFRecordDataset(train_dir, 16), stage.settings, 4,
+    runner = build_step_runner(resumed.step_module, OFRecordDataset(train_dir, 16).names, stage.settings, 4,
                                eager=resumed.eager)
     Trainer(resumed.model, resumed.step_module, stage.settings, train_dir, {}, TASK.metrics, tmp_path, "cpu",
             eager=resumed.eager)._load_train_state(runner)

@@ -34,7 +34,10 @@ CASES = {
     "bert_pkd": ("run_train_student_bert_pkd.sh", "run_eval_student_bert_pkd.sh", {"LAYER_LIST": "1"}, [],
                  "bert-pkd_1_epoch-5_lr-2e-3_wd-0.0001_kd_alpha-0.2_kd_beta-10"),
     "tinybert": ("run_train_student_tinybert.sh", "run_eval_student_tinybert.sh",
-                 {"TINYBERT_MODE": "two_stage", "SERVE_FOR_ONLINE": "True", "EXPORT_ONNX": "True"},
+                 {"TINYBERT_MODE": "two_stage", "SERVE_FOR_ONLINE": "True", "EXPORT_ONNX": "True",
+                  # a crash in the second stage (tests/faults): the restart resumes that stage, from step 45
+                  "DISTIL_TEST_FAULT": "SIGSEGV@step=60,stage=prediction", "CHECKPOINT_EVERY": "15",
+                  "PYTHONPATH": f"{ROOT / 'tests' / 'faults'}:{ROOT / 'src'}"},
                  [*TINY_STUDENT, "--intermediate_epochs", "3", "--intermediate_learning_rate", "2e-3"],
                  "tinybert_epoch-5_lr-2e-3_wd-0.0001"),
     "theseus": ("run_train_theseus.sh", "run_eval_theseus.sh", {}, ["--successor_layers", "1"],
@@ -92,6 +95,12 @@ def test_student_trains_beats_majority_and_evaluates_the_same(workspace, algorit
     assert f"evaluate it with: bash scripts/{eval_script} 0 SST-2 {model_id}" in trained.stderr
     assert results["accuracy"] > majority_rate(workspace) + 0.1, results
     model_dir = workspace / "models" / "student_model" / "SST-2" / model_id
+    if "DISTIL_TEST_FAULT" in extra_env:
+        after = trained.stderr.split("restart 1 of 3: the training process died from SIGSEGV; the job starts again "
+                                     "and resumes from step 45")
+        assert len(after) == 2, trained.stderr[-4000:]
+        assert "stage intermediate: already trained" in after[1] and "intermediate_stage from step" not in after[1]
+        assert f"resuming {model_dir} from step 45 of 200" in after[1]
     evaluated = run(["bash", str(ROOT / "scripts" / eval_script), "0", "SST-2", model_id], env=env)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
@@ -108,9 +117,9 @@ def test_served_student_loads_without_its_teacher(workspace, tmp_path):
     model_dir = workspace / "models" / "student_model" / "SST-2" / model_id
     if not model_dir.is_dir():
         pytest.fail("run after test_student_trains_beats_majority_and_evaluates_the_same[tinybert]")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.onnx", "results_eval.json",
-                                                           "train_curve.png", "train_history.json", "vocab.txt",
-                                                           "weights"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "crash.log", "model.onnx",  # (its crash)
+                                                           "results_eval.json", "train_curve.png",
+                                                           "train_history.json", "vocab.txt", "weights"]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["served"] and "teacher_model" not in config["algorithm"]["options"]
     moved = shutil.move(str(workspace / "teacher"), str(tmp_path / "teacher_elsewhere"))
@@ -164,7 +173,8 @@ def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(wor
     """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks;
     the BiLSTM's eval script too, with 2 processes."""
     script, eval_script, extra_env, flags, model_id = CASES[algorithm]
-    extra_env = {k: v for k, v in extra_env.items() if k != "EXPORT_ONNX"}  # one-process only (test_distributed)
+    extra_env = {k: v for k, v in extra_env.items()  # one-process only (test_distributed), and no crash
+                 if k not in ("EXPORT_ONNX", "DISTIL_TEST_FAULT", "CHECKPOINT_EVERY", "PYTHONPATH")}
     env = env_for(workspace, **extra_env, MODELS_ROOT=str(workspace / "models_2p"), GPU_NUM_PER_NODE="2",
                   BATCH_SIZE="8", EPOCH="3", MASTER_PORT=str(free_port()))  # 3 epochs: the suite's time
     if algorithm == "tinybert":

@@ -77,13 +77,13 @@ def train(split: Path, steps: int, dropout: float, eager: bool, seed: int = 0, m
     model = initial_model(dropout)
     step_module = DistillStep(model, [hard_label()])
     seed_everything(step_module, seed)
-    data = OFRecordDataset(split, SETTINGS.batch_size // micro_batches, shuffle=False)
-    runner = build_step_runner(step_module, data, SETTINGS, steps, eager=eager, micro_batches=micro_batches)
+    data = OFRecordDataset(split, SETTINGS.batch_size, shuffle=False)
+    runner = build_step_runner(step_module, data.names, SETTINGS, steps, eager=eager, micro_batches=micro_batches)
     losses, lrs = [], []
     for _ in range(steps):
         if eager:
             lrs.append(runner.optimizer.param_groups[0]["lr"])
-        losses.append(float(runner()["loss"].numpy().mean()))
+        losses.append(float(runner.step(data())["loss"].numpy().mean()))
     return model, np.array(losses), lrs
 
 

@@ -2,9 +2,13 @@
 
 import traceback
 
-from distil.cli import main
-from distil.launch import finish_rank
-from distil.runtime import exit_now
+from distil import crash
+
+crash.enable_fault_reports()  # before OneFlow is imported: a fatal signal anywhere prints the Python stacks
+
+from distil.cli import main  # noqa: E402
+from distil.launch import finish_rank  # noqa: E402
+from distil.runtime import exit_now  # noqa: E402
 
 if __name__ == "__main__":
     try:
@@ -12,5 +16,6 @@ if __name__ == "__main__":
     except Exception:  # noqa: BLE001  an unexpected error: its traceback, then out at once, because OneFlow's
         traceback.print_exc()  # teardown in a multi-process job waits for the other ranks, which may never come
         status = 1
+    crash.report_finished(status)
     finish_rank(status)
     exit_now(status)

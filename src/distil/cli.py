@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from distil import launch
+from distil import crash, launch
 from distil.algorithms.options import OPTIONS, str2bool
 from distil.errors import UsageError
 
@@ -139,6 +140,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="after training also write MODEL_DIR/model.onnx (python -m distil export-onnx)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --model_save_dir first")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when visible")
+    p.add_argument("--max_restarts", type=int, default=3,
+                   help="when a training process dies from a signal (SIGSEGV, SIGKILL, ...), start the job again "
+                        "from its last saved state, at most this many times (0: never; MAX_RESTARTS) [3]")
     _add_algorithm_options(p)
     _add_settings(p)
     launch.add_flags(p)
@@ -196,9 +200,12 @@ def _run_train(args: argparse.Namespace) -> Dict:
     options = _algorithm_options(algorithm, args, task)
     model_id = algorithm.model_id(task, settings, options)
     model_dir = args.model_save_dir or algorithm.default_dir(args.models_root, task, model_id)
+    overwrite = args.overwrite and crash.attempt() == 0
+    if args.overwrite and not overwrite:
+        log.info("restarted after a crash: --overwrite applied to the first attempt only; resuming")
     run = RunConfig(task=task.name, data_root=args.data_root, model_save_dir=model_dir, settings=settings,
                     options=options, result_dir=Path(args.result_dir) if args.result_dir else None,
-                    serve_for_online=args.serve_for_online, export_onnx=args.export_onnx, overwrite=args.overwrite,
+                    serve_for_online=args.serve_for_online, export_onnx=args.export_onnx, overwrite=overwrite,
                     device=_device(args.device, settings.use_fp16))
     results = train_algorithm(algorithm, run)
     log.info("model id: %s (in %s)", model_dir.name, model_dir)
@@ -413,6 +420,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_supervised(args: argparse.Namespace, argv: List[str]) -> int:
+    """`train` runs in child processes (one, or the launcher's N) that this process starts again from their
+    last saved state when one of them dies from a signal (`distil.crash.supervise`)."""
+    if args.max_restarts < 0:
+        raise UsageError(f"--max_restarts (MAX_RESTARTS) must be >= 0, got {args.max_restarts}")
+
+    def attempt(env: Dict[str, str]) -> int:
+        if not launch.wants_launch(args):
+            status = crash.watch([sys.executable, "-m", "distil", *argv], "the training process", {**os.environ, **env})
+            return 128 - status if status < 0 else status
+        try:
+            return launch.launch(args, argv, env)
+        except launch.JobFailed as e:
+            log.error("%s", e)
+            return 1
+
+    return crash.supervise(attempt, args.max_restarts)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; print its result (a table as text, anything else as JSON) on stdout; return the exit status."""
     try:
@@ -423,9 +449,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, datefmt="%H:%M:%S", format=f"%(asctime)s %(levelname)s"
                         f"{f' [rank {rank}]' if launch.launched() else ''} %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if args.command == "train" and not launch.launched() and not crash.supervised():
+            return _train_supervised(args, argv)
         if launch.wants_launch(args):
-            return launch.launch(args, sys.argv[1:] if argv is None else argv)
+            return launch.launch(args, argv)
         result = args.run(args)
     except (UsageError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         log.error("%s", e)

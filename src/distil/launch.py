@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
+import re
 import signal
 import socket
 import subprocess
 import sys
-from typing import Callable, List, Optional
+from typing import IO, Dict, List, Optional
 
+from distil import crash
 from distil.errors import UsageError
 
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # OneFlow's launcher sets them
-FINISHED_FD = "DISTIL_FINISHED_FD"  # the pipe on which a rank tells its watcher it has finished, and how
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -50,8 +50,8 @@ def wants_launch(args: argparse.Namespace) -> bool:
     return hasattr(args, "nproc_per_node") and args.nproc_per_node * args.nnodes > 1 and not launched()
 
 
-def _check(args: argparse.Namespace) -> str:
-    """The master address, after checking every flag."""
+def _check(args: argparse.Namespace, probe_port: bool = True) -> str:
+    """The master address, after checking every flag (and that the master's port is free, if `probe_port`)."""
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise UsageError(f"--nproc_per_node (GPU_NUM_PER_NODE) and --nnodes (NUM_NODES) must be at least 1, got "
                          f"{args.nproc_per_node} and {args.nnodes}")
@@ -91,7 +91,7 @@ def _check(args: argparse.Namespace) -> str:
         if args.nproc_per_node > gpus:
             raise UsageError(f"--nproc_per_node (GPU_NUM_PER_NODE) {args.nproc_per_node} is more than the "
                              f"{gpus} visible GPU(s); use --device cpu for CPU processes")
-    if args.node_rank == 0:
+    if args.node_rank == 0 and probe_port:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind(("", args.master_port))
@@ -101,40 +101,46 @@ def _check(args: argparse.Namespace) -> str:
     return ips[0] if ips else "127.0.0.1"
 
 
-def launch(args: argparse.Namespace, argv: List[str]) -> int:
+def launch(args: argparse.Namespace, argv: List[str], env: Optional[Dict[str, str]] = None) -> int:
     """Start this node's processes, each `python -m distil.launch <argv>` watching its rank's `python -m distil
-    <argv>`; return the job's exit status."""
-    master = _check(args)
-    command = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", str(args.nproc_per_node),
-               "--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--master_addr", master,
-               "--master_port", str(args.master_port), "-m", "distil.launch", *argv]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
+    <argv>`; return the job's exit status. `env`: extra environment for them (a supervisor's)."""
+    restart = (env or {}).get(crash.ATTEMPT, "0") != "0"
+    master = _check(args, probe_port=not restart)  # a restart's port may still be held by the killed job's sockets
+    # `python -m distil.crash`: the launcher dies with this process, and its ranks with it (no orphans)
+    command = [sys.executable, "-m", "distil.crash", sys.executable, "-m", "oneflow.distributed.launch",
+               "--nproc_per_node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--node_rank",
+               str(args.node_rank), "--master_addr", master, "--master_port", str(args.master_port), "-m",
+               "distil.launch", *argv]
+    launcher_env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    launcher_env.update(env or {})
+    launcher_env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
     # numpy's OpenBLAS, which runs OneFlow's matrix products (distil.blas): the node's cores shared among its processes
-    env.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc_per_node)))
+    launcher_env.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc_per_node)))
     # its own session: when a rank fails, the launcher's killpg stops exactly its ranks; when this
     # process is stopped, it stops them too
-    launcher = subprocess.Popen(command, env=env, start_new_session=True)
+    launcher = subprocess.Popen(command, env=launcher_env, start_new_session=True, stdout=subprocess.PIPE)
 
     def stop(signum, frame):
         os.killpg(launcher.pid, signal.SIGTERM)
         raise KeyboardInterrupt
 
-    status = _wait_handling_signals(launcher, stop)
+    status = crash.wait_handling_signals(launcher, stop, lambda: _relay_stdout(launcher.stdout))
     if status:
         raise JobFailed(f"the {args.nproc_per_node * args.nnodes}-process job failed (exit status {status}); "
                         "the failing rank's error is above, the other ranks were stopped")
     return 0
 
 
-def _wait_handling_signals(process: subprocess.Popen, handler: Callable) -> int:
-    """`process`'s exit status; SIGTERM and SIGINT meanwhile go to `handler`, then back to what they were."""
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return process.wait()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+_LAUNCHER_NOISE = re.compile(rb"Killing subprocess \d+\n")  # what OneFlow's launcher prints when a rank fails
+
+
+def _relay_stdout(stream: IO[bytes]) -> None:
+    """The ranks' standard output (rank 0's results, predictions) on ours, without the launcher's own lines."""
+    for line in iter(stream.readline, b""):
+        if not _LAUNCHER_NOISE.fullmatch(line):
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+    stream.close()
 
 
 class JobFailed(Exception):
@@ -142,19 +148,17 @@ class JobFailed(Exception):
 
 
 def finish_rank(status: int) -> None:
-    """End of a launched rank's work: tell its watcher the status, then wait for the other ranks.
+    """End of a launched rank's work: if it succeeded, wait for the other ranks; then silence fd 2.
 
     OneFlow 0.9 aborts a process whose peer closes its sockets first (`io_event_poller.cpp` "Check
     failed: !(cur_event->events & EPOLLERR)"), which happens when one rank exits while another is
-    still alive, however briefly. The status is written before the final barrier, so a rank that
-    dies after it has still finished its work; once any rank passes the barrier, every rank has.
-    Its glog trace is then noise, so fd 2 is closed. A failed rank does not wait: the others may
-    never come, and the launcher stops them.
+    still alive, however briefly. The rank has reported its status to its watcher before this
+    barrier (`crash.report_finished`), so a rank that dies after it has still finished its work;
+    once any rank passes the barrier, every rank has. Its glog trace is then noise, so fd 2 is
+    closed. A failed rank does not wait: the others may never come, and the launcher stops them.
     """
-    fd = os.environ.get(FINISHED_FD)
-    if not launched() or fd is None:
+    if not launched():
         return
-    os.write(int(fd), f"{status}\n".encode())
     if status == 0:
         from distil.train.placement import release_graphs
 
@@ -165,42 +169,15 @@ def finish_rank(status: int) -> None:
     os.dup2(devnull, 2)
 
 
-def _finished_status(read_end: int) -> Optional[int]:
-    """The status a rank reported through :func:`finish_rank`, if it got that far."""
-    if not select.select([read_end], [], [], 0)[0]:
-        return None
-    text = os.read(read_end, 64).decode().strip()
-    return int(text) if text.lstrip("-").isdigit() else None
-
-
 def watch_rank(command: List[str]) -> int:
-    """One launched process: run this rank's `command` (`python -m distil ...`); if it fails or dies, name the rank.
-
-    A rank killed outright (out of memory, SIGKILL) prints nothing itself; this line is what says which
-    process of the job it was. A rank stopped by the launcher because another one failed stays quiet.
-    A rank that reported its status before dying kept that status (see :func:`finish_rank`).
-    """
-    read_end, write_end = os.pipe()
-    child = subprocess.Popen(command, pass_fds=(write_end,),
-                             env=dict(os.environ, PYTHONUNBUFFERED="1", **{FINISHED_FD: str(write_end)}))
-    os.close(write_end)
-    stopped = []
-
-    def forward(signum, frame):
-        stopped.append(signum)
-        child.send_signal(signum)
-
-    status = _wait_handling_signals(child, forward)
-    reported = _finished_status(read_end)
-    os.close(read_end)
-    if status < 0 and reported is not None:
-        status = reported
-    if status and not stopped:
-        why = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"failed with exit status {status}"
-        sys.stderr.write(f"error: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} (pid {child.pid} on "
-                         f"{socket.gethostname()}) {why}\n")
+    """One launched process: run this rank's `command` (`python -m distil ...`) watched (`crash.watch`), so that
+    a rank that fails or is killed outright (out of memory, SIGKILL, SIGSEGV) is named; 0, or non-zero for the
+    launcher."""
+    status = crash.watch(command, f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}",
+                         name_failures=True)
     return 1 if status < 0 else status
 
 
 if __name__ == "__main__":
+    crash.die_with_parent()  # the launcher's: when it is killed, this rank goes too
     sys.exit(watch_rank([sys.executable, "-m", "distil", *sys.argv[1:]]))

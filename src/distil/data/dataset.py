@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from distil.data import ofrecord
 from distil.errors import UsageError
@@ -191,6 +192,13 @@ class OFRecordDataset(flow.nn.Module):
     def forward(self) -> Dict[str, "flow.Tensor"]:
         record = self.reader()
         return {name: decoder(record) for name, decoder in zip(self.names, self.decoders)}
+
+    def skip(self, batches: int) -> None:
+        """Read past `batches` batches (eagerly, without decoding them): with the same seed, the stream then goes
+        on exactly where an earlier reader stopped after as many calls."""
+        for _ in tqdm(range(batches), desc="skipping batches already trained on", unit="batch", leave=False,
+                      disable=None if batches > 1000 else True):
+            self.reader()
 
 
 class EvalStream:

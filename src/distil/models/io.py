@@ -168,7 +168,7 @@ def size_on_disk(path: PathLike) -> int:
 
 
 ONNX_FILE = "model.onnx"  # python -m distil export-onnx
-SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR, ONNX_FILE)  # plus result files (*.json, *.png)
+SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR, ONNX_FILE)  # plus result files (*.json, *.png) and crash.log
 
 
 def serve_for_online(model_dir: PathLike) -> None:
@@ -177,7 +177,7 @@ def serve_for_online(model_dir: PathLike) -> None:
     Removes train_state/ (optimizer, step, RNG), any intermediate stage, and the paths of the teacher
     and of the initial student from config.json.
     original: deleted teacher and optimizer variables from the checkpoint folder; ours never
-    touches config.json, vocab.txt, weights/ or result files.
+    touches config.json, vocab.txt, weights/, result files or crash.log.
     """
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -188,7 +188,7 @@ def serve_for_online(model_dir: PathLike) -> None:
         options.pop(reference, None)
     write_json_atomic(model_dir / CONFIG_FILE, {**config, "served": True})
     for path in model_dir.iterdir():
-        if path.name in SERVED or (path.is_file() and path.suffix in (".json", ".png")):
+        if path.name in SERVED or (path.is_file() and path.suffix in (".json", ".png", ".log")):
             continue
         trash = model_dir / f".{path.name}.removing-{os.getpid()}"
         os.replace(path, trash)

@@ -1,6 +1,7 @@
 """The one training graph every algorithm runs in, and the one evaluation pass.
 
-The OFRecord reader sits inside each graph (OneFlow's data pipeline), the optimizer, clipping
+The OFRecord reader sits inside each evaluation graph (OneFlow's data pipeline) and feeds the training
+graph from outside (so a resumed run can put it back where it was); the optimizer, clipping
 and LR schedule are attached here and nowhere else, and an algorithm only supplies a step
 module whose outputs ending in `_loss` are summed and back-propagated.
 """
@@ -36,20 +37,22 @@ def _sum_losses(outputs: Dict[str, flow.Tensor]) -> flow.Tensor:
 
 
 class TrainGraph(flow.nn.Graph):
-    """Read a batch, run the algorithm's step module, back-propagate the sum of its `*_loss` outputs.
+    """Run the algorithm's step module on a batch, back-propagate the sum of its `*_loss` outputs, update.
 
-    Step-dependent numbers (a replacing rate, a loss weight) are passed as tensor arguments of
-    each call: a Python float read in `build` would be frozen when the graph compiles.
+    The batch comes in as arguments (`step(batch)`), read eagerly by the trainer: the reader's position is
+    then the trainer's to restore when a run resumes mid-epoch. With `micro_batches` > 1 the graph cuts
+    the batch into that many parts on dim 0 and accumulates their gradients (one update per call).
+    Step-dependent numbers (a replacing rate, a loss weight) would be tensor arguments after the batch: a
+    Python float read in `build` would be frozen when the graph compiles.
     """
 
-    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule,
+    def __init__(self, step_module: flow.nn.Module, features: Sequence[str], optimizer, schedule,
                  placement: Placement, micro_batches: int = 1):
         super().__init__()
         self.step_module = step_module
-        self.data = data
-        self.placement = placement
+        self.features = tuple(features)
         self.add_optimizer(optimizer, lr_sch=schedule)
-        if micro_batches > 1:  # build runs (reads a batch of `data`) that many times per call; outputs concatenate
+        if micro_batches > 1:  # inputs are cut into that many parts on dim 0; outputs concatenate
             self.config.set_gradient_accumulation_steps(micro_batches)
         # fused AdamW update and residual adds: ~7 % per step on CPU (bench/bench_bert.py --only step)
         self.config.allow_fuse_model_update_ops(True)
@@ -59,27 +62,29 @@ class TrainGraph(flow.nn.Graph):
             self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
                                                      growth_interval=2000))
 
-    def build(self, *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
-        outputs = self.step_module(self.placement.batch(self.data()), *step_inputs)
+    def build(self, *inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+        batch = dict(zip(self.features, inputs))
+        outputs = self.step_module(batch, *inputs[len(self.features):])
         total = _sum_losses(outputs)
         total.backward()
         return {**outputs, "loss": total}
+
+    def step(self, batch: Dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+        return self(*(batch[name] for name in self.features), *step_inputs)
 
 
 class EagerStep:
     """The TrainGraph's work done eagerly, for steps whose computation changes from step to step.
 
     BERT-of-Theseus samples which modules run in each step; a static nn.Graph would have to
-    compute every branch. Same call and state interface as TrainGraph.
+    compute every branch. Same `step` and state interface as TrainGraph.
     """
 
-    def __init__(self, step_module: flow.nn.Module, data: OFRecordDataset, optimizer, schedule,
-                 placement: Placement, clip_grad: float):
-        self.step_module, self.data, self.placement = step_module, data, placement
-        self.optimizer, self.schedule, self.clip_grad = optimizer, schedule, clip_grad
+    def __init__(self, step_module: flow.nn.Module, optimizer, schedule, clip_grad: float):
+        self.step_module, self.optimizer, self.schedule, self.clip_grad = step_module, optimizer, schedule, clip_grad
 
-    def __call__(self, *step_inputs) -> Dict[str, flow.Tensor]:
-        outputs = self.step_module(self.placement.batch(self.data()), *step_inputs)
+    def step(self, batch: Dict[str, flow.Tensor], *step_inputs) -> Dict[str, flow.Tensor]:
+        outputs = self.step_module(batch, *step_inputs)
         total = _sum_losses(outputs)
         if total.requires_grad:  # a Theseus step that sampled only frozen predecessors has nothing to learn
             total.backward()

@@ -116,6 +116,14 @@ class Placement:
         if self.distributed:
             flow.comm.barrier()
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's `flag`, on every rank (ranks that must take the same branch around a collective)."""
+        if not self.distributed:
+            return flag
+        value = flow.tensor([int(flag)], dtype=flow.int64)
+        flow.comm.broadcast(value, 0)
+        return bool(value.item())
+
     def release(self) -> None:
         """Under N processes, every rank closes here the compiled graphs it no longer references."""
         if self.distributed:

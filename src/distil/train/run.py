@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from distil import crash
 from distil.data import ofrecord
 from distil.data.dataset import open_split
 from distil.data.tasks import TaskSpec, get_task
@@ -150,6 +151,7 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         result_dir.mkdir(parents=True, exist_ok=True)  # fail now, not after training
     if _already_trained(model_dir) and not clear:
         if not stage.final:
+            log.info("stage %s: already trained in %s; going on with the next stage", stage.name, model_dir)
             return {}
         log.warning("%s already holds a trained model; not training again (use --overwrite to retrain)", model_dir)
         results = (result_dir or model_dir) / RESULTS_FILE
@@ -184,6 +186,7 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         io.copy_vocab(built.vocab_file, model_dir)
 
     placement.write(start)
+    crash.note_run(run.model_save_dir, model_dir)  # where crash.log goes, and the train_state/ a restart resumes
     # a resume must not change them (the options, a global batch, a data order)
     extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size}
     trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,

@@ -26,6 +26,7 @@ class TrainSettings:
     log_every: int = 20
     max_steps: int = 0            # > 0: stop after this many steps (smoke runs); 0: all epochs
     checkpoint_every: int = 0     # > 0: also save train_state/ every N steps (always at epoch ends)
+    checkpoint_minutes: float = 10.0  # > 0: also save it at a logging step once this many minutes have passed
     clip_grad: float = 1.0
     select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
     shuffle: bool = True          # False: training records in file order (each rank: its shard in order)
@@ -40,6 +41,9 @@ class TrainSettings:
                 raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or not 0 <= self.warmup_proportion < 1 or self.weight_decay < 0:
             raise UsageError("--learning_rate must be > 0, --warmup_proportion in [0, 1), --weight_decay >= 0")
+        if self.checkpoint_every < 0 or self.checkpoint_minutes < 0:
+            raise UsageError(f"--checkpoint_every and --checkpoint_minutes must be >= 0, got {self.checkpoint_every} "
+                             f"and {self.checkpoint_minutes}")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise UsageError(f"--micro_batch_size must divide --batch_size ({self.batch_size}), got "
                              f"{self.micro_batch_size}")

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -40,6 +40,7 @@ flow = import_oneflow()
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+RESUME_FREE = ("checkpoint_every", "checkpoint_minutes", "log_every")  # settings a resumed run may change: they change no result
 STEP_MODULE = "step_module"   # the key of the step module's weights in a runner's state dict
 StepInputs = Callable[[int, int], Tuple[flow.Tensor, ...]]
 
@@ -79,11 +80,12 @@ def seed_everything(step_module: flow.nn.Module, seed: int) -> None:
     seed_dropout(step_module, seed)
 
 
-def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settings: TrainSettings, total: int,
+def build_step_runner(step_module: flow.nn.Module, features: Sequence[str], settings: TrainSettings, total: int,
                       placement: Optional[Placement] = None, eager: bool = False,
                       micro_batches: int = 1) -> Union[TrainGraph, EagerStep]:
     """Place the step module, then build the optimizer, its schedule over `total` steps, and the graph (or
-    eager step) that applies them; a graph step reads `micro_batches` batches of `data` and updates once."""
+    eager step) that applies them to batches of `features`; a graph step cuts its batch into `micro_batches`
+    parts and updates once."""
     placement = placement or Placement()
     placement.module(step_module)
     optimizer, schedule = build_optimizer(step_module.named_parameters(), settings.learning_rate,
@@ -93,8 +95,8 @@ def build_step_runner(step_module: flow.nn.Module, data: OFRecordDataset, settin
         if placement.fp16:
             raise UsageError("--use_fp16: this stage trains eagerly (BERT-of-Theseus's module replacement), and "
                              "OneFlow 0.9's loss scaling works only in nn.Graph; leave USE_FP16 False for it")
-        return EagerStep(step_module, data, optimizer, schedule, placement, settings.clip_grad)
-    return TrainGraph(step_module, data, optimizer, schedule, placement, micro_batches)
+        return EagerStep(step_module, optimizer, schedule, settings.clip_grad)
+    return TrainGraph(step_module, features, optimizer, schedule, placement, micro_batches)
 
 
 class Trainer:
@@ -126,8 +128,9 @@ class Trainer:
         features = ofrecord.read_meta(train_dir)["features"]
         seq_length = max(f["shape"][-1] for name, f in features.items() if name.endswith("input_ids"))
         parts = 1 if self.eager else micro_batches(self.settings, seq_length)
-        data = OFRecordDataset(train_dir, self.settings.batch_size // parts, shuffle=self.settings.shuffle,
-                               seed=self.settings.seed + state.step, placement=self.placement)
+        # one seed for the whole run: a resumed run reads the same order and skips what it has trained on
+        data = OFRecordDataset(train_dir, self.settings.batch_size, shuffle=self.settings.shuffle,
+                               seed=self.settings.seed, placement=self.placement)
         if self.placement.distributed:
             log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
                      self.settings.batch_size, self.settings.batch_size * self.placement.world_size)
@@ -136,29 +139,42 @@ class Trainer:
                      "(--micro_batch_size)", parts, self.settings.batch_size // parts)
         steps_per_epoch = math.ceil(data.num_examples / (self.settings.batch_size * self.placement.world_size))
         total = self.total_steps(steps_per_epoch)
-        graph = build_step_runner(self.step_module, data, self.settings, total, self.placement, self.eager, parts)
+        graph = build_step_runner(self.step_module, data.names, self.settings, total, self.placement, self.eager,
+                                  parts)
         if state.step:
             self._load_train_state(graph)
-            log.info("resuming %s from step %d of %d", self.model_dir, state.step, total)
+            log.info("resuming %s from step %d of %d (the data order goes on where it stopped: skipping the %d "
+                     "batches read so far)", self.model_dir, state.step, total, state.step)
+            data.skip(state.step)
         evaluator = self.evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics,
                                                self.settings.eval_batch_size, self.placement)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
                         dynamic_ncols=True, disable=None if self.placement.writer else True)
         self._last_log = (time.perf_counter(), state.step)
+        self._last_save = time.perf_counter()
         with logging_redirect_tqdm():
             while state.step < total:
-                outputs = graph(*self.step_inputs(state.step, total))
+                outputs = graph.step(self.placement.batch(data()), *self.step_inputs(state.step, total))
                 state.step += 1
                 progress.update(1)
                 if state.step % self.settings.log_every == 0 or state.step == total:
                     self._log_losses(outputs, state, total, progress)
                 if state.step % steps_per_epoch == 0 or state.step == total:
                     self._end_of_epoch(graph, evaluator, state, math.ceil(state.step / steps_per_epoch), total)
-                elif self.settings.checkpoint_every and state.step % self.settings.checkpoint_every == 0:
+                elif self._checkpoint_due(state.step):
                     self._save_train_state(graph, state)
         progress.close()
         return state
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """train_state/ is saved every `checkpoint_every` steps and, at logging steps, when `checkpoint_minutes`
+        have passed since the last save (rank 0's clock decides for every rank: they save together)."""
+        if self.settings.checkpoint_every and step % self.settings.checkpoint_every == 0:
+            return True
+        if not self.settings.checkpoint_minutes or step % self.settings.log_every:
+            return False
+        return self.placement.agree(time.perf_counter() - self._last_save >= 60 * self.settings.checkpoint_minutes)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         total = self.settings.epochs * steps_per_epoch
@@ -207,12 +223,13 @@ class Trainer:
         previous = read_run_state(self.model_dir)
         if previous is None or previous.step == 0:
             return RunState(settings=settings, extra=self.extra_state)
-        if previous.settings != settings or previous.extra != self.extra_state:
-            changed = sorted(k for k in settings if previous.settings.get(k) != settings[k]) + sorted(
-                k for k in {**previous.extra, **self.extra_state} if previous.extra.get(k) != self.extra_state.get(k))
+        changed = sorted(k for k in settings if previous.settings.get(k) != settings[k] and k not in RESUME_FREE) + \
+            sorted(k for k in {**previous.extra, **self.extra_state} if previous.extra.get(k) != self.extra_state.get(k))
+        if changed:
             raise UsageError(f"{self.model_dir / TRAIN_STATE_DIR} belongs to a run with other settings "
                              f"(differs in: {changed}); use another model directory, the same settings and "
                              "number of processes, or --overwrite to start again")
+        previous.settings = settings
         return previous
 
     def _frozen(self) -> set:
@@ -221,6 +238,7 @@ class Trainer:
 
     def _save_train_state(self, graph: Union[TrainGraph, EagerStep], state: RunState) -> None:
         """Everything resuming needs except frozen weights, written to a temporary folder and renamed."""
+        self._last_save = time.perf_counter()
         staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         frozen = self._frozen()
