@@ -58,17 +58,27 @@ def test_lstm_vocab_counts_the_whole_train_set_and_ends_with_unk_pad():
 def test_pair_task_features_match_hf_tokenizer_and_keep_row_order(tmp_path, vocab_file, hf_tokenizer, record_pb2):
     written = write_task(tmp_path / "glue", "MRPC", {"train.tsv": 30, "dev.tsv": 9, "test.tsv": 5})
     summary = convert_task("MRPC", config_for(tmp_path, vocab_file))
+    padding = {name: summary.pop(f"{name}_padding") for name in ("MRPC", "MRPC_lstm_32")}
     assert summary == {"MRPC": {"train": 30, "eval": 9, "test": 5}, "MRPC_lstm_32": {"train": 30, "eval": 9,
                                                                                       "test": 5}}
+    assert set(padding["MRPC"]) == set(padding["MRPC_lstm_32"]) == {"train", "eval", "test"}
     for split, file in (("train", "train.tsv"), ("eval", "dev.tsv"), ("test", "test.tsv")):
         records = decode_split(tmp_path / "out" / "MRPC" / split, record_pb2)
         rows = written[file]
         assert len(records) == len(rows)
+        lengths = []
         for rec, row in zip(records, rows):
             ids, mask, seg = expected_bert(hf_tokenizer, row["a"], row["b"], 128)
             assert (rec["input_ids"], rec["input_mask"], rec["segment_ids"]) == (ids, mask, seg)
             label = [0] if row["label"] is None else [int(row["label"])]
             assert rec["label_ids"] == label and rec["is_real_example"] == [1]
+            lengths.append(sum(mask))
+        meta = json.loads((tmp_path / "out" / "MRPC" / split / "meta.json").read_text())
+        histogram = {length: lengths.count(length) for length in lengths}
+        assert meta["lengths"]["histogram"] == [[n, histogram[n]] for n in sorted(histogram)]
+        assert meta["lengths"]["max"] == max(lengths) and meta["lengths"]["mean"] == round(np.mean(lengths), 2)
+        assert meta["lengths"]["padding_share"] == padding["MRPC"][split] == round(1 - sum(lengths) / (128 * len(rows)), 4)
+        assert meta["lengths"]["p90"] == sorted(lengths)[int(np.ceil(0.9 * len(lengths))) - 1]
     meta = json.loads((tmp_path / "out" / "MRPC" / "test" / "meta.json").read_text())
     assert meta["labeled"] is False and meta["num_examples"] == 5 and meta["seq_length"] == 128
     assert meta["features"]["input_ids"] == {"dtype": "int32", "shape": [128]}
@@ -95,6 +105,9 @@ def test_lstm_records_carry_both_views_of_the_same_example(tmp_path, vocab_file,
         assert (rec["teacher_input_ids"], rec["teacher_input_mask"], rec["teacher_segment_ids"]) == (
             t_ids, t_mask, t_seg)
         assert rec["label_ids"] == [["entailment", "not_entailment"].index(row["label"])]
+    words_per_example = [len(basic.tokenize(r["a"])) + len(basic.tokenize(r["b"])) for r in written["dev.tsv"]]
+    assert meta["lengths"]["max"] == min(32, max(words_per_example))
+    assert meta["lengths"]["padding_share"] == round(1 - sum(min(32, n) for n in words_per_example) / (32 * 6), 4)
 
 
 def test_regression_labels_are_float32_and_mnli_has_both_dev_sets(tmp_path, vocab_file, record_pb2):
@@ -107,7 +120,9 @@ def test_regression_labels_are_float32_and_mnli_has_both_dev_sets(tmp_path, voca
     assert not (tmp_path / "out" / "STS-B_lstm_32").exists()
     write_task(tmp_path / "glue", "MNLI")
     summary = convert_task("MNLI", config_for(tmp_path, vocab_file, lstm_seq_length=0))
-    assert summary == {"MNLI": {s: 7 for s in ("train", "eval", "eval_mismatched", "test", "test_mismatched")}}
+    splits = ("train", "eval", "eval_mismatched", "test", "test_mismatched")
+    assert summary["MNLI"] == {s: 7 for s in splits} and set(summary) == {"MNLI", "MNLI_padding"}
+    assert all(0 < summary["MNLI_padding"][s] < 1 for s in splits)
 
 
 def test_rerun_replaces_output_and_never_appends(tmp_path, vocab_file):
@@ -154,7 +169,7 @@ def test_missing_inputs_are_reported_with_what_is_valid(tmp_path, vocab_file):
 def test_test_split_is_optional_and_skipped_with_a_warning(tmp_path, vocab_file, caplog):
     write_task(tmp_path / "glue", "WNLI", skip=("test.tsv",))
     summary = convert_task("WNLI", config_for(tmp_path, vocab_file, lstm_seq_length=0))
-    assert summary == {"WNLI": {"train": 7, "eval": 7}}
+    assert summary["WNLI"] == {"train": 7, "eval": 7} and set(summary["WNLI_padding"]) == {"train", "eval"}
     assert "no " in caplog.text and "test.tsv, skipping the test split" in caplog.text
 
 

@@ -114,7 +114,7 @@ def test_shards_deal_records_round_robin_and_are_reused(converted, tmp_path):
     shutil.copytree(out / "MRPC" / "train", split)
     full = to_numpy(OFRecordDataset(split, batch_size=23)())["input_ids"]
     target = write_shards(split, 3)
-    meta = open_split(target)  # sizes, byte counts and checksums all consistent
+    meta = open_split(target).meta  # sizes, byte counts and checksums all consistent
     assert [p["records"] for p in meta["parts"]] == [8, 8, 7] and meta["num_examples"] == 23
     from distil.data import ofrecord
     from oneflow.core.record import record_pb2

@@ -80,6 +80,28 @@ def test_training_from_the_cache_equals_training_with_the_teacher(ws, tmp_path, 
         np.testing.assert_allclose(cached_weights[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
+def test_a_run_checks_each_part_file_of_its_splits_once(ws, tmp_path, monkeypatch):
+    """The train and dev splits are opened (meta.json against parts, checksums) once and passed down to the
+    teacher's pass, the training reader and every evaluation; the cache it writes is checked as it is written."""
+    from collections import Counter
+
+    from distil.data import dataset
+
+    hashed: Counter = Counter()
+
+    def counting_sha256(path):
+        hashed[Path(path)] += 1
+        return real_sha256(path)
+
+    real_sha256 = dataset.file_sha256
+    monkeypatch.setattr(dataset, "file_sha256", counting_sha256)
+    trained(ws, "kd", tmp_path / "m", "auto", **STUDENT)
+    assert (tmp_path / "m" / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
+    parts = {ws / "data32" / "SST-2" / split / part["name"]
+             for split in ("train", "eval") for part in ofrecord.read_meta(ws / "data32" / "SST-2" / split)["parts"]}
+    assert hashed == Counter(parts)
+
+
 def test_tinybert_caches_only_its_prediction_stage(ws, tmp_path):
     algorithm = get_algorithm("tinybert")
     run = run_config(ws, "tinybert", tmp_path / "m", **STUDENT, tinybert_mode="two_stage")
@@ -103,7 +125,7 @@ def test_recipes_reading_per_token_teacher_states_or_no_teacher_are_not_cached(w
     train_dir, _ = data_dirs(run.data_root, TASK)
     built = algorithm.build(run, stage, TASK, ofrecord.read_meta(train_dir))
     assert built.step_module.cacheable_outputs() == ()
-    assert teacher_cache.prepare(built.step_module, train_dir, tmp_path / "m", Placement(), "auto", 24) == train_dir
+    assert teacher_cache.prepare(built.step_module, train_dir, tmp_path / "m", Placement(), "auto", 24).dir == train_dir
     assert not (tmp_path / "m" / teacher_cache.CACHE_DIR).exists()
 
 
@@ -129,7 +151,7 @@ def teacher_logits(step, train_dir: Path) -> np.ndarray:
 def test_a_cache_is_reused_only_for_the_same_teacher_data_and_sequence_length(ws, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="distil.train.teacher_cache")
     step, train_dir = kd_step(ws)
-    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24).dir
     assert cache == tmp_path / teacher_cache.CACHE_DIR and step.cached == ("logits",)
     np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=1e-5, atol=1e-6)
     made = (cache / teacher_cache.FINGERPRINT_FILE).stat().st_mtime_ns
@@ -157,7 +179,7 @@ def test_other_data_of_the_same_shape_gets_its_own_cache(ws, tmp_path, vocab_fil
     teacher_cache.prepare(step, train_dir, tmp_path / "m", Placement(), "auto", 24)
     other = tmp_path / "data" / "SST-2" / "train"
     step, _ = kd_step(ws)
-    cache = teacher_cache.prepare(step, other, tmp_path / "m", Placement(), "auto", 24)
+    cache = teacher_cache.prepare(step, other, tmp_path / "m", Placement(), "auto", 24).dir
     np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, other), rtol=1e-5, atol=1e-6)
     assert json.loads((cache / ofrecord.META_FILE).read_text())["teacher_cache_of"] == str(other)
 
@@ -181,7 +203,7 @@ def test_a_damaged_or_half_written_cache_is_never_read(ws, tmp_path, monkeypatch
 
     (tmp_path / f".{teacher_cache.CACHE_DIR}.tmp-999").mkdir()  # what a SIGKILLed writer leaves
     step, train_dir = kd_step(ws)
-    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24)
+    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "auto", 24).dir
     assert sorted(p.name for p in tmp_path.iterdir()) == [teacher_cache.CACHE_DIR]
 
     part = cache / ofrecord.part_name(0)
@@ -196,7 +218,7 @@ def test_the_onnxruntime_pass_caches_oneflows_logits_and_leaves_no_onnx_file(ws,
     within the export's tolerance, serves a later auto run as it is, and the temporary ONNX file is gone."""
     caplog.set_level(logging.INFO, logger="distil.train.teacher_cache")
     step, train_dir = kd_step(ws)
-    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "onnxruntime", 24)
+    cache = teacher_cache.prepare(step, train_dir, tmp_path, Placement(), "onnxruntime", 24).dir
     assert "the teacher's pass runs on onnxruntime" in caplog.text and step.cached == ("logits",)
     np.testing.assert_allclose(cached_logits(cache), teacher_logits(step, train_dir), rtol=0, atol=1e-4)
     assert np.abs(cached_logits(cache)).max() > 0.1

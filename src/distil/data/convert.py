@@ -120,8 +120,12 @@ def _count_words(chunk: Sequence[Tuple[str, Optional[str], float]]) -> Counter[s
     return counts
 
 
-def _encode_chunk(chunk: Sequence[Tuple[str, Optional[str], float]]) -> Tuple[List[bytes], List[bytes]]:
-    """Framed BERT records and (if an LSTM vocab is set) framed LSTM records of one chunk."""
+Encoded = List[Tuple[bytes, int]]
+
+
+def _encode_chunk(chunk: Sequence[Tuple[str, Optional[str], float]]) -> Tuple[Encoded, Encoded]:
+    """(framed record, real length) of each example of one chunk: BERT records, and (if an LSTM vocab is
+    set) LSTM records, whose length is the word count."""
     tokenizer: FullTokenizer = _worker["tokenizer"]  # type: ignore[assignment]
     config: ConvertConfig = _worker["config"]  # type: ignore[assignment]
     lstm_vocab = _worker["lstm_vocab"]
@@ -136,11 +140,11 @@ def _encode_chunk(chunk: Sequence[Tuple[str, Optional[str], float]]) -> Tuple[Li
         ids, mask, segments = bert_inputs(pieces_a, pieces_b, tokenizer, config.max_seq_length)
         teacher = [ofrecord.encode_feature("int32", v) for v in (ids, mask, segments)]
         tail = [ofrecord.encode_feature(label_dtype, [label]), ofrecord.encode_feature("int32", [1])]
-        bert.append(ofrecord.frame(_record(BERT_FEATURES, teacher + tail)))
+        bert.append((ofrecord.frame(_record(BERT_FEATURES, teacher + tail)), sum(mask)))
         if lstm_vocab is not None:
             words = lstm_inputs(words_a, words_b, lstm_vocab, config.lstm_seq_length)
             student = [ofrecord.encode_feature("int32", v) for v in words]
-            lstm.append(ofrecord.frame(_record(LSTM_FEATURES, student + tail + teacher)))
+            lstm.append((ofrecord.frame(_record(LSTM_FEATURES, student + tail + teacher)), sum(words[1])))
     return bert, lstm
 
 
@@ -233,13 +237,37 @@ def build_lstm_vocab(counts: Counter[str], size: int) -> List[str]:
     return words + [UNK, PAD]
 
 
+def length_summary(lengths: Counter[int], seq_length: int) -> Dict:
+    """meta.json's `lengths`: how many examples have each real length (tokens before the padding), and
+    the share of the `seq_length` positions that are padding."""
+    histogram = sorted(lengths.items())
+    total = sum(lengths.values())
+    if not total:
+        return {"histogram": [], "mean": 0, "p90": 0, "max": 0, "padding_share": 0}
+    real = sum(length * count for length, count in histogram)
+    seen, p90 = 0, histogram[-1][0]
+    for length, count in histogram:
+        seen += count
+        if seen * 10 >= total * 9:
+            p90 = length
+            break
+    return {"histogram": [list(pair) for pair in histogram], "mean": round(real / total, 2), "p90": p90,
+            "max": histogram[-1][0], "padding_share": round(1 - real / (total * seq_length), 4)}
+
+
 class _SplitWriter:
-    """Streams framed records into one split folder and writes its meta.json when closed."""
+    """Streams framed records into one split folder and writes its meta.json (with the length histogram)
+    when closed."""
 
     def __init__(self, split_dir: Path, records_per_part: int, meta: Dict):
         split_dir.mkdir(parents=True)
         self.dir, self.meta = split_dir, meta
         self.parts = ofrecord.PartWriter(split_dir, records_per_part)
+        self.lengths: Counter[int] = collections.Counter()
+
+    def add(self, framed_record: bytes, length: int) -> None:
+        self.parts.add(framed_record)
+        self.lengths[length] += 1
 
     def close(self) -> int:
         counts = self.parts.close()
@@ -247,12 +275,14 @@ class _SplitWriter:
         self.meta["parts"] = [{"name": p.name, "records": n, "bytes": p.stat().st_size,
                                "sha256": file_sha256(p)} for p, n in zip(paths, counts)]
         self.meta["num_examples"] = sum(counts)
+        self.meta["lengths"] = length_summary(self.lengths, self.meta["seq_length"])
         write_json_atomic(self.dir / ofrecord.META_FILE, self.meta)
         return self.meta["num_examples"]
 
 
-def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, int]]:
-    """Convert every split of one task; returns {output folder: {split: example count}}, plus
+def convert_task(task_name: str, config: ConvertConfig) -> Dict[str, Dict[str, float]]:
+    """Convert every split of one task; returns {output folder: {split: example count}}, {"<folder>_padding":
+    {split: share of the positions that are padding}}, plus
     {"<TASK>_skipped_rows": {split: count}} when malformed rows were skipped (each split's meta.json
     also records `skipped_rows` and where they were)."""
     task = get_task(task_name)
@@ -298,9 +328,9 @@ def _lstm_vocab(train: List, config: ConvertConfig, workers: int, label_dtype: s
 
 def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, Path], config: ConvertConfig,
                     staging: Path, lstm_vocab: Optional[Dict[str, int]], workers: int,
-                    label_dtype: str, vocab_size: int, skipped: Dict[str, List[str]]) -> Dict[str, Dict[str, int]]:
+                    label_dtype: str, vocab_size: int, skipped: Dict[str, List[str]]) -> Dict[str, Dict[str, float]]:
     bert_name, lstm_name = task.name, config.lstm_folder(task)
-    summary: Dict[str, Dict[str, int]] = {bert_name: {}, **({lstm_name: {}} if lstm_vocab else {})}
+    summary: Dict[str, Dict[str, float]] = {bert_name: {}, **({lstm_name: {}} if lstm_vocab else {})}
     vocab_info = {"file": str(config.vocab_file.resolve()), "sha256": file_sha256(config.vocab_file),
                   "size": vocab_size, "do_lower_case": config.do_lower_case}
     for split, rows in examples.items():
@@ -326,9 +356,14 @@ def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, 
             for outputs in tqdm(chunks, total=-(-len(rows) // CHUNK), desc=f"{task.name} {split}",
                                 unit="chunk", leave=False, disable=None):
                 for writer, records in zip(writers, outputs):
-                    for record in records:
-                        writer.parts.add(record)
+                    for record, length in records:
+                        writer.add(record, length)
         for name, writer in zip((bert_name, lstm_name), writers):
             summary[name][split] = writer.close()
-        log.info("%s %s: %d examples in %.1f s", task.name, split, len(rows), time.perf_counter() - start)
+            lengths = writer.meta["lengths"]
+            summary.setdefault(f"{name}_padding", {})[split] = lengths["padding_share"]
+            log.info("%s %s: %d examples in %.1f s; %.0f %% of the %d positions are padding (real length: mean "
+                     "%.0f, p90 %d, max %d)", name, split, len(rows), time.perf_counter() - start,
+                     100 * lengths["padding_share"], writer.meta["seq_length"], lengths["mean"], lengths["p90"],
+                     lengths["max"])
     return summary

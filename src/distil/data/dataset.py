@@ -1,6 +1,7 @@
 """Reading converted splits the OneFlow way: `OFRecordReader` + `OFRecordRawDecoder`, eager or in nn.Graph.
 
-The reader loops over its files forever; `EvalStream` turns that stream into evaluation passes
+A split is opened once (`open_split`: meta.json checked against its part files) and the `Split` is passed
+down to every reader of the run, with its N-rank shards made once too. The reader loops over its files forever; `EvalStream` turns that stream into evaluation passes
 that see every example exactly once (original: the last batch wrapped around, duplicating dev
 examples). Files are checked in Python first, because OneFlow aborts the whole process on a
 missing part file or a length mismatch instead of raising.
@@ -8,6 +9,7 @@ missing part file or a length mismatch instead of raising.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -70,7 +72,47 @@ def _check_first_record(path: Path, features: Dict[str, Dict]) -> None:
                              f"{spec['shape']}")
 
 
-def open_split(split_dir: Union[str, Path], verify_checksums: bool = True) -> Dict:
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A converted split whose meta.json has been checked against its part files: what every reader of it
+    needs (counts, features, parts, lengths), read once."""
+
+    dir: Path
+    meta: Dict
+    _shards: Dict[int, "Split"] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.meta["num_examples"])
+
+    @property
+    def features(self) -> Dict[str, Dict]:
+        return self.meta["features"]
+
+    def seq_length(self, view: str = "") -> int:
+        """Positions per example of the `view` ("" or "teacher_") model inputs."""
+        return int(self.features[f"{view}input_ids"]["shape"][-1])
+
+    def sharded(self, placement) -> "Split":
+        """The split a rank reads: itself, or with N ranks its N shards (written by rank 0 once, then opened
+        once per process)."""
+        if placement is None or not placement.distributed:
+            return self
+        n = placement.world_size
+        if n not in self._shards:
+            if self.num_examples < n:
+                raise UsageError(f"{self.dir}: {self.num_examples} examples cannot be shared by {n} processes")
+            if placement.writer:
+                write_shards(self.dir, n)
+            placement.barrier()
+            self._shards[n] = open_split(self.dir / f"{SHARDS_PREFIX}{n}")
+        return self._shards[n]
+
+
+SplitLike = Union[Split, str, Path]
+
+
+def open_split(split_dir: Union[str, Path], verify_checksums: bool = True) -> Split:
     """Read a split's meta.json and check its part files against it before OneFlow touches them."""
     split_dir = Path(split_dir)
     meta = ofrecord.read_meta(split_dir)
@@ -93,7 +135,12 @@ def open_split(split_dir: Union[str, Path], verify_checksums: bool = True) -> Di
                              "re-run scripts/glue_process.sh")
     if meta["num_examples"] > 0:
         _check_first_record(split_dir / parts[0]["name"], meta["features"])
-    return meta
+    return Split(split_dir, meta)
+
+
+def as_split(split: SplitLike, verify_checksums: bool = True) -> Split:
+    """`split` itself, or the folder opened."""
+    return split if isinstance(split, Split) else open_split(split, verify_checksums)
 
 
 SHARDS_PREFIX = ".shards-"
@@ -137,19 +184,6 @@ def write_shards(split_dir: Path, shards: int) -> Path:
     return target
 
 
-def sharded_split(split_dir: Path, placement) -> Path:
-    """The folder a run's reader opens: the split itself, or with N ranks its N shards (rank 0 writes them)."""
-    if placement is None or not placement.distributed:
-        return split_dir
-    examples = ofrecord.read_meta(split_dir)["num_examples"]
-    if examples < placement.world_size:
-        raise UsageError(f"{split_dir}: {examples} examples cannot be shared by {placement.world_size} processes")
-    if placement.writer:
-        write_shards(split_dir, placement.world_size)
-    placement.barrier()
-    return split_dir / f"{SHARDS_PREFIX}{placement.world_size}"
-
-
 class OFRecordDataset(flow.nn.Module):
     """One converted split as a module: each call returns the next batch as {feature: tensor}.
 
@@ -160,12 +194,12 @@ class OFRecordDataset(flow.nn.Module):
     and a call returns the global batch of N·batch_size rows, split on dim 0.
     """
 
-    def __init__(self, split_dir: Union[str, Path], batch_size: int, shuffle: bool = False,
+    def __init__(self, split: SplitLike, batch_size: int, shuffle: bool = False,
                  seed: Optional[int] = None, features: Optional[Sequence[str]] = None,
                  verify_checksums: bool = True, placement=None):
         super().__init__()
-        self.split_dir = sharded_split(Path(split_dir), placement)
-        self.meta = open_split(self.split_dir, verify_checksums)
+        self.split = as_split(split, verify_checksums).sharded(placement)
+        self.split_dir, self.meta = self.split.dir, self.split.meta
         self.shards = placement.world_size if placement is not None and placement.distributed else 1
         self.batch_size = batch_size * self.shards
         if self.num_examples == 0:
@@ -187,7 +221,7 @@ class OFRecordDataset(flow.nn.Module):
 
     @property
     def num_examples(self) -> int:
-        return int(self.meta["num_examples"])
+        return self.split.num_examples
 
     def forward(self) -> Dict[str, "flow.Tensor"]:
         record = self.reader()

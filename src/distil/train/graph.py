@@ -9,13 +9,11 @@ module whose outputs ending in `_loss` are summed and back-propagated.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from distil.data import ofrecord
-from distil.data.dataset import EvalStream, OFRecordDataset
+from distil.data.dataset import EvalStream, OFRecordDataset, SplitLike, as_split
 from distil.models import io
 from distil.runtime import import_oneflow
 from distil.train.metrics import compute_metrics
@@ -172,14 +170,14 @@ def _logits_and_labels(model: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> 
 class Evaluator:
     """Evaluates a model on one split, every example exactly once, and times its throughput."""
 
-    def __init__(self, model: flow.nn.Module, split_dir: Path, metrics: Sequence[str], batch_size: int,
+    def __init__(self, model: flow.nn.Module, split: SplitLike, metrics: Sequence[str], batch_size: int,
                  placement: Placement):
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
-        seq_length = ofrecord.read_meta(split_dir)["features"]["input_ids"]["shape"][-1]
-        graph = in_graph(model, batch_size, seq_length)
+        split = as_split(split)
+        graph = in_graph(model, batch_size, split.seq_length())
         if graph:  # a compiled pass holds all its buffers: at most MICRO_BATCH_TOKENS per call, like training
-            batch_size = min(batch_size, max(1, MICRO_BATCH_TOKENS // seq_length))
-        self.data = OFRecordDataset(split_dir, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
+            batch_size = min(batch_size, max(1, MICRO_BATCH_TOKENS // split.seq_length()))
+        self.data = OFRecordDataset(split, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
         self.passes = SplitPass(_logits_and_labels, self.model, self.data, placement, graph)
 
     @property

@@ -162,9 +162,9 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
     placement = Placement(run.device, fp16=stage.settings.use_fp16)
     suffix = algorithm.data_suffix(run.options)
     train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run.options))
-    for split in (train_dir, *eval_dirs.values()):  # bad data must fail before anything is written
-        open_split(split)
-    train_meta = ofrecord.read_meta(train_dir)
+    train = open_split(train_dir)  # bad data must fail before anything is written
+    eval_splits = {name: open_split(path) for name, path in eval_dirs.items()}
+    train_meta = train.meta
     flow.manual_seed(stage.settings.seed)  # new weights (a task head, a student) are the same on every rank and run
     built = algorithm.build(run, stage, task, train_meta)
     options = run.options.as_json()
@@ -189,7 +189,7 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
     crash.note_run(run.model_save_dir, model_dir)  # where crash.log goes, and the train_state/ a restart resumes
     # a resume must not change them (the options, a global batch, a data order)
     extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size}
-    trainer = Trainer(built.model, built.step_module, stage.settings, train_dir, eval_dirs, task.metrics,
+    trainer = Trainer(built.model, built.step_module, stage.settings, train, eval_splits, task.metrics,
                       model_dir, placement, built.step_inputs, extra_state, built.eager)
     state = trainer.fit()
     results = {"task": task.name, "algorithm": algorithm.name, "model_id": run.model_save_dir.name,
@@ -232,13 +232,12 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     task = get_task(config["task"]["name"])
     if task_name is not None and get_task(task_name).name != task.name:
         raise UsageError(f"{model_dir} was trained for {task.name}, not {get_task(task_name).name}")
-    eval_dirs = model_eval_dirs(config, data_root)
-    meta = ofrecord.read_meta(eval_dirs["eval"])
-    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, meta, f"the model {model_dir}")
+    eval_splits = {name: open_split(path) for name, path in model_eval_dirs(config, data_root).items()}
+    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, eval_splits["eval"].meta, f"the model {model_dir}")
     placement = Placement(device, fp16)
     model = io.load_model(model_dir)
     results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
-               **evaluate(model, eval_dirs, task.metrics, batch_size, placement, model_dir)}
+               **evaluate(model, eval_splits, task.metrics, batch_size, placement, model_dir)}
     placement.release()
     target = result_dir or model_dir
 

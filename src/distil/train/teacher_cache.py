@@ -27,13 +27,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from distil.data import ofrecord
-from distil.data.dataset import EvalStream, OFRecordDataset, open_split
+from distil.data.dataset import EvalStream, OFRecordDataset, Split, SplitLike, as_split, open_split
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir, write_json_atomic
 from distil.models import io
@@ -60,28 +60,27 @@ def weights_digest(module: flow.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(step: DistillStep, train_dir: Path, outputs: Sequence[str]) -> Dict[str, str]:
+def fingerprint(step: DistillStep, train: Split, outputs: Sequence[str]) -> Dict[str, str]:
     """What a cache's values depend on; any difference means the cache is stale."""
-    meta = (train_dir / ofrecord.META_FILE).read_bytes()
+    meta = (train.dir / ofrecord.META_FILE).read_bytes()
     return {"format": FORMAT, "teacher_weights_sha256": weights_digest(step.teacher),
             "train_meta_sha256": hashlib.sha256(meta).hexdigest(), "teacher_inputs": step.teacher_view or "student's",
             "outputs": ",".join(outputs)}
 
 
-def is_fresh(cache: Path, expected: Dict[str, str]) -> bool:
-    """The cache exists, was made from these inputs, and its part files still match its meta.json."""
+def open_fresh(cache: Path, expected: Dict[str, str]) -> Optional[Split]:
+    """The cache opened, if it exists, was made from these inputs, and its part files still match its meta.json."""
     path = cache / FINGERPRINT_FILE
     if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != expected:
-        return False
+        return None
     try:
-        open_split(cache)
+        return open_split(cache)
     except UsageError as e:
         log.warning("teacher cache %s is damaged (%s); rebuilding it", cache, e)
-        return False
-    return True
+        return None
 
 
-def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], placement: Placement,
+def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placement: Placement,
                  batch_size: int, work_dir: Path, on_onnxruntime: bool = False) -> Dict[str, np.ndarray]:
     """{output: float32 array with one row per training example, in file order}: the teacher run once over
     the split, in OneFlow eagerly without autograd (lean whatever the teacher's size), each rank on its
@@ -92,10 +91,10 @@ def teacher_pass(step: DistillStep, train_dir: Path, outputs: Sequence[str], pla
             raise UsageError(f"--teacher_cache onnxruntime runs the teacher's logits in one CPU process; this run "
                              f"has {placement.world_size} process(es) on {placement.device} and caches "
                              f"{', '.join(outputs)}: use --teacher_cache auto")
-        data = OFRecordDataset(train_dir, batch_size, features=names)
+        data = OFRecordDataset(train, batch_size, features=names)
         with _progress(data, placement) as progress:
             return onnxruntime_pass(step.teacher, data, step.teacher_view, work_dir, lambda: progress.update(1))
-    data = OFRecordDataset(train_dir, batch_size, features=names, placement=placement)
+    data = OFRecordDataset(train, batch_size, features=names, placement=placement)
     placement.module(step)
 
     def compute(teacher: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
@@ -128,7 +127,7 @@ def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, 
     from distil.onnx_export import export_model
     from distil.predict import OnnxEngine
 
-    seq_length = data.meta["features"][f"{view}input_ids"]["shape"][-1]
+    seq_length = data.split.seq_length(view)
     with tempfile.TemporaryDirectory(prefix=".teacher-onnx-", dir=work_dir) as tmp:
         path = Path(tmp) / "teacher.onnx"
         export_model(teacher, seq_length, path, "the teacher")
@@ -144,18 +143,18 @@ def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, 
         return EvalStream(data.num_examples, data.batch_size).run(next_batch)
 
 
-def write_cache(train_dir: Path, cache: Path, values: Dict[str, np.ndarray], expected: Dict[str, str]) -> None:
+def write_cache(train: Split, cache: Path, values: Dict[str, np.ndarray], expected: Dict[str, str]) -> None:
     """The training split's part files record by record, each record with its example's cached outputs
     appended, then meta.json and fingerprint.json; written under a temporary name and renamed."""
     staged = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
-    meta = ofrecord.read_meta(train_dir)
+    meta = train.meta
     try:
         index, parts = 0, []
         for part in meta["parts"]:
             with open(staged / part["name"], "wb") as out:
-                for body in ofrecord.iter_frames(train_dir / part["name"]):
+                for body in ofrecord.iter_frames(train.dir / part["name"]):
                     extra = ofrecord.encode_record({f"{CACHED_PREFIX}{name}": ("float32", array[index].ravel().tolist())
                                                     for name, array in values.items()})
                     out.write(ofrecord.frame(body + extra))  # a protobuf map's entries may simply be appended
@@ -165,37 +164,40 @@ def write_cache(train_dir: Path, cache: Path, values: Dict[str, np.ndarray], exp
         features = {**meta["features"], **{f"{CACHED_PREFIX}{name}": {"shape": list(array.shape[1:]), "dtype": "float32"}
                                            for name, array in values.items()}}
         write_json_atomic(staged / ofrecord.META_FILE, {**meta, "features": features, "parts": parts,
-                                                        "teacher_cache_of": str(train_dir)})
+                                                        "teacher_cache_of": str(train.dir)})
         write_json_atomic(staged / FINGERPRINT_FILE, expected)
         replace_dir(staged, cache)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def prepare(step: flow.nn.Module, train_dir: Path, model_dir: Path, placement: Placement, mode: str,
-            batch_size: int) -> Path:
-    """The split a run trains on: `train_dir`, or the teacher cache beside train_state/ when `mode` is
+def prepare(step: flow.nn.Module, train_split: SplitLike, model_dir: Path, placement: Placement, mode: str,
+            batch_size: int) -> Split:
+    """The split a run trains on: `train_split`, or the teacher cache beside train_state/ when `mode` is
     "auto" or "onnxruntime" (the pass's engine) and the recipe's teacher outputs can be cached (built now if
     absent or stale; a cache made by either engine serves both).
 
     With a cache, `step` reads the teacher's outputs from the batch from now on.
     """
+    train = as_split(train_split)
     outputs = step.cacheable_outputs() if isinstance(step, DistillStep) else ()
     if mode == "off" or not outputs:
         if isinstance(step, DistillStep) and step.needs_teacher and mode != "off":
             log.info("teacher cache: not used (%s need per-token teacher states, too large to store)",
                      ", ".join(t.name for t in step.terms if t.operator not in ("hard_label", "pred_distill")))
-        return train_dir
+        return train
     cache = model_dir / CACHE_DIR
-    expected = fingerprint(step, train_dir, outputs)
+    expected = fingerprint(step, train, outputs)
     placement.write(lambda: [shutil.rmtree(p, ignore_errors=True) for p in model_dir.glob(f".{CACHE_DIR}.tmp-*")])
-    if is_fresh(cache, expected):
+    cached = open_fresh(cache, expected)
+    if cached is not None:
         log.info("teacher cache: reusing %s (same teacher weights, data and outputs)", cache)
     else:
-        values = teacher_pass(step, train_dir, outputs, placement, batch_size, model_dir, mode == "onnxruntime")
-        placement.write(lambda: write_cache(train_dir, cache, values, expected))
+        values = teacher_pass(step, train, outputs, placement, batch_size, model_dir, mode == "onnxruntime")
+        placement.write(lambda: write_cache(train, cache, values, expected))
         log.info("teacher cache: %d examples x %s in %s (%.1f MB); the teacher does not run in training steps",
                  len(next(iter(values.values()))), "+".join(outputs), cache,
                  sum(p.stat().st_size for p in cache.iterdir()) / 2**20)
+        cached = open_split(cache, verify_checksums=False)  # written just now, each part's checksum with it
     step.read_teacher_from_batch(outputs)
-    return cache
+    return cached

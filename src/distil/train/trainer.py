@@ -21,8 +21,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from distil.data import ofrecord
-from distil.data.dataset import OFRecordDataset
+from distil.data.dataset import OFRecordDataset, Split, SplitLike, as_split
 from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
 from distil.models.dropout import seed_dropout
@@ -103,11 +102,13 @@ class Trainer:
     """Trains `model` through `step_module` on one task and keeps the best dev checkpoint in `model_dir`."""
 
     def __init__(self, model: flow.nn.Module, step_module: flow.nn.Module, settings: TrainSettings,
-                 train_dir: Path, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], model_dir: Path,
+                 train_split: SplitLike, eval_splits: Dict[str, SplitLike], metrics: Tuple[str, ...], model_dir: Path,
                  device: Union[str, Placement] = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None,
                  eager: bool = False):
         self.model, self.step_module, self.settings = model, step_module, settings
-        self.train_dir, self.eval_dirs, self.metrics = train_dir, eval_dirs, metrics
+        self.train_split = as_split(train_split)
+        self.eval_splits: Dict[str, Split] = {name: as_split(split) for name, split in eval_splits.items()}
+        self.metrics = metrics
         self.model_dir = model_dir
         self.placement = device if isinstance(device, Placement) else Placement(device)
         self.step_inputs = step_inputs or (lambda step, total: ())
@@ -122,14 +123,13 @@ class Trainer:
         """Train to the end (resuming from train_state/ if a previous run was interrupted)."""
         state = self._start_or_resume()
         self._epoch_start = time.perf_counter()  # the first epoch's time includes the teacher cache's pass
-        train_dir = teacher_cache.prepare(self.step_module, self.train_dir, self.model_dir, self.placement,
+        train = teacher_cache.prepare(self.step_module, self.train_split, self.model_dir, self.placement,
                                           self.settings.teacher_cache, self.settings.eval_batch_size)
         seed_everything(self.step_module, self.settings.seed + state.step)
-        features = ofrecord.read_meta(train_dir)["features"]
-        seq_length = max(f["shape"][-1] for name, f in features.items() if name.endswith("input_ids"))
+        seq_length = max(f["shape"][-1] for name, f in train.features.items() if name.endswith("input_ids"))
         parts = 1 if self.eager else micro_batches(self.settings, seq_length)
         # one seed for the whole run: a resumed run reads the same order and skips what it has trained on
-        data = OFRecordDataset(train_dir, self.settings.batch_size, shuffle=self.settings.shuffle,
+        data = OFRecordDataset(train, self.settings.batch_size, shuffle=self.settings.shuffle,
                                seed=self.settings.seed, placement=self.placement)
         if self.placement.distributed:
             log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
@@ -146,7 +146,7 @@ class Trainer:
             log.info("resuming %s from step %d of %d (the data order goes on where it stopped: skipping the %d "
                      "batches read so far)", self.model_dir, state.step, total, state.step)
             data.skip(state.step)
-        evaluator = self.evaluator = Evaluator(self.model, self.eval_dirs["eval"], self.metrics,
+        evaluator = self.evaluator = Evaluator(self.model, self.eval_splits["eval"], self.metrics,
                                                self.settings.eval_batch_size, self.placement)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
@@ -272,19 +272,19 @@ class Trainer:
         """Reload the saved best weights and evaluate them (original: reported the last epoch's)."""
         load_weights(self.model, self.model_dir)
         # the epochs' evaluator again: a second compiled pass would hold as much memory again
-        return evaluate(self.model, self.eval_dirs, self.metrics, self.settings.eval_batch_size, self.placement,
+        return evaluate(self.model, self.eval_splits, self.metrics, self.settings.eval_batch_size, self.placement,
                         self.model_dir, {"eval": self.evaluator} if self.evaluator else {})
 
 
-def evaluate(model: flow.nn.Module, eval_dirs: Dict[str, Path], metrics: Tuple[str, ...], batch_size: int,
+def evaluate(model: flow.nn.Module, eval_splits: Dict[str, SplitLike], metrics: Tuple[str, ...], batch_size: int,
              device: Union[str, Placement], model_dir: Path,
              evaluators: Optional[Dict[str, Evaluator]] = None) -> Dict[str, Any]:
     """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput; `evaluators`
     already built for some splits are reused."""
     results: Dict[str, Any] = {}
     placement = device if isinstance(device, Placement) else Placement(device)
-    for name, split_dir in eval_dirs.items():
-        evaluator = (evaluators or {}).get(name) or Evaluator(model, split_dir, metrics, batch_size, placement)
+    for name, split in eval_splits.items():
+        evaluator = (evaluators or {}).get(name) or Evaluator(model, split, metrics, batch_size, placement)
         values, _, timing = evaluator.run()
         entry = {**values, "num_examples": evaluator.num_examples,
                  "examples_per_second": round(timing["examples_per_second"], 1),
