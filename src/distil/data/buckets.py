@@ -1,0 +1,77 @@
+"""Length buckets: the handful of sequence lengths that batches are cut to, chosen from a split's histogram.
+
+Each distinct batch length is one more compiled graph (seconds to build, memory to hold), so a run uses a
+few lengths, not one per batch: the boundaries that compute the fewest positions when every example is
+padded up to the first boundary at or above its real length. Boundaries are multiples of `MULTIPLE` (what
+matrix kernels like) and the last one is the data's `max_seq_length`, so every example has a bucket.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Dict, List, Sequence, Tuple
+
+from distil.errors import UsageError
+
+MULTIPLE = 8
+MAX_BUCKETS = 4
+
+Histogram = Sequence[Tuple[int, int]]  # (real length, examples), as meta.json's lengths.histogram
+
+
+def choose_boundaries(histogram: Histogram, seq_length: int, max_buckets: int = MAX_BUCKETS,
+                      multiple: int = MULTIPLE) -> List[int]:
+    """At most `max_buckets` increasing lengths ending with `seq_length` that minimise the positions
+    computed (dynamic programming over the candidate lengths: the multiples of `multiple` below
+    `seq_length`)."""
+    if max_buckets < 1:
+        raise UsageError(f"length buckets: at least one bucket is needed, got {max_buckets}")
+    longest = max((length for length, count in histogram if count), default=0)
+    if longest > seq_length:
+        raise UsageError(f"length buckets: an example of {longest} tokens is longer than the data's "
+                         f"max_seq_length {seq_length}")
+    candidates = [n for n in range(multiple, seq_length, multiple)] + [seq_length]
+    counts = _counts_up_to(histogram, candidates)
+    # best[j]: (positions, buckets) for the examples up to candidates[j], the last bucket ending there;
+    # each round allows one bucket more, and a tie keeps the option without it (listed first)
+    best = {j: (counts[j] * length, [length]) for j, length in enumerate(candidates)}
+    for _ in range(max_buckets - 1):
+        best = {j: min([best[j]] + [(best[i][0] + (counts[j] - counts[i]) * length, best[i][1] + [length])
+                                    for i in range(j)], key=lambda option: option[0])
+                for j, length in enumerate(candidates)}
+    return best[len(candidates) - 1][1]
+
+
+def _counts_up_to(histogram: Histogram, candidates: Sequence[int]) -> List[int]:
+    """Examples whose real length is at most each candidate length."""
+    ordered = sorted(histogram)
+    lengths = [length for length, _ in ordered]
+    totals = [0]
+    for _, count in ordered:
+        totals.append(totals[-1] + count)
+    return [totals[bisect.bisect_right(lengths, c)] for c in candidates]
+
+
+def bucket_of(boundaries: Sequence[int], length: int) -> int:
+    """Index of the first boundary at or above `length`."""
+    index = bisect.bisect_left(boundaries, length)
+    if index == len(boundaries):
+        raise UsageError(f"an example of {length} tokens is longer than the longest bucket ({boundaries[-1]})")
+    return index
+
+
+def padded_positions(histogram: Histogram, boundaries: Sequence[int]) -> int:
+    """Positions computed when every example is padded to its bucket's length."""
+    return sum(count * boundaries[bucket_of(boundaries, length)] for length, count in histogram if count)
+
+
+def describe(histogram: Histogram, boundaries: Sequence[int]) -> Dict[str, object]:
+    """What a log line and a results file say about buckets: their lengths, examples, and the padding left."""
+    examples = [0] * len(boundaries)
+    real = 0
+    for length, count in histogram:
+        examples[bucket_of(boundaries, length)] += count
+        real += length * count
+    computed = padded_positions(histogram, boundaries)
+    return {"lengths": list(boundaries), "examples": examples,
+            "padding_share": round(1 - real / computed, 4) if computed else 0.0}
