@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -167,10 +168,13 @@ def test_missing_inputs_are_reported_with_what_is_valid(tmp_path, vocab_file):
 
 
 def test_test_split_is_optional_and_skipped_with_a_warning(tmp_path, vocab_file, caplog):
+    caplog.set_level("INFO", logger="distil.data.convert")
     write_task(tmp_path / "glue", "WNLI", skip=("test.tsv",))
     summary = convert_task("WNLI", config_for(tmp_path, vocab_file, lstm_seq_length=0))
     assert summary["WNLI"] == {"train": 7, "eval": 7} and set(summary["WNLI_padding"]) == {"train", "eval"}
     assert "no " in caplog.text and "test.tsv, skipping the test split" in caplog.text
+    assert re.search(r"WNLI train: 7 examples in .* s; \d+ % of the 128 positions are padding \(real length: mean "
+                     r"\d+, p90 \d+, max \d+\), \d+ % in batches cut to length buckets [\d/]+/128", caplog.text)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from typing import Counter, Dict, Iterable, Iterator, List, Optional, Sequence, 
 from tqdm import tqdm
 
 from distil import __version__
-from distil.data import ofrecord
+from distil.data import buckets, ofrecord
 from distil.data.tasks import Example, TaskSpec, get_task, read_examples
 from distil.data.tokenization import BasicTokenizer, FullTokenizer, load_vocab
 from distil.errors import UsageError
@@ -362,8 +362,11 @@ def _convert_splits(task: TaskSpec, examples: Dict[str, List], files: Dict[str, 
             summary[name][split] = writer.close()
             lengths = writer.meta["lengths"]
             summary.setdefault(f"{name}_padding", {})[split] = lengths["padding_share"]
+            bucketed = buckets.describe(lengths["histogram"], buckets.choose_boundaries(
+                lengths["histogram"], writer.meta["seq_length"]))
             log.info("%s %s: %d examples in %.1f s; %.0f %% of the %d positions are padding (real length: mean "
-                     "%.0f, p90 %d, max %d)", name, split, len(rows), time.perf_counter() - start,
-                     100 * lengths["padding_share"], writer.meta["seq_length"], lengths["mean"], lengths["p90"],
-                     lengths["max"])
+                     "%.0f, p90 %d, max %d), %.0f %% in batches cut to length buckets %s", name, split, len(rows),
+                     time.perf_counter() - start, 100 * lengths["padding_share"], writer.meta["seq_length"],
+                     lengths["mean"], lengths["p90"], lengths["max"], 100 * bucketed["padding_share"],
+                     "/".join(map(str, bucketed["lengths"])))
     return summary
