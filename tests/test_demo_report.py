@@ -57,7 +57,7 @@ def test_demo_vocab_tokenizes_every_sentence_without_unknowns(tmp_path):
     assert "[UNK]" not in tokens and "##able" in tokens and "un" in tokens
 
 
-def test_report_compares_students_with_the_teacher(tmp_path):
+def test_report_compares_students_with_the_teacher(tmp_path, monkeypatch):
     """Uses the demo's layout in miniature: a teacher and a KD student trained for a few steps."""
     from distil.data.convert import ConvertConfig, convert_task
     from distil.models import io
@@ -97,6 +97,45 @@ def test_report_compares_students_with_the_teacher(tmp_path):
     assert markdown[3].startswith(f"| kd | kd | 1 | 16 | 24 | {kd_row['parameters']:,} | ")
     assert f"| accuracy {saved['accuracy']:.4f} | {kd_row['retained_percent']:.1f} % |" in markdown[3]
     assert (tmp_path / "models" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert kd_row["timed_passes"] == teacher_row["timed_passes"] == 3
+
+    from distil.report import measure
+    from distil.train.graph import Evaluator
+
+    timings, real_run = [None, 300.0, 100.0, 200.0], Evaluator.run
+
+    def timed(self):  # the warm-up pass, then passes that took known times
+        values, outputs, timing = real_run(self)
+        speed = timings[len(calls)]
+        calls.append(speed)
+        return values, outputs, {**timing, "examples_per_second": speed or timing["examples_per_second"]}
+
+    calls: list = []
+    monkeypatch.setattr(Evaluator, "run", timed)
+    row = measure(tmp_path / "models" / "kd", tmp_path / "data", 16, "cpu")
+    assert len(calls) == 4 and row["examples_per_second"] == 200.0 and row["value"] == kd_row["value"]
     missing = run([PYTHON, "-m", "distil", "report", str(tmp_path / "nothing")])
     assert missing.returncode == 2 and "nothing does not exist" in missing.stderr
     assert (ROOT / "scripts" / "run_demo.sh").is_file()
+
+
+def test_chart_labels_never_overlap_even_for_models_at_the_same_point():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distil.report import place_labels
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    points = [(1.0, 0.9), (4.1, 0.86), (4.1, 0.86), (4.1, 0.86), (4.12, 0.861), (9.0, 0.8)]
+    labels = ["teacher", "theseus", "bert_pkd", "tinybert", "kd", "distilled_lstm"]
+    for x, y in points:
+        ax.scatter(x, y)
+    notes = place_labels(ax, points, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = [note.get_window_extent(renderer) for note in notes]
+    assert [note.get_text() for note in notes] == labels and all(note.axes is ax for note in notes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1) for box in boxes)
+    plt.close(fig)
