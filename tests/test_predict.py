@@ -83,6 +83,42 @@ def test_predict_on_the_dev_tsv_gives_evals_outputs_for_every_example(ws, name):
     assert np.ptp(expected[:, 0]) > 100 * 1e-6  # examples differ by far more than the tolerance
 
 
+def test_batches_of_similar_length_are_cut_and_results_come_back_in_input_order():
+    from distil.predict import logits_by_length
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 30, size=23)
+    mask = (np.arange(32)[None, :] < lengths[:, None]).astype(np.int32)
+    features = {"input_ids": rng.integers(1, 99, size=(23, 32)).astype(np.int32) * mask, "input_mask": mask,
+                "segment_ids": np.zeros((23, 32), np.int32)}
+    widths = []
+
+    def engine(batch):  # logits that tell the rows apart and depend on the real tokens only
+        widths.append(batch["input_ids"].shape[1])
+        return np.stack([batch["input_ids"].sum(1), batch["input_mask"].sum(1)], axis=1).astype(np.float32)
+
+    seen = []
+    cut = logits_by_length(engine, features, 5, True, seen.append)
+    expected = np.stack([features["input_ids"].sum(1), lengths], axis=1)
+    np.testing.assert_array_equal(cut, expected)
+    ordered = np.sort(lengths)
+    assert widths == [int(ordered[min(i + 4, 22)]) for i in range(0, 23, 5)] and seen == [5, 5, 5, 5, 3]
+    widths.clear()
+    np.testing.assert_array_equal(logits_by_length(engine, features, 5, False, seen.append), expected)
+    assert widths == [32] * 5
+
+
+def test_length_buckets_give_the_full_length_predictions(ws):
+    dev = str(ws / "glue" / "MRPC" / "dev.tsv")
+    cut = rows(predict(ws, "MRPC", dev, "--batch_size", "4").stdout)
+    full = rows(predict(ws, "MRPC", dev, "--batch_size", "4", "--length_buckets", "off").stdout)
+    assert [(r["line"], r["label"]) for r in cut] == [(r["line"], r["label"]) for r in full] and len(cut) == 23
+    for a, b in zip(cut, full):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    bad = predict(ws, "MRPC", dev, "--length_buckets", "some")
+    assert bad.returncode == 2 and "--length_buckets must be one of auto, off, got 'some'" in bad.stderr
+
+
 def test_unlabelled_tsv_plain_text_pairs_and_stdin_give_the_same_predictions(ws, tmp_path):
     rows_dev = [line.split("\t") for line in (ws / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     pairs = [f"{r[3]}\t{r[4]}" for r in rows_dev]
@@ -105,10 +141,11 @@ def test_unlabelled_tsv_plain_text_pairs_and_stdin_give_the_same_predictions(ws,
 def test_output_file_is_written_whole_with_a_summary(ws, tmp_path):
     out = tmp_path / "predictions.jsonl"
     done = run(["bash", str(ROOT / "scripts" / "run_predict.sh"), str(ws / "models" / "STS-B"),
-                str(ws / "glue" / "STS-B" / "test.tsv")], env={"OUTPUT": str(out), "BATCH_SIZE": "4"})
+                str(ws / "glue" / "STS-B" / "test.tsv")], env={"OUTPUT": str(out), "BATCH_SIZE": "4",
+                                                               "LENGTH_BUCKETS": "off"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {"model_dir": str(ws / "models" / "STS-B"), "task": "STS-B", "examples": 9,
-                                       "engine": "oneflow", "output": str(out)}
+                                       "engine": "oneflow", "length_buckets": "off", "output": str(out)}
     assert [set(r) for r in rows(out.read_text())] == [{"source", "line", "score"}] * 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl"]
 

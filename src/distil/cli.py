@@ -336,6 +336,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="auto", help="auto (onnxruntime when MODEL_DIR/model.onnx is newer than the "
                                                     "weights, else oneflow), oneflow or onnxruntime")
     p.add_argument("--onnx", type=Path, default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
+    p.add_argument("--length_buckets", default="auto",
+                   help="auto: batch examples of similar length and cut each batch to its longest (the same "
+                        "results, less work; onnxruntime only with an ONNX file of dynamic sequence length); "
+                        "off: every batch at the model's max_seq_length")
     launch.add_flags(p)
     p.set_defaults(run=_run_predict)
 
@@ -344,7 +348,7 @@ def _run_predict(args: argparse.Namespace) -> Optional[Dict]:
     from distil.predict import predict
 
     summary = predict(args.model_dir, args.inputs, args.output, args.batch_size, _device(args.device), args.engine,
-                      args.onnx)
+                      args.onnx, args.length_buckets)
     return summary if args.output else None  # else stdout holds the predictions
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -143,6 +143,7 @@ class OneFlowEngine:
     """The model directory's weights in OneFlow, run eagerly without autograd (as evaluation runs)."""
 
     name = "oneflow"
+    cuts = True  # eager: any sequence length
 
     def __init__(self, model_dir: Path, device: str):
         from distil.runtime import import_oneflow
@@ -185,6 +186,11 @@ class OnnxEngine:
 
         return self.session.run([OUTPUT], {name: features[name] for name in INPUTS})[0]
 
+    @property
+    def cuts(self) -> bool:
+        """Whether the file takes shorter sequences (a symbolic sequence axis) or only the exported length."""
+        return not isinstance(self.session.get_inputs()[0].shape[1], int)
+
 
 ENGINES = ("auto", "oneflow", "onnxruntime")
 
@@ -213,11 +219,36 @@ def _write_lines(out: IO[str], results: Sequence[Dict[str, Any]]) -> None:
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
+LENGTH_BUCKETS = ("auto", "off")
+CHUNK_BATCHES = 64  # batches sorted by length together (as group_by_length's mega-batches)
+
+
+def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, cut: bool,
+                     on_batch: Callable[[int], None]) -> np.ndarray:
+    """The engine's logits of every row, in row order, from batches of rows of similar length (sorted, stably),
+    each cut to its longest member when `cut`: padding a batch does not compute is work saved."""
+    lengths = features["input_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable") if cut else np.arange(len(lengths))
+    logits: Optional[np.ndarray] = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(1, int(lengths[rows].max())) if cut else features["input_ids"].shape[1]
+        batch = engine({name: np.ascontiguousarray(value[rows, :width]) for name, value in features.items()})
+        if logits is None:
+            logits = np.empty((len(order), *batch.shape[1:]), dtype=batch.dtype)
+        logits[rows] = batch
+        on_batch(len(rows))
+    return logits
+
+
 def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str,
-            engine: str = "auto", onnx_file: Optional[Path] = None) -> Dict:
-    """Classify every example of `inputs`; JSON lines into `output` (atomically) or onto stdout."""
+            engine: str = "auto", onnx_file: Optional[Path] = None, length_buckets: str = "auto") -> Dict:
+    """Classify every example of `inputs`; JSON lines into `output` (atomically) or onto stdout, in input order.
+    With `length_buckets` auto, examples are batched by length and each batch cut to its longest member."""
     if batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
+    if length_buckets not in LENGTH_BUCKETS:
+        raise UsageError(f"--length_buckets must be one of {', '.join(LENGTH_BUCKETS)}, got '{length_buckets}'")
     config = io.read_config(model_dir)
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
@@ -230,17 +261,17 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     if not lines:
         raise UsageError(f"{', '.join(inputs or [STDIN])}: no examples to classify (the input is empty)")
     engine = choose_engine(model_dir, engine, onnx_file, device)
+    cut = length_buckets == "auto" and engine.cuts
     writer = launch.rank() == 0  # with several processes, rank 0 writes
     staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output and writer else None
     out = open(staged, "w", encoding="utf-8") if staged else sys.stdout if writer else open(os.devnull, "w")
     try:
         with tqdm(total=len(lines), desc="predict", unit="example", dynamic_ncols=True,
                   disable=None if writer else True) as progress:
-            for start in range(0, len(lines), batch_size):
-                chunk = lines[start:start + batch_size]
-                logits = engine(featurize(chunk))
+            for start in range(0, len(lines), batch_size * CHUNK_BATCHES):
+                chunk = lines[start:start + batch_size * CHUNK_BATCHES]
+                logits = logits_by_length(engine, featurize(chunk), batch_size, cut, progress.update)
                 _write_lines(out, [prediction(line, row, task) for line, row in zip(chunk, logits)])
-                progress.update(len(chunk))
         if staged:
             out.close()
             os.replace(staged, output)
@@ -250,6 +281,6 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
         if staged:
             staged.unlink(missing_ok=True)
     summary = {"model_dir": str(model_dir), "task": task.name, "examples": len(lines), "engine": engine.name,
-               "output": str(output) if output else "stdout"}
+               "length_buckets": "auto" if cut else "off", "output": str(output) if output else "stdout"}
     log.info("predicted %d examples with %s (%s)", len(lines), model_dir, engine.name)
     return summary
