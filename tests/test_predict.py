@@ -15,6 +15,7 @@ from conftest import PYTHON, ROOT, free_port, run
 from distil.data.convert import ConvertConfig, convert_task
 from distil.data.tasks import get_task
 from distil.data.tokenization import load_vocab
+from distil.errors import UsageError
 from distil.models import io
 from distil.models.bert import BertConfig
 from distil.runtime import import_oneflow
@@ -81,6 +82,26 @@ def test_predict_on_the_dev_tsv_gives_evals_outputs_for_every_example(ws, name):
                                rtol=1e-5, atol=1e-6)
     assert [r["label"] for r in got] == [task.labels[i] for i in logits.argmax(-1)]
     assert np.ptp(expected[:, 0]) > 100 * 1e-6  # examples differ by far more than the tolerance
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_evaluation_with_length_buckets_gives_the_full_length_outputs_in_file_order(ws, compiled, monkeypatch):
+    from distil.train import graph
+
+    monkeypatch.setattr(graph, "in_graph", lambda *args: compiled)
+    model = io.load_model(ws / "models" / "CoLA")  # single sentences of 10 to 32 tokens
+    split = ws / "data" / "CoLA" / "eval"
+    metrics_off, full, _ = Evaluator(model, split, ("accuracy",), 5, Placement("cpu"), "off").run()
+    cut = Evaluator(model, split, ("accuracy",), 5, Placement("cpu"))
+    for _ in range(2):  # a second pass starts where the first stopped reading, and sees the same examples
+        metrics, outputs, _ = cut.run()
+        np.testing.assert_allclose(outputs["logits"], full["logits"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(outputs["labels"], full["labels"])
+        assert metrics == metrics_off
+    if compiled:  # a graph per length bucket in use, the shortest far below the data's 32 positions
+        assert set(cut.passes.cut_graphs) <= set(cut.passes.buckets) and min(cut.passes.cut_graphs) <= 16
+    with pytest.raises(UsageError, match="--length_buckets must be one of auto, off, got 'on'"):
+        Evaluator(model, split, ("accuracy",), 5, Placement("cpu"), "on")
 
 
 def test_batches_of_similar_length_are_cut_and_results_come_back_in_input_order():
@@ -217,3 +238,19 @@ def test_stdin_that_is_not_utf8_is_named_with_its_line(ws):
 def test_a_batch_size_below_one_is_a_usage_error(ws):
     done = predict(ws, "MRPC", "--batch_size", "0", input="a\tb\n")
     assert done.returncode == 2 and "--batch_size must be at least 1, got 0" in done.stderr
+
+
+def test_eval_takes_length_buckets_and_says_which_it_used(ws, tmp_path):
+    scores = {}
+    for mode in ("auto", "off"):
+        done = run([PYTHON, "-m", "distil", "eval", str(ws / "models" / "CoLA"), "--data_root", str(ws / "data"),
+                    "--device", "cpu", "--eval_batch_size", "5", "--result_dir", str(tmp_path / mode),
+                    "--length_buckets", mode])
+        assert done.returncode == 0, done.stderr[-2000:]
+        scores[mode] = json.loads((tmp_path / mode / "results_eval.json").read_text())
+        assert scores[mode]["length_buckets"] == mode
+    assert scores["auto"]["mcc"] == scores["off"]["mcc"] and scores["auto"]["num_examples"] == 23
+    bad = run([PYTHON, "-m", "distil", "eval", str(ws / "models" / "CoLA"), "--data_root", str(ws / "data"),
+               "--device", "cpu", "--length_buckets", "x", "--result_dir", str(tmp_path / "bad")])
+    assert bad.returncode == 2 and "--length_buckets must be one of auto, off, got 'x'" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -11,7 +11,7 @@ MODEL_DIR=${MODEL_DIR:-${TEACHER_MODEL_DIR:-${STUDENT_DIR:-$DEFAULT_DIR}}}  # th
 shift 3
 ARGS=()
 for pair in GPU_NUM_PER_NODE:nproc_per_node NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips \
-            MASTER_PORT:master_port USE_FP16:use_fp16; do
+            MASTER_PORT:master_port USE_FP16:use_fp16 LENGTH_BUCKETS:length_buckets; do
   var=${pair%%:*}
   [ -n "${!var:-}" ] && ARGS+=("--${pair#*:}" "${!var}")
 done

@@ -291,6 +291,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=None, help="writes OUTPUT.md/.json/.png (default: <first dir>/report)")
     p.add_argument("--eval_batch_size", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--length_buckets", default="auto", help="auto: batches of examples of similar length, cut to their length bucket (the same results, "
+                        "less work; one process); off: every batch at the data's max_seq_length")
     launch.add_flags(p)
     p.set_defaults(run=_run_report)
 
@@ -299,7 +301,7 @@ def _run_report(args: argparse.Namespace) -> str:
     from distil.report import build_report, find_model_dirs, to_markdown, write_report
 
     device = _device(args.device)
-    rows = build_report(find_model_dirs(args.dirs), args.data_root, args.eval_batch_size, device)
+    rows = build_report(find_model_dirs(args.dirs), args.data_root, args.eval_batch_size, device, args.length_buckets)
     files = write_report(rows, args.output or args.dirs[0] / "report")
     return to_markdown(rows) + "\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items())
 
@@ -313,6 +315,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval_batch_size", "--eval_batch_size_per_device", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--use_fp16", type=str2bool, default=False, help="mixed precision (CUDA only)")
+    p.add_argument("--length_buckets", default="auto", help="auto: batches of examples of similar length, cut to their length bucket (the same results, "
+                        "less work; one process); off: every batch at the data's max_seq_length")
     launch.add_flags(p)
     p.set_defaults(run=_run_eval)
 
@@ -321,7 +325,8 @@ def _run_eval(args: argparse.Namespace) -> Dict:
     from distil.train.run import evaluate_model_dir
 
     return evaluate_model_dir(args.model_dir, args.data_root, Path(args.result_dir) if args.result_dir else None,
-                              args.eval_batch_size, _device(args.device, args.use_fp16), args.task, args.use_fp16)
+                              args.eval_batch_size, _device(args.device, args.use_fp16), args.task, args.use_fp16,
+                              args.length_buckets)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distil import launch
+from distil.data import buckets
 from distil.data.convert import bert_inputs, lstm_inputs
 from distil.data.tasks import SplitSpec, TaskSpec, column_index, get_task
 from distil.data.tokenization import FullTokenizer, load_vocab
@@ -219,7 +220,6 @@ def _write_lines(out: IO[str], results: Sequence[Dict[str, Any]]) -> None:
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
-LENGTH_BUCKETS = ("auto", "off")
 CHUNK_BATCHES = 64  # batches sorted by length together (as group_by_length's mega-batches)
 
 
@@ -247,8 +247,7 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     With `length_buckets` auto, examples are batched by length and each batch cut to its longest member."""
     if batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
-    if length_buckets not in LENGTH_BUCKETS:
-        raise UsageError(f"--length_buckets must be one of {', '.join(LENGTH_BUCKETS)}, got '{length_buckets}'")
+    cut = buckets.check_mode(length_buckets)
     config = io.read_config(model_dir)
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
@@ -261,7 +260,7 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     if not lines:
         raise UsageError(f"{', '.join(inputs or [STDIN])}: no examples to classify (the input is empty)")
     engine = choose_engine(model_dir, engine, onnx_file, device)
-    cut = length_buckets == "auto" and engine.cuts
+    cut = cut and engine.cuts
     writer = launch.rank() == 0  # with several processes, rank 0 writes
     staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output and writer else None
     out = open(staged, "w", encoding="utf-8") if staged else sys.stdout if writer else open(os.devnull, "w")

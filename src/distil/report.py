@@ -44,7 +44,7 @@ def _architecture(config: Dict[str, Any]) -> Dict[str, Any]:
 TIMED_PASSES = 3
 
 
-def measure(model_dir: Path, data_root: Path, batch_size: int, device: str,
+def measure(model_dir: Path, data_root: Path, batch_size: int, device: str, length_buckets: str = "auto",
             passes: int = TIMED_PASSES) -> Dict[str, Any]:
     """One model's row before the teacher-relative columns: sizes, a fresh dev evaluation (which also warms
     up), then the median throughput of `passes` more passes, as the benchmarks time (one pass of a busy
@@ -63,7 +63,7 @@ def measure(model_dir: Path, data_root: Path, batch_size: int, device: str,
     task = get_task(config["task"]["name"])
     split = open_split(model_eval_dirs(config, data_root)["eval"])
     model, placement = io.load_model(model_dir), Placement(device)
-    evaluator = Evaluator(model, split, task.metrics, batch_size, placement)
+    evaluator = Evaluator(model, split, task.metrics, batch_size, placement, length_buckets)
     values, _, _ = evaluator.run()
     speeds = [evaluator.run()[2]["examples_per_second"] for _ in range(passes)]
     size = model_size(model, model_dir)
@@ -81,8 +81,8 @@ def measure(model_dir: Path, data_root: Path, batch_size: int, device: str,
 
 
 def build_report(model_dirs: Sequence[Path], data_root: Path, batch_size: int = 32,
-                 device: str = "cpu") -> List[Dict[str, Any]]:
-    rows = [measure(d, data_root, batch_size, device) for d in model_dirs]
+                 device: str = "cpu", length_buckets: str = "auto") -> List[Dict[str, Any]]:
+    rows = [measure(d, data_root, batch_size, device, length_buckets) for d in model_dirs]
     teachers = [r for r in rows if r["algorithm"] == "teacher"]
     teacher: Optional[Dict[str, Any]] = teachers[0] if teachers else None
     for row in rows:

@@ -15,6 +15,14 @@ from distil.errors import UsageError
 
 MULTIPLE = 8
 MAX_BUCKETS = 4
+MODES = ("auto", "off")  # --length_buckets: cut batches to their lengths, or compute max_seq_length always
+
+
+def check_mode(mode: str) -> bool:
+    """Whether --length_buckets `mode` cuts batches (a usage error names the valid modes)."""
+    if mode not in MODES:
+        raise UsageError(f"--length_buckets must be one of {', '.join(MODES)}, got '{mode}'")
+    return mode == "auto"
 
 Histogram = Sequence[Tuple[int, int]]  # (real length, examples), as meta.json's lengths.histogram
 

@@ -8,11 +8,13 @@ module whose outputs ending in `_loss` are summed and back-propagated.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from distil.data.buckets import bucket_of, check_mode, choose_boundaries
 from distil.data.dataset import EvalStream, OFRecordDataset, SplitLike, as_split
 from distil.models import io
 from distil.runtime import import_oneflow
@@ -139,18 +141,51 @@ def _gathered(values: Dict[str, flow.Tensor], placement: Placement) -> Dict[str,
             for name, v in values.items()}
 
 
+class InputsPassGraph(flow.nn.Graph):
+    """`compute(model, batch)` on a batch given as inputs, gathered, as a static graph: one per batch shape."""
+
+    def __init__(self, compute: Compute, model: flow.nn.Module, features: Sequence[str], placement: Placement):
+        super().__init__()
+        self.model, self.compute, self.features, self.placement = model, compute, tuple(features), placement
+        if placement.fp16:
+            self.config.enable_amp(True)
+
+    def build(self, *inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+        return _gathered(self.compute(self.model, dict(zip(self.features, inputs))), self.placement)
+
+
+CHUNK_BATCHES = 32  # batches read, then sorted by length together
+
+
 class SplitPass:
     """Passes of `compute(model, batch)` over a split: {name: one row per example, in file order}, every
     example exactly once, each rank on its shard; in a PassGraph (compiled once) or eagerly without autograd
-    (in mixed precision under --use_fp16). Later passes go on where the reader stopped."""
+    (in mixed precision under --use_fp16). Later passes go on where the reader stopped.
+
+    With `cut` (one process), the batches read are regrouped, CHUNK_BATCHES at a time, into batches of
+    examples of similar length cut to their length bucket (a graph per bucket; eagerly, to the longest
+    member), and the outputs put back in reading order: the same values without computing the padding.
+    `compute`'s outputs must hold one row per example and no sequence axis (logits, labels).
+    """
 
     def __init__(self, compute: Compute, model: flow.nn.Module, data: OFRecordDataset, placement: Placement,
-                 graph: bool = False):
+                 graph: bool = False, cut: bool = False):
         self.compute, self.model, self.data, self.placement = compute, model, data, placement
         self.stream = EvalStream(data.num_examples, data.batch_size // data.shards, data.shards)
-        self.graph = PassGraph(compute, model, data, placement) if graph else None
+        self.cut = cut and not placement.distributed
+        self.graph = PassGraph(compute, model, data, placement) if graph and not self.cut else None
+        self.cut_graphs: Optional[Dict[int, InputsPassGraph]] = {} if graph and self.cut else None
+        if self.cut:
+            self.mask = next(name for name in data.names if name.endswith("input_mask"))
+            self.seq_length = data.meta["features"][self.mask]["shape"][-1]
+            self.sequences = {name for name in data.names if data.meta["features"][name]["shape"] == [self.seq_length]}
+            lengths = data.meta.get("lengths") if data.meta.get("seq_length") == self.seq_length else None
+            self.buckets = choose_boundaries(lengths["histogram"], self.seq_length) if lengths else [self.seq_length]
 
     def run(self, on_batch: Callable[[], None] = lambda: None) -> Dict[str, np.ndarray]:
+        if self.cut:
+            return self._run_cut(on_batch)
+
         def next_batch() -> Dict[str, np.ndarray]:
             if self.graph is not None:
                 values = self.graph()
@@ -162,6 +197,54 @@ class SplitPass:
 
         return self.stream.run(next_batch)
 
+    def _run_cut(self, on_batch: Callable[[], None]) -> Dict[str, np.ndarray]:
+        steps = math.ceil(max(self.stream.sizes) / self.stream.batch_size)  # the reads of one pass, no more
+        ready: List[Dict[str, np.ndarray]] = []
+        read = 0
+
+        def next_batch() -> Dict[str, np.ndarray]:
+            nonlocal read
+            if not ready:
+                count = min(CHUNK_BATCHES, steps - read)
+                read += count
+                ready.extend(self._by_length([{name: io.as_numpy(value) for name, value in self.data().items()}
+                                              for _ in range(count)], on_batch))
+            return ready.pop(0)
+
+        return self.stream.run(next_batch)
+
+    def _by_length(self, batches: List[Dict[str, np.ndarray]], on_batch: Callable[[], None]
+                   ) -> List[Dict[str, np.ndarray]]:
+        """The outputs of `batches` (in their order), computed on their rows sorted by length."""
+        rows = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+        lengths = rows[self.mask].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        size = len(batches[0][self.mask])
+        outputs: Dict[str, np.ndarray] = {}
+        for start in range(0, len(order), size):
+            chosen = order[start:start + size]
+            longest = max(1, int(lengths[chosen].max()))
+            width = self.buckets[bucket_of(self.buckets, longest)] if self.cut_graphs is not None else longest
+            full = np.concatenate([chosen, np.repeat(chosen[-1:], size - len(chosen))])  # one shape per bucket
+            values = self._compute({name: value[full, :width] if name in self.sequences else value[full]
+                                    for name, value in rows.items()}, width)
+            for name, value in values.items():
+                outputs.setdefault(name, np.empty((len(order), *value.shape[1:]), dtype=value.dtype))[chosen] = \
+                    value[:len(chosen)]
+            on_batch()
+        return [{name: value[i * size:(i + 1) * size] for name, value in outputs.items()} for i in range(len(batches))]
+
+    def _compute(self, batch: Dict[str, np.ndarray], width: int) -> Dict[str, np.ndarray]:
+        tensors = self.placement.batch({name: flow.tensor(value) for name, value in batch.items()})
+        if self.cut_graphs is not None:
+            if width not in self.cut_graphs:
+                self.cut_graphs[width] = InputsPassGraph(self.compute, self.model, list(tensors), self.placement)
+            values = self.cut_graphs[width](*tensors.values())
+        else:
+            with flow.no_grad(), self.placement.autocast():
+                values = _gathered(self.compute(self.model, tensors), self.placement)
+        return {name: io.as_numpy(value) for name, value in values.items()}
+
 
 def _logits_and_labels(model: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
     return {"logits": model.logits(*(batch[name] for name in MODEL_INPUTS)), "labels": batch["label_ids"]}
@@ -171,14 +254,15 @@ class Evaluator:
     """Evaluates a model on one split, every example exactly once, and times its throughput."""
 
     def __init__(self, model: flow.nn.Module, split: SplitLike, metrics: Sequence[str], batch_size: int,
-                 placement: Placement):
+                 placement: Placement, length_buckets: str = "auto"):
+        cut = check_mode(length_buckets)
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
         split = as_split(split)
         graph = in_graph(model, batch_size, split.seq_length())
         if graph:  # a compiled pass holds all its buffers: at most MICRO_BATCH_TOKENS per call, like training
             batch_size = min(batch_size, max(1, MICRO_BATCH_TOKENS // split.seq_length()))
         self.data = OFRecordDataset(split, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
-        self.passes = SplitPass(_logits_and_labels, self.model, self.data, placement, graph)
+        self.passes = SplitPass(_logits_and_labels, self.model, self.data, placement, graph, cut)
 
     @property
     def num_examples(self) -> int:

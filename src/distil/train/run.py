@@ -223,7 +223,8 @@ def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
 
 
 def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Path], batch_size: int,
-                       device: str, task_name: Optional[str] = None, fp16: bool = False) -> Dict[str, Any]:
+                       device: str, task_name: Optional[str] = None, fp16: bool = False,
+                       length_buckets: str = "auto") -> Dict[str, Any]:
     """Evaluate a saved model on its task's dev split(s) and write results_eval.json (original: run_eval_*.sh)."""
     _check_model_exists(model_dir, task_name)
     config = io.read_config(model_dir)
@@ -237,7 +238,8 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     placement = Placement(device, fp16)
     model = io.load_model(model_dir)
     results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
-               **evaluate(model, eval_splits, task.metrics, batch_size, placement, model_dir)}
+               **evaluate(model, eval_splits, task.metrics, batch_size, placement, model_dir,
+                          length_buckets=length_buckets)}
     placement.release()
     target = result_dir or model_dir
 

@@ -102,7 +102,7 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
         return {name: result[name] for name in outputs}
 
     with _progress(data, placement) as progress:
-        values = SplitPass(compute, step.teacher, data, placement).run(lambda: progress.update(1))
+        values = SplitPass(compute, step.teacher, data, placement, cut=True).run(lambda: progress.update(1))
     return {name: value.astype(np.float32) for name, value in values.items()}
 
 

@@ -278,13 +278,14 @@ class Trainer:
 
 def evaluate(model: flow.nn.Module, eval_splits: Dict[str, SplitLike], metrics: Tuple[str, ...], batch_size: int,
              device: Union[str, Placement], model_dir: Path,
-             evaluators: Optional[Dict[str, Evaluator]] = None) -> Dict[str, Any]:
+             evaluators: Optional[Dict[str, Evaluator]] = None, length_buckets: str = "auto") -> Dict[str, Any]:
     """Metrics on every evaluation split (MNLI: matched and mismatched), with size and throughput; `evaluators`
     already built for some splits are reused."""
     results: Dict[str, Any] = {}
     placement = device if isinstance(device, Placement) else Placement(device)
     for name, split in eval_splits.items():
-        evaluator = (evaluators or {}).get(name) or Evaluator(model, split, metrics, batch_size, placement)
+        evaluator = (evaluators or {}).get(name) or Evaluator(model, split, metrics, batch_size, placement,
+                                                              length_buckets)
         values, _, timing = evaluator.run()
         entry = {**values, "num_examples": evaluator.num_examples,
                  "examples_per_second": round(timing["examples_per_second"], 1),
@@ -295,6 +296,7 @@ def evaluate(model: flow.nn.Module, eval_splits: Dict[str, SplitLike], metrics: 
             results[name] = entry
     results["model"] = model_size(model, model_dir)
     results["batch_size"], results["device"] = batch_size, placement.device
+    results["length_buckets"] = "off" if placement.distributed else length_buckets  # (several processes: off)
     if placement.distributed:
         results["processes"] = placement.world_size
     return results
