@@ -226,7 +226,7 @@ CHUNK_BATCHES = 64  # batches sorted by length together (as group_by_length's me
 def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, cut: bool,
                      on_batch: Callable[[int], None]) -> np.ndarray:
     """The engine's logits of every row, in row order, from batches of rows of similar length (sorted, stably),
-    each cut to its longest member when `cut`: padding a batch does not compute is work saved."""
+    each cut to its longest member when `cut` (the padding left out is work saved)."""
     lengths = features["input_mask"].sum(axis=1)
     order = np.argsort(lengths, kind="stable") if cut else np.arange(len(lengths))
     logits: Optional[np.ndarray] = None
