@@ -284,6 +284,12 @@ def _make_demo_data(args: argparse.Namespace) -> Dict:
     return write_demo_task(args.root, args.train, args.dev, args.seed)
 
 
+def _add_length_buckets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--length_buckets", default="auto",
+                   help="auto: batches of examples of similar length, cut to their length bucket (the same "
+                        "results, less work; one process); off: every batch at the data's max_seq_length")
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="compare every model under the given folders with the teacher")
     p.add_argument("dirs", type=Path, nargs="+", help="model directories or folders holding them")
@@ -291,8 +297,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=None, help="writes OUTPUT.md/.json/.png (default: <first dir>/report)")
     p.add_argument("--eval_batch_size", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--length_buckets", default="auto", help="auto: batches of examples of similar length, cut to their length bucket (the same results, "
-                        "less work; one process); off: every batch at the data's max_seq_length")
+    _add_length_buckets(p)
     launch.add_flags(p)
     p.set_defaults(run=_run_report)
 
@@ -315,8 +320,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval_batch_size", "--eval_batch_size_per_device", type=int, default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--use_fp16", type=str2bool, default=False, help="mixed precision (CUDA only)")
-    p.add_argument("--length_buckets", default="auto", help="auto: batches of examples of similar length, cut to their length bucket (the same results, "
-                        "less work; one process); off: every batch at the data's max_seq_length")
+    _add_length_buckets(p)
     launch.add_flags(p)
     p.set_defaults(run=_run_eval)
 

@@ -28,7 +28,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
+
+from distil.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,8 @@ def note_run(model_dir: Path, state_dir: Path) -> None:
     it trains saves its train_state/ (the same folder, or a nested one for a first stage)."""
     folder = _watch_dir()
     if folder is not None:
-        tmp = folder / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps({"model_dir": str(Path(model_dir).resolve()),
-                                   "state_dir": str(Path(state_dir).resolve())}), encoding="utf-8")
-        os.replace(tmp, folder / RUN_FILE)
+        write_json_atomic(folder / RUN_FILE, {"model_dir": str(Path(model_dir).resolve()),
+                                              "state_dir": str(Path(state_dir).resolve())})
 
 
 def report_finished(status: int) -> None:
@@ -99,9 +99,10 @@ def report_finished(status: int) -> None:
         (folder / FINISHED_FILE).write_text(str(status), encoding="utf-8")
 
 
-def attempt() -> int:
-    """0 in the first attempt of a supervised job (or outside one), k after k restarts."""
-    return int(os.environ.get(ATTEMPT, "0") or 0)
+def attempt(env: Mapping[str, str] = os.environ) -> int:
+    """0 in the first attempt of a supervised job (or outside one), k after k restarts (`env`: a process's
+    environment, this one's by default)."""
+    return int(env.get(ATTEMPT, "0") or 0)
 
 
 def supervised() -> bool:
@@ -164,10 +165,7 @@ def _report_death(death: Death, stacks: str, attempt_number: int) -> None:
 def _record(death: Death, job_dir: Optional[str]) -> None:
     """Leave the death where the supervisor looks (none: nothing to do)."""
     if job_dir and Path(job_dir).is_dir():
-        path = Path(job_dir) / f"death-{death.pid}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(death)), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(Path(job_dir) / f"death-{death.pid}.json", dataclasses.asdict(death))
 
 
 def wait_handling_signals(process: subprocess.Popen, handler: Callable,
@@ -225,7 +223,7 @@ def watch(command: List[str], who: str, env: Optional[Dict[str, str]] = None, na
         if death.signal in STOP_SIGNALS:
             sys.stderr.write(f"{who} (pid {child.pid}) was stopped by {signal_name(death.signal)}\n")
         elif death.signal is not None:
-            _report_death(death, _read(folder / FAULTS_FILE) or "", int(env.get(ATTEMPT, "0") or 0))
+            _report_death(death, _read(folder / FAULTS_FILE) or "", attempt(env))
         elif name_failures:
             sys.stderr.write(f"error: {death.describe()} (pid {child.pid} on {socket.gethostname()})\n")
         _record(death, env.get(JOB_DIR))

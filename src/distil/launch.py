@@ -104,8 +104,8 @@ def _check(args: argparse.Namespace, probe_port: bool = True) -> str:
 def launch(args: argparse.Namespace, argv: List[str], env: Optional[Dict[str, str]] = None) -> int:
     """Start this node's processes, each `python -m distil.launch <argv>` watching its rank's `python -m distil
     <argv>`; return the job's exit status. `env`: extra environment for them (a supervisor's)."""
-    restart = (env or {}).get(crash.ATTEMPT, "0") != "0"
-    master = _check(args, probe_port=not restart)  # a restart's port may still be held by the killed job's sockets
+    # on a restart the port may still be held by the killed job's sockets: not probed then
+    master = _check(args, probe_port=crash.attempt(env or {}) == 0)  # a restart's port may still be held by the killed job's sockets
     # `python -m distil.crash`: the launcher dies with this process, and its ranks with it (no orphans)
     command = [sys.executable, "-m", "distil.crash", sys.executable, "-m", "oneflow.distributed.launch",
                "--nproc_per_node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--node_rank",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -49,8 +50,6 @@ def measure(model_dir: Path, data_root: Path, batch_size: int, device: str, leng
     """One model's row before the teacher-relative columns: sizes, a fresh dev evaluation (which also warms
     up), then the median throughput of `passes` more passes, as the benchmarks time (one pass of a busy
     machine once made a student look 3x slower than it is)."""
-    import statistics
-
     from distil.data.dataset import open_split
     from distil.data.tasks import get_task
     from distil.models import io

@@ -1,10 +1,10 @@
 """Reading converted splits the OneFlow way: `OFRecordReader` + `OFRecordRawDecoder`, eager or in nn.Graph.
 
 A split is opened once (`open_split`: meta.json checked against its part files) and the `Split` is passed
-down to every reader of the run, with its N-rank shards made once too. The reader loops over its files forever; `EvalStream` turns that stream into evaluation passes
-that see every example exactly once (original: the last batch wrapped around, duplicating dev
-examples). Files are checked in Python first, because OneFlow aborts the whole process on a
-missing part file or a length mismatch instead of raising.
+down to every reader of the run, with its N-rank shards made once too. The reader loops over its files
+forever; `EvalStream` turns that stream into evaluation passes that see every example exactly once
+(original: the last batch wrapped around, duplicating dev examples). Files are checked in Python first,
+because OneFlow aborts the whole process on a missing part file or a length mismatch instead of raising.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class Trainer:
         state = self._start_or_resume()
         self._epoch_start = time.perf_counter()  # the first epoch's time includes the teacher cache's pass
         train = teacher_cache.prepare(self.step_module, self.train_split, self.model_dir, self.placement,
-                                          self.settings.teacher_cache, self.settings.eval_batch_size)
+                                      self.settings.teacher_cache, self.settings.eval_batch_size)
         seed_everything(self.step_module, self.settings.seed + state.step)
         seq_length = max(f["shape"][-1] for name, f in train.features.items() if name.endswith("input_ids"))
         parts = 1 if self.eager else micro_batches(self.settings, seq_length)
