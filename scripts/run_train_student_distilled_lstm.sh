@@ -7,6 +7,7 @@
 #   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.7]  TEMPERATURE [1]
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
+#   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
 # Example: bash scripts/run_train_student_distilled_lstm.sh SST-2 --pred_distill_mode mse
 set -euo pipefail
 ALGORITHM=distilled_lstm

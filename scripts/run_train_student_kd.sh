@@ -7,6 +7,7 @@
 #   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.8]  TEMPERATURE [1]  TMP_STUDENT_DIR []
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
+#   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
 # Example: EPOCH=1 KD_ALPHA=0.9 bash scripts/run_train_student_kd.sh RTE
 set -euo pipefail
 ALGORITHM=kd

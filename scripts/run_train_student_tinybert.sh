@@ -7,6 +7,7 @@
 #   MODELS_ROOT [models]  STUDENT_DIR []  RESULT_DIR [] (= the model dir)  SERVE_FOR_ONLINE [False]  GPU [0]
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  TMP_STUDENT_DIR [] (a general TinyBERT)  TINYBERT_MODE [one_stage|two_stage]  AUG_TRAIN [False]
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
+#   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
 # Example: TINYBERT_MODE=two_stage TMP_STUDENT_DIR=models/general_tinybert bash scripts/run_train_student_tinybert.sh SST-2
 set -euo pipefail
 ALGORITHM=tinybert

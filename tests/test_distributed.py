@@ -73,14 +73,19 @@ def max_relative_difference(a: dict, b: dict) -> float:
                for k in a if not k.endswith("attention.self.key.bias"))
 
 
-def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path, two_processes):
-    two_dir, two = two_processes
+def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path):
+    """At the full length (--length_buckets off: with buckets each rank regroups its own rows, which one
+    process reading the same global batches does not)."""
+    two_dir = tmp_path / "two"
+    two = train(ws, ws / "data", two_dir, 8, "--nproc_per_node", "2", "--master_port", str(free_port()),
+                "--micro_batch_size", "4", "--length_buckets", "off")
+    assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
-    assert "each step runs 2 micro-batches of 4 examples per process" in two.stderr
+    assert "a compiled step for batches of 32 positions: 2 micro-batch(es) of 4 rows per process" in two.stderr
     data_one = tmp_path / "data_one"
     shutil.copytree(ws / "data" / "SST-2" / "eval", data_one / "SST-2" / "eval", ignore=shutil.ignore_patterns(".*"))
     interleaved_copy(ws / "data" / "SST-2" / "train", data_one / "SST-2" / "train", 2, 8)
-    one = train(ws, data_one, tmp_path / "one", 16)
+    one = train(ws, data_one, tmp_path / "one", 16, "--length_buckets", "off")
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = flow.load(str(tmp_path / "one" / "weights")), flow.load(str(two_dir / "weights"))
     assert set(a) == set(b)
@@ -93,6 +98,17 @@ def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(
     assert results_two["accuracy"] == results_one["accuracy"]
     history = json.loads((two_dir / "train_history.json").read_text())
     assert [e["step"] for e in history["losses"]] == [1, 2, 3, 4]  # 64 examples / global batch 16
+
+
+def test_two_processes_train_on_length_buckets_by_default(two_processes):
+    """The fixture's run: both ranks cut their batches to the same bucket lengths, one graph per length."""
+    two_dir, two = two_processes
+    assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
+    lengths = re.findall(r"a compiled step for batches of (\d+) positions: (\d+) micro-batch\(es\) of 4 rows", two.stderr)
+    assert len(lengths) > 1 and all(parts == "2" for _, parts in lengths), two.stderr[-3000:]
+    assert max(int(length) for length, _ in lengths) <= 32
+    history = json.loads((two_dir / "train_history.json").read_text())
+    assert [e["step"] for e in history["losses"]] == [1, 2, 3, 4]
 
 
 def second_local_address() -> str:

@@ -282,3 +282,26 @@ def test_att_distill_ignores_the_masked_region_only():
     changed = [x.copy() for x in s]
     changed[1][0, 0, 0, 0] += 1.0                                        # key 0 is never padding
     assert abs(loss(changed, t) - base) > 1e-4
+
+
+def test_with_a_mask_layer_and_att_distill_average_over_real_tokens_and_ignore_the_cut():
+    """Given input_mask, the terms are means over real tokens (hidden) and real (query, key) pairs (attention):
+    NumPy's masked means, and the same value on the tensors cut to the longest example's length."""
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], np.int32)  # longest: 4 of S = 5
+    s, t = rand_list(hidden(2), 0), rand_list(hidden(4), 1)
+    pairs = [(0, 0), (1, 2), (2, 4)]
+    kept = np.float64(mask)[:, :, None]
+    expected = sum(((np.float64(s[i]) - t[j]) ** 2 * kept).sum() / (kept.sum() * H) for i, j in pairs)
+    sa = [x + padding_offset(x.shape) for x in rand_list(scores(2), 2)]
+    ta = [x + padding_offset(x.shape) for x in rand_list(scores(4), 3)]
+    zero = lambda x: np.where(x <= -100, 0.0, np.float64(x))  # noqa: E731
+    both = np.float64(mask)[:, None, :, None] * mask[:, None, None, :]
+    expected_att = sum(((zero(sa[i]) - zero(ta[2 * i + 1])) ** 2 * both).sum() / (both.sum() * HEADS)
+                       for i in range(2))
+    for width in (S, 4):
+        m = flow.tensor(mask[:, :width])
+        got = layer_distill([flow.tensor(x[:, :width]) for x in s], [flow.tensor(x[:, :width]) for x in t], mask=m)
+        np.testing.assert_allclose(got.item(), expected, rtol=1e-5)
+        got = att_distill([flow.tensor(x[:, :, :width, :width]) for x in sa],
+                          [flow.tensor(x[:, :, :width, :width]) for x in ta], mask=m)
+        np.testing.assert_allclose(got.item(), expected_att, rtol=1e-5)

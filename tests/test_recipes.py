@@ -114,6 +114,18 @@ def mse(a, b):
     return float(((a - b) ** 2).mean())
 
 
+def token_mse(a, b, mask):
+    """mean((a - b)²) over the real tokens' rows of (B, S, H) hidden states."""
+    kept = mask[:, :, None]
+    return float(((a - b) ** 2 * kept).sum() / (kept.sum() * a.shape[-1]))
+
+
+def pair_mse(a, b, mask):
+    """mean((a - b)²) over the (real query, real key) entries of (B, heads, S, S) scores."""
+    kept = mask[:, None, :, None] * mask[:, None, None, :]
+    return float(((a - b) ** 2 * kept).sum() / (kept.sum() * a.shape[1]))
+
+
 def project(step, hidden):
     if step.fit_dense is None:
         return hidden
@@ -176,7 +188,8 @@ def test_bert_pkd_recipe(ws, pkd_loss, layer_map, pairs):
             return h[:, 0] / np.linalg.norm(h[:, 0], axis=-1, keepdims=True)
         hidden = np.mean([((cls(hs[i]) - cls(ht[j])) ** 2).mean() for i, j in pairs])  # official: mean over all
     else:
-        hidden = sum(mse(hs[i], ht[j]) for i, j in pairs)
+        mask = first_batch(train_dir)["input_mask"].numpy()
+        hidden = sum(token_mse(hs[i], ht[j], mask) for i, j in pairs)
     check(got, {"hard_label_loss": 0.7 * cross_entropy(s["logits"], labels),
                 "pred_loss": 0.3 * soft_ce(s["logits"], t["logits"], 1.0), "hidden_loss": 5.0 * hidden})
 
@@ -191,8 +204,11 @@ def test_tinybert_one_stage_recipe_is_attention_plus_projected_hidden_plus_soft_
     got, s, t, _ = evaluated(built, train_dir)
     step = built.step_module
     assert step.fit_dense.weight.shape == (32, 16)
-    att = sum(mse(masked(s["attention_scores"][i]), masked(t["attention_scores"][2 * i + 1])) for i in range(2))
-    hidden = sum(mse(project(step, s["hidden_states"][i]), t["hidden_states"][2 * i]) for i in range(3))
+    mask = first_batch(train_dir)["input_mask"].numpy()
+    assert 0 < mask.mean() < 1  # some padding, which the terms leave out
+    att = sum(pair_mse(masked(s["attention_scores"][i]), masked(t["attention_scores"][2 * i + 1]), mask)
+              for i in range(2))
+    hidden = sum(token_mse(project(step, s["hidden_states"][i]), t["hidden_states"][2 * i], mask) for i in range(3))
     check(got, {"att_loss": att, "hidden_loss": hidden, "pred_loss": soft_ce(s["logits"], t["logits"], 2.0)})
 
 

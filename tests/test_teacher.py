@@ -91,7 +91,8 @@ def test_sts_b_head_is_a_regression(workspace, tmp_path):
     _, outputs, _ = Evaluator(model, workspace / "data" / "STS-B" / "eval", ("pearson",), 5, Placement("cpu")).run()
     assert outputs["logits"].shape == (outputs["labels"].shape[0], 1)
     expected = np.corrcoef(outputs["logits"].reshape(-1), outputs["labels"].reshape(-1))[0, 1]
-    assert results["pearson"] == pytest.approx(expected, abs=1e-5)
+    # (batches of 5 cut to other lengths than training's evaluation: float rounding of a correlation)
+    assert results["pearson"] == pytest.approx(expected, abs=1e-4)
     assert results["mse"] == pytest.approx(np.mean((outputs["logits"].reshape(-1) - outputs["labels"].reshape(-1)) ** 2),
                                            rel=1e-5)
 

@@ -22,7 +22,7 @@ from distil.models.dropout import Dropout, seed_dropout
 from distil.models.hf_format import read_hf
 from distil.runtime import import_oneflow
 from distil.errors import UsageError
-from distil.train.settings import TrainSettings, micro_batches
+from distil.train.settings import TrainSettings, micro_batch_count
 from distil.train.step import DistillStep, hard_label
 from distil.train.trainer import build_step_runner, seed_everything
 
@@ -206,7 +206,7 @@ def test_dropout_gradient_noise_of_a_real_checkpoint_is_pytorchs(minilm_dir):
                                                       (7, 128, 0, 1), (32, 128, 16, 2), (32, 32, 4, 8)])
 def test_a_step_is_cut_into_micro_batches_of_at_most_1024_tokens_unless_told(batch, seq, micro, expected):
     settings = TrainSettings(batch_size=batch, micro_batch_size=micro)
-    assert micro_batches(settings, seq) == expected
+    assert micro_batch_count(settings, seq) == expected
 
 
 def test_a_micro_batch_size_that_does_not_divide_the_batch_is_refused():

@@ -9,12 +9,15 @@ matrix kernels like) and the last one is the data's `max_seq_length`, so every e
 from __future__ import annotations
 
 import bisect
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from distil.errors import UsageError
 
 MULTIPLE = 8
 MAX_BUCKETS = 4
+CHUNK_BATCHES = 32  # batches read, then regrouped by length together (as group_by_length's mega-batches)
 MODES = ("auto", "off")  # --length_buckets: cut batches to their lengths, or compute max_seq_length always
 
 
@@ -83,3 +86,29 @@ def describe(histogram: Histogram, boundaries: Sequence[int]) -> Dict[str, objec
     computed = padded_positions(histogram, boundaries)
     return {"lengths": list(boundaries), "examples": examples,
             "padding_share": round(1 - real / computed, 4) if computed else 0.0}
+
+
+def boundaries_for(meta: Dict, seq_length: int) -> Optional[List[int]]:
+    """The bucket lengths of a split (its meta.json's histogram) whose sequences hold `seq_length` positions,
+    or None when meta.json has no histogram of them (converted before histograms were recorded)."""
+    lengths = meta.get("lengths") if meta.get("seq_length") == seq_length else None
+    return choose_boundaries(lengths["histogram"], seq_length) if lengths else None
+
+
+def groups_by_length(lengths: np.ndarray, size: int) -> List[np.ndarray]:
+    """Row indices sorted by length (ties in reading order) and cut every `size` rows: batches of similar
+    length."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[start:start + size] for start in range(0, len(order), size)]
+
+
+def width_of(lengths: np.ndarray, boundaries: Optional[Sequence[int]]) -> int:
+    """The length a batch of rows with these real lengths is cut to: its bucket's, or (no boundaries) its
+    longest member's (at least 1)."""
+    longest = max(1, int(lengths.max()))
+    return boundaries[bucket_of(boundaries, longest)] if boundaries else longest
+
+
+def cut(rows: Dict[str, np.ndarray], index: np.ndarray, width: int, sequences: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Rows `index` of every feature, the `sequences` among them cut to their first `width` positions."""
+    return {name: value[index, :width] if name in sequences else value[index] for name, value in rows.items()}

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from distil.data import ofrecord
+from distil.data import buckets, ofrecord
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir
 from distil.runtime import import_oneflow
@@ -268,3 +268,65 @@ class EvalStream:
             results[name] = out
         self.positions = [(p + steps * b) % size for p, size in zip(self.positions, self.sizes)]
         return results
+
+
+class TrainStream:
+    """The training batches of a run, placed: as the reader gives them (--length_buckets off) or regrouped
+    by length (`regroup`).
+
+    Regrouped, it reads CHUNK_BATCHES batches at a time (never across the end of an epoch), sorts their rows
+    by real length, cuts them into as many batches of the same size, each cut to its bucket's length among
+    `boundaries` (None, for eager steps: to its longest member), and serves them in an order shuffled by the run's seed
+    and the chunk's first step, so the loss does not follow the lengths. An epoch holds exactly the rows the
+    reader gives, only regrouped; with N ranks each rank regroups its own rows and a batch is cut to the
+    longest length any rank needs. A chunk depends only on where the reader stands, so resuming at step s
+    reads past the chunk's start and regroups that chunk again.
+    """
+
+    def __init__(self, data: OFRecordDataset, steps_per_epoch: int, seed: int, placement, regroup: bool = False,
+                 boundaries: Optional[List[int]] = None):
+        self.data, self.steps_per_epoch, self.seed, self.placement = data, steps_per_epoch, seed, placement
+        self.regroups, self.boundaries = regroup, boundaries
+        self.mask = next(name for name in data.names if name.endswith("input_mask"))
+        shape = data.meta["features"][self.mask]["shape"]
+        self.sequences = [name for name in data.names if data.meta["features"][name]["shape"] == shape]
+        self.position = 0  # the step of the next chunk's first batch
+        self.ready: List[Dict[str, np.ndarray]] = []
+
+    def __call__(self) -> Dict[str, "flow.Tensor"]:
+        if not self.regroups:
+            return self.placement.batch(self.data())
+        if not self.ready:
+            self._read_chunk()
+        return self.placement.batch({name: flow.tensor(value) for name, value in self.ready.pop(0).items()})
+
+    def skip(self, steps: int) -> None:
+        """Go on as a stream that has served `steps` batches."""
+        if not self.regroups:
+            self.data.skip(steps)
+            return
+        epoch, within = divmod(steps, self.steps_per_epoch)
+        start = epoch * self.steps_per_epoch + within // buckets.CHUNK_BATCHES * buckets.CHUNK_BATCHES
+        self.data.skip(start)
+        self.position = start
+        if steps > start:
+            self._read_chunk()
+            del self.ready[:steps - start]
+
+    def _read_chunk(self) -> None:
+        within = self.position % self.steps_per_epoch
+        count = min(buckets.CHUNK_BATCHES, self.steps_per_epoch - within)
+        reads = [self.data() for _ in range(count)]
+        rows = {name: np.concatenate([_local(batch[name]) for batch in reads]) for name in self.data.names}
+        lengths = rows[self.mask].sum(axis=1)
+        groups = buckets.groups_by_length(lengths, len(lengths) // count)
+        widths = self.placement.largest([buckets.width_of(lengths[group], self.boundaries)
+                                         for group in groups])
+        order = np.random.default_rng([self.seed, self.position]).permutation(count)
+        self.ready = [buckets.cut(rows, groups[i], widths[i], self.sequences) for i in order]
+        self.position += count
+
+
+def _local(tensor: "flow.Tensor") -> np.ndarray:
+    """This rank's rows of a batch the reader gave."""
+    return (tensor.to_local() if tensor.is_global else tensor).numpy()

@@ -7,8 +7,9 @@ so gradients reach the student only.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from distil.runtime import import_oneflow
 
@@ -97,37 +98,56 @@ def _check_shapes(kind: str, i: int, j: int, s: flow.Tensor, t: flow.Tensor) -> 
 
 
 def layer_distill(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
-                  mapping: LayerMap = "uniform") -> flow.Tensor:
-    """Σ over mapped pairs (i, m(i)), i = 0..L_s, of mean((h_s[i] - h_t[m(i)])²), padding included.
+                  mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+    """Σ over mapped pairs (i, m(i)), i = 0..L_s, of mean((h_s[i] - h_t[m(i)])²): over every position (the
+    original, padding included) or, given `mask`, over the real tokens only (TextBrewer's masked loss), a
+    value that does not change when a batch is cut to a shorter length.
 
     Args:
         student_reps: L_s+1 tensors (B, S, H), embeddings first, already projected to the teacher width H.
         teacher_reps: L_t+1 tensors (B, S, H), detached here.
         mapping: see `layer_mapping`.
+        mask: (B, S), 1 for real tokens, or None.
     Returns:
         A scalar tensor.
     """
+    weights = None if mask is None else flow.cast(mask, flow.float32).unsqueeze(-1)  # (B, S, 1)
     total = None
     for i, j in _pairs(student_reps, teacher_reps, mapping):
         _check_shapes("layer", i, j, student_reps[i], teacher_reps[j])
-        term = F.mse_loss(student_reps[i], teacher_reps[j].detach())
+        term = _mean_squared(student_reps[i], teacher_reps[j].detach(), weights)
         total = term if total is None else total + term
     return total
 
 
+def _mean_squared(s: flow.Tensor, t: flow.Tensor, weights: Optional[flow.Tensor]) -> flow.Tensor:
+    """mean((s - t)²), or its mean over the entries that `weights` (0/1, broadcast to s) keeps."""
+    if weights is None:
+        return F.mse_loss(s, t)
+    spread = math.prod(s.shape) // math.prod(weights.shape)  # entries of s per entry of weights
+    return (flow.square(s - t) * weights).sum() / (weights.sum() * spread)
+
+
 def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
-                mapping: LayerMap = "uniform") -> flow.Tensor:
+                mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
     """Σ over student layers i = 1..L_s of mean((A_s[i] - A_t[m(i)])²), where entries <= -100 (padding keys)
     of both score tensors are set to 0 first (TinyBERT). m is `layer_mapping`; list index = layer - 1.
+    Given `mask`, the mean runs over the (query, key) pairs of real tokens only, a value that does not change
+    when a batch is cut to a shorter length.
 
     Args:
         student_atts: L_s tensors (B, heads, S, S) of pre-softmax scores.
         teacher_atts: L_t tensors (B, heads, S, S), detached here; heads must match the student's.
         mapping: see `layer_mapping` (an explicit list still has L_s+1 entries; entry 0 is unused).
+        mask: (B, S), 1 for real tokens, or None.
     Returns:
         A scalar tensor.
     """
     targets = layer_mapping(len(student_atts), len(teacher_atts), mapping)
+    weights = None
+    if mask is not None:
+        real = flow.cast(mask, flow.float32)
+        weights = real.unsqueeze(1).unsqueeze(-1) * real.unsqueeze(1).unsqueeze(2)  # (B, 1, S, S)
     total = None
     for i in range(1, len(student_atts) + 1):
         j = targets[i]
@@ -140,7 +160,7 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
         _check_shapes("attention", i, j, s, t)
         # = flow.where(x <= -100, 0, x); a scalar `where` promotes to float64, zeros_like warns in nn.Graph
         s, t = s.masked_fill(s <= MASKED, 0.0), t.masked_fill(t <= MASKED, 0.0)  # (B, heads, S, S)
-        term = F.mse_loss(s, t)
+        term = _mean_squared(s, t, weights)
         total = term if total is None else total + term
     return total
 

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from distil.data.buckets import bucket_of, check_mode, choose_boundaries
+from distil.data import buckets
 from distil.data.dataset import EvalStream, OFRecordDataset, SplitLike, as_split
 from distil.models import io
 from distil.runtime import import_oneflow
@@ -49,6 +49,8 @@ class TrainGraph(flow.nn.Graph):
     def __init__(self, step_module: flow.nn.Module, features: Sequence[str], optimizer, schedule,
                  placement: Placement, micro_batches: int = 1):
         super().__init__()
+        for parameter in step_module.parameters():
+            parameter.grad = None  # another graph's build may have left its lazy gradients there
         self.step_module = step_module
         self.features = tuple(features)
         self.add_optimizer(optimizer, lr_sch=schedule)
@@ -71,6 +73,48 @@ class TrainGraph(flow.nn.Graph):
 
     def step(self, batch: Dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
         return self(*(batch[name] for name in self.features), *step_inputs)
+
+
+class TrainGraphs:
+    """One TrainGraph per batch length, all updating the same parameters with one AdamW state and LR step.
+
+    OneFlow 0.9 compiles one static shape per nn.Graph. A graph built after the first is handed the first
+    one's optimizer state (moments, train step) before it compiles, and OneFlow then computes on those very
+    tensors: every graph reads and writes the same state (tests/test_buckets.py checks it against one
+    graph). `build(length, steps)` makes the graph for batches of `length` positions when `steps` steps have
+    run; same interface as TrainGraph.
+    """
+
+    def __init__(self, build: Callable[[int, int], TrainGraph], length_of: Callable[[Dict[str, flow.Tensor]], int]):
+        self.build, self.length_of = build, length_of
+        self.graphs: Dict[int, TrainGraph] = {}
+        self.loaded: Dict[str, flow.Tensor] = {}  # a resumed run's optimizer state, for the first graph
+        self.steps = 0
+
+    def step(self, batch: Dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+        length = self.length_of(batch)
+        graph = self.graphs.get(length) or self._add(length)
+        self.steps += 1
+        return graph.step(batch, *step_inputs)
+
+    def _add(self, length: int) -> TrainGraph:
+        first = next(iter(self.graphs.values()), None)
+        graph = self.build(length, self.steps)
+        shared = self.loaded if first is None else first.state_dict()
+        graph.load_state_dict({name: value for name, value in shared.items() if name != "step_module"})
+        self.graphs[length] = graph
+        return graph
+
+    @property
+    def lengths(self) -> List[int]:
+        return sorted(self.graphs)
+
+    def state_dict(self) -> Dict:
+        return next(iter(self.graphs.values())).state_dict()
+
+    def load_state_dict(self, state: Dict) -> None:
+        """The optimizer state (the trainer loads the step module's weights itself), before any step."""
+        self.loaded = dict(state)
 
 
 class EagerStep:
@@ -154,9 +198,6 @@ class InputsPassGraph(flow.nn.Graph):
         return _gathered(self.compute(self.model, dict(zip(self.features, inputs))), self.placement)
 
 
-CHUNK_BATCHES = 32  # batches read, then sorted by length together
-
-
 class SplitPass:
     """Passes of `compute(model, batch)` over a split: {name: one row per example, in file order}, every
     example exactly once, each rank on its shard; in a PassGraph (compiled once) or eagerly without autograd
@@ -179,8 +220,7 @@ class SplitPass:
             self.mask = next(name for name in data.names if name.endswith("input_mask"))
             self.seq_length = data.meta["features"][self.mask]["shape"][-1]
             self.sequences = {name for name in data.names if data.meta["features"][name]["shape"] == [self.seq_length]}
-            lengths = data.meta.get("lengths") if data.meta.get("seq_length") == self.seq_length else None
-            self.buckets = choose_boundaries(lengths["histogram"], self.seq_length) if lengths else [self.seq_length]
+            self.buckets = buckets.boundaries_for(data.meta, self.seq_length) or [self.seq_length]
 
     def run(self, on_batch: Callable[[], None] = lambda: None) -> Dict[str, np.ndarray]:
         if self.cut:
@@ -205,7 +245,7 @@ class SplitPass:
         def next_batch() -> Dict[str, np.ndarray]:
             nonlocal read
             if not ready:
-                count = min(CHUNK_BATCHES, steps - read)
+                count = min(buckets.CHUNK_BATCHES, steps - read)
                 read += count
                 ready.extend(self._by_length([{name: io.as_numpy(value) for name, value in self.data().items()}
                                               for _ in range(count)], on_batch))
@@ -218,18 +258,14 @@ class SplitPass:
         """The outputs of `batches` (in their order), computed on their rows sorted by length."""
         rows = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
         lengths = rows[self.mask].sum(axis=1)
-        order = np.argsort(lengths, kind="stable")
         size = len(batches[0][self.mask])
         outputs: Dict[str, np.ndarray] = {}
-        for start in range(0, len(order), size):
-            chosen = order[start:start + size]
-            longest = max(1, int(lengths[chosen].max()))
-            width = self.buckets[bucket_of(self.buckets, longest)] if self.cut_graphs is not None else longest
+        for chosen in buckets.groups_by_length(lengths, size):
+            width = buckets.width_of(lengths[chosen], self.buckets if self.cut_graphs is not None else None)
             full = np.concatenate([chosen, np.repeat(chosen[-1:], size - len(chosen))])  # one shape per bucket
-            values = self._compute({name: value[full, :width] if name in self.sequences else value[full]
-                                    for name, value in rows.items()}, width)
+            values = self._compute(buckets.cut(rows, full, width, self.sequences), width)
             for name, value in values.items():
-                outputs.setdefault(name, np.empty((len(order), *value.shape[1:]), dtype=value.dtype))[chosen] = \
+                outputs.setdefault(name, np.empty((len(lengths), *value.shape[1:]), dtype=value.dtype))[chosen] = \
                     value[:len(chosen)]
             on_batch()
         return [{name: value[i * size:(i + 1) * size] for name, value in outputs.items()} for i in range(len(batches))]
@@ -255,7 +291,7 @@ class Evaluator:
 
     def __init__(self, model: flow.nn.Module, split: SplitLike, metrics: Sequence[str], batch_size: int,
                  placement: Placement, length_buckets: str = "auto"):
-        cut = check_mode(length_buckets)
+        cut = buckets.check_mode(length_buckets)
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
         split = as_split(split)
         graph = in_graph(model, batch_size, split.seq_length())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Sequence
 
 from distil.errors import UsageError
 from distil.runtime import import_oneflow
@@ -123,6 +123,14 @@ class Placement:
         value = flow.tensor([int(flag)], dtype=flow.int64)
         flow.comm.broadcast(value, 0)
         return bool(value.item())
+
+    def largest(self, values: Sequence[int]) -> List[int]:
+        """Each of `values` maximised over all ranks (every rank passes as many)."""
+        if not self.distributed:
+            return [int(v) for v in values]
+        mine = flow.tensor([list(values)], dtype=flow.int64).to_global(placement=self.ranks("cpu"),
+                                                                       sbp=flow.sbp.split(0))
+        return [int(v) for v in mine.to_global(sbp=flow.sbp.broadcast).to_local().numpy().max(axis=0)]
 
     def release(self) -> None:
         """Under N processes, every rank closes here the compiled graphs it no longer references."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from distil.data.buckets import check_mode
 from distil.errors import UsageError
 
 # The original's flag spellings, accepted next to ours.
@@ -33,7 +34,8 @@ class TrainSettings:
     use_fp16: bool = False        # mixed precision (nn.Graph AMP, dynamic loss scaling); CUDA only
     teacher_cache: str = "auto"   # auto: the teacher's per-example outputs computed once (train/teacher_cache.py);
                                   # onnxruntime: the same, its pass on onnxruntime (one CPU process); off
-    micro_batch_size: int = 0     # rows per forward/backward pass inside a step; 0: auto (micro_batches)
+    micro_batch_size: int = 0     # rows per forward/backward pass inside a step; 0: auto (micro_batch_count)
+    length_buckets: str = "auto"  # auto: batches of similar length, cut to their bucket (data/buckets.py); off
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
@@ -47,6 +49,7 @@ class TrainSettings:
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise UsageError(f"--micro_batch_size must divide --batch_size ({self.batch_size}), got "
                              f"{self.micro_batch_size}")
+        check_mode(self.length_buckets)
         if self.teacher_cache not in CACHE_MODES:
             raise UsageError(f"--teacher_cache must be one of {', '.join(CACHE_MODES)}, got '{self.teacher_cache}'")
 
@@ -55,7 +58,7 @@ CACHE_MODES = ("auto", "onnxruntime", "off")
 MICRO_BATCH_TOKENS = 1024  # auto micro-batches hold at most this many tokens (8 rows of 128)
 
 
-def micro_batches(settings: TrainSettings, seq_length: int) -> int:
+def micro_batch_count(settings: TrainSettings, seq_length: int) -> int:
     """How many micro-batches one training step of `settings.batch_size` rows is cut into.
 
     OneFlow 0.9's CPU nn.Graph holds every buffer of a step at once, so its memory grows with the rows

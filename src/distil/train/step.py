@@ -5,6 +5,8 @@ A term names an operator of `distil.ops`, its weight and options; the step runs 
 teacher, once, when a term needs it) and returns each weighted term under its own name, so the
 trainer logs `hard_label_loss`, `pred_loss`, `hidden_loss`, `att_loss` … separately and back-propagates
 their sum. An algorithm is then a model pairing plus a list of terms, not a copy of this module.
+Hidden-state and attention terms average over real tokens only (the batch's input_mask): a batch cut to
+its length bucket gives the loss it gives at max_seq_length.
 """
 
 from __future__ import annotations
@@ -130,9 +132,11 @@ class DistillStep(flow.nn.Module):
         if term.operator == "pred_distill":
             return pred_distill(student["logits"], teacher["logits"], term.temperature, term.mode)
         if term.operator == "att_distill":
-            return att_distill(student["attention_scores"], teacher["attention_scores"], term.mapping)
+            return att_distill(student["attention_scores"], teacher["attention_scores"], term.mapping,
+                               batch["input_mask"])
         reps = student["hidden_states"]
         if term.project and self.fit_dense is not None:
             reps = [self.fit_dense(h) for h in reps]
-        distill = pkd_patient_loss if term.operator == "pkd_patient" else layer_distill
-        return distill(reps, teacher["hidden_states"], term.mapping)
+        if term.operator == "pkd_patient":
+            return pkd_patient_loss(reps, teacher["hidden_states"], term.mapping)
+        return layer_distill(reps, teacher["hidden_states"], term.mapping, batch["input_mask"])

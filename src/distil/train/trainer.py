@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from distil.data.dataset import OFRecordDataset, Split, SplitLike, as_split
+from distil.data import buckets
+from distil.data.dataset import OFRecordDataset, Split, SplitLike, TrainStream, as_split
 from distil.errors import UsageError
 from distil.fileio import replace_dir, write_json_atomic
 from distil.models.dropout import seed_dropout
@@ -29,11 +30,11 @@ from distil.models import io
 from distil.models.io import TRAIN_STATE_DIR, WEIGHTS_DIR, load_weights, save_weights, size_on_disk
 from distil.runtime import import_oneflow
 from distil.train import teacher_cache
-from distil.train.graph import EagerStep, Evaluator, TrainGraph
+from distil.train.graph import EagerStep, Evaluator, TrainGraph, TrainGraphs
 from distil.train.optim import build_optimizer
 from distil.train.placement import Placement
 from distil.train.schedules import warmup_linear_factor, warmup_steps
-from distil.train.settings import TrainSettings, micro_batches
+from distil.train.settings import TrainSettings, micro_batch_count
 
 flow = import_oneflow()
 log = logging.getLogger(__name__)
@@ -80,11 +81,13 @@ def seed_everything(step_module: flow.nn.Module, seed: int) -> None:
 
 
 def build_step_runner(step_module: flow.nn.Module, features: Sequence[str], settings: TrainSettings, total: int,
-                      placement: Optional[Placement] = None, eager: bool = False,
-                      micro_batches: int = 1) -> Union[TrainGraph, EagerStep]:
-    """Place the step module, then build the optimizer, its schedule over `total` steps, and the graph (or
-    eager step) that applies them to batches of `features`; a graph step cuts its batch into `micro_batches`
-    parts and updates once."""
+                      placement: Optional[Placement] = None, eager: bool = False, micro_batches: int = 0,
+                      first_step: int = 0) -> Union[TrainGraphs, EagerStep]:
+    """Place the step module, then build the optimizer, its schedule over `total` steps, and the graphs (or
+    eager step) that apply them to batches of `features`: a graph per batch length, each cutting its batch
+    into `micro_batches` parts (0: as many as `settings` give at that length) and updating once. A graph built
+    after the first, at step s, seeds the dropout sites from the run's seed + s (the first graph keeps the
+    caller's seeds): each graph draws its own masks."""
     placement = placement or Placement()
     placement.module(step_module)
     optimizer, schedule = build_optimizer(step_module.named_parameters(), settings.learning_rate,
@@ -95,7 +98,16 @@ def build_step_runner(step_module: flow.nn.Module, features: Sequence[str], sett
             raise UsageError("--use_fp16: this stage trains eagerly (BERT-of-Theseus's module replacement), and "
                              "OneFlow 0.9's loss scaling works only in nn.Graph; leave USE_FP16 False for it")
         return EagerStep(step_module, optimizer, schedule, settings.clip_grad)
-    return TrainGraph(step_module, features, optimizer, schedule, placement, micro_batches)
+
+    def build(length: int, step: int) -> TrainGraph:
+        parts = micro_batches or micro_batch_count(settings, length)
+        if step:
+            seed_dropout(step_module, settings.seed + first_step + step)
+        log.info("a compiled step for batches of %d positions: %d micro-batch(es) of %d rows per process", length,
+                 parts, settings.batch_size // parts)
+        return TrainGraph(step_module, features, optimizer, schedule, placement, parts)
+
+    return TrainGraphs(build, lambda batch: batch["input_mask"].shape[-1])
 
 
 class Trainer:
@@ -126,26 +138,22 @@ class Trainer:
         train = teacher_cache.prepare(self.step_module, self.train_split, self.model_dir, self.placement,
                                       self.settings.teacher_cache, self.settings.eval_batch_size)
         seed_everything(self.step_module, self.settings.seed + state.step)
-        seq_length = max(f["shape"][-1] for name, f in train.features.items() if name.endswith("input_ids"))
-        parts = 1 if self.eager else micro_batches(self.settings, seq_length)
         # one seed for the whole run: a resumed run reads the same order and skips what it has trained on
         data = OFRecordDataset(train, self.settings.batch_size, shuffle=self.settings.shuffle,
                                seed=self.settings.seed, placement=self.placement)
         if self.placement.distributed:
             log.info("%d processes, %d examples per process and step: global batch %d", self.placement.world_size,
                      self.settings.batch_size, self.settings.batch_size * self.placement.world_size)
-        if parts > 1:
-            log.info("each step runs %d micro-batches of %d examples per process and accumulates their gradients "
-                     "(--micro_batch_size)", parts, self.settings.batch_size // parts)
         steps_per_epoch = math.ceil(data.num_examples / (self.settings.batch_size * self.placement.world_size))
         total = self.total_steps(steps_per_epoch)
+        batches = self._stream(data, train, steps_per_epoch)
         graph = build_step_runner(self.step_module, data.names, self.settings, total, self.placement, self.eager,
-                                  parts)
+                                  first_step=state.step)
         if state.step:
             self._load_train_state(graph)
             log.info("resuming %s from step %d of %d (the data order goes on where it stopped: skipping the %d "
                      "batches read so far)", self.model_dir, state.step, total, state.step)
-            data.skip(state.step)
+            batches.skip(state.step)
         evaluator = self.evaluator = Evaluator(self.model, self.eval_splits["eval"], self.metrics,
                                                self.settings.eval_batch_size, self.placement)
         self.model.train()
@@ -155,7 +163,7 @@ class Trainer:
         self._last_save = time.perf_counter()
         with logging_redirect_tqdm():
             while state.step < total:
-                outputs = graph.step(self.placement.batch(data()), *self.step_inputs(state.step, total))
+                outputs = graph.step(batches(), *self.step_inputs(state.step, total))
                 state.step += 1
                 progress.update(1)
                 if state.step % self.settings.log_every == 0 or state.step == total:
@@ -166,6 +174,25 @@ class Trainer:
                     self._save_train_state(graph, state)
         progress.close()
         return state
+
+    def _stream(self, data: OFRecordDataset, train: Split, steps_per_epoch: int) -> TrainStream:
+        """The run's batches: regrouped by length and cut (--length_buckets auto; eager steps to each batch's
+        longest member, graphs to the buckets of the split's length histogram), or as read."""
+        regroup = self.settings.length_buckets == "auto"
+        boundaries = None
+        if regroup and not self.eager:
+            boundaries = buckets.boundaries_for(train.meta, train.seq_length())
+            if boundaries is None:
+                log.warning("%s/meta.json has no length histogram (converted by an earlier version): training "
+                            "at the full length; re-run glue_process.sh for length buckets", train.dir)
+                regroup = False
+            else:
+                summary = buckets.describe(train.meta["lengths"]["histogram"], boundaries)
+                log.info("length buckets %s hold %s examples: %.0f %% of the positions computed are padding "
+                         "(%.0f %% at the full length; --length_buckets off)", "/".join(map(str, boundaries)),
+                         "/".join(map(str, summary["examples"])), 100 * summary["padding_share"],
+                         100 * train.meta["lengths"]["padding_share"])
+        return TrainStream(data, steps_per_epoch, self.settings.seed, self.placement, regroup, boundaries)
 
     def _checkpoint_due(self, step: int) -> bool:
         """train_state/ is saved every `checkpoint_every` steps and, at logging steps, when `checkpoint_minutes`
@@ -197,7 +224,7 @@ class Trainer:
         log.info("step %d/%d lr %.3e %s %.1f examples/s", state.step, total, lr, json.dumps(losses),
                  (state.step - then_step) * self.settings.batch_size * self.placement.world_size / (now - then))
 
-    def _end_of_epoch(self, graph: Union[TrainGraph, EagerStep], evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
+    def _end_of_epoch(self, graph: Union[TrainGraphs, EagerStep], evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
         metrics, _, _ = evaluator.run()
         value = metrics[self.main_metric]
         # original: strict >, from 0.0, so a run could save nothing
@@ -236,7 +263,7 @@ class Trainer:
         """Names of the step module's frozen parameters (the teacher): rebuilt from their source on resume."""
         return {name for name, p in self.step_module.named_parameters() if not p.requires_grad}
 
-    def _save_train_state(self, graph: Union[TrainGraph, EagerStep], state: RunState) -> None:
+    def _save_train_state(self, graph: Union[TrainGraphs, EagerStep], state: RunState) -> None:
         """Everything resuming needs except frozen weights, written to a temporary folder and renamed."""
         self._last_save = time.perf_counter()
         staged = self.model_dir / f".{TRAIN_STATE_DIR}.tmp-{os.getpid()}"
@@ -255,7 +282,7 @@ class Trainer:
 
         self.placement.write(write)
 
-    def _load_train_state(self, graph: Union[TrainGraph, EagerStep]) -> None:
+    def _load_train_state(self, graph: Union[TrainGraphs, EagerStep]) -> None:
         saved = flow.load(str(self.model_dir / TRAIN_STATE_DIR / "graph"))
         module_state = saved.pop(STEP_MODULE)
         expected = set(self.step_module.state_dict()) - self._frozen()
