@@ -178,6 +178,43 @@ def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multipl
     assert json.loads((tmp_path / "r2" / "results_eval.json").read_text())["accuracy"] == r2["accuracy"]
 
 
+EVALUATE_BOTH_WAYS = '''
+import sys
+import numpy as np
+from distil.runtime import import_oneflow
+flow = import_oneflow()
+from distil.models import io
+from distil.train.graph import Evaluator
+from distil.train.placement import Placement
+placement = Placement("cpu")
+model = io.load_model(sys.argv[1])
+logits = {mode: Evaluator(model, sys.argv[2], ("accuracy",), 3, placement, mode).run()[1]["logits"]
+          for mode in ("off", "auto")}
+if placement.writer:
+    np.savez(sys.argv[3], **logits)
+'''
+
+
+def test_evaluation_on_length_buckets_gives_the_full_length_logits_in_file_order_with_two_processes(ws, tmp_path,
+                                                                                                  two_processes):
+    import os
+    import subprocess
+
+    (tmp_path / "evaluate.py").write_text(EVALUATE_BOTH_WAYS)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env.update(PYTHONPATH=str(conftest.ROOT / "src"), OMP_NUM_THREADS="1")
+    arguments = [str(tmp_path / "evaluate.py"), str(two_processes[0]), str(ws / "data" / "SST-2" / "eval")]
+    for name, launcher in (("one", []), ("two", ["-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+                                                 "--master_port", str(free_port())])):
+        done = subprocess.run([PYTHON, *launcher, *arguments, str(tmp_path / f"{name}.npz")], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert one["off"].shape == (19, 2)
+    for logits in (one["auto"], two["off"], two["auto"]):
+        np.testing.assert_allclose(logits, one["off"], atol=1e-5)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--nnodes", "2"], "--nnodes (NUM_NODES) 2 needs --node_ips (NODE_IPS)"),
     (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.2", "--node_rank", "2"], "--node_rank (NODE_RANK) 2 is outside"),

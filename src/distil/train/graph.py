@@ -203,17 +203,19 @@ class SplitPass:
     example exactly once, each rank on its shard; in a PassGraph (compiled once) or eagerly without autograd
     (in mixed precision under --use_fp16). Later passes go on where the reader stopped.
 
-    With `cut` (one process), the batches read are regrouped, CHUNK_BATCHES at a time, into batches of
-    examples of similar length cut to their length bucket (a graph per bucket; eagerly, to the longest
-    member), and the outputs put back in reading order: the same values without computing the padding.
-    `compute`'s outputs must hold one row per example and no sequence axis (logits, labels).
+    With `cut`, the batches read are regrouped, CHUNK_BATCHES at a time, into batches of examples of
+    similar length cut to their length bucket (a graph per bucket; eagerly, to the longest member), and
+    the outputs put back in reading order: the same values without computing the padding. With N ranks
+    each rank regroups its own rows, a batch is cut to the longest length any rank needs, and the ranks'
+    outputs are exchanged once per chunk. `compute`'s outputs must hold one row per example and no
+    sequence axis (logits, labels).
     """
 
     def __init__(self, compute: Compute, model: flow.nn.Module, data: OFRecordDataset, placement: Placement,
                  graph: bool = False, cut: bool = False):
         self.compute, self.model, self.data, self.placement = compute, model, data, placement
         self.stream = EvalStream(data.num_examples, data.batch_size // data.shards, data.shards)
-        self.cut = cut and not placement.distributed
+        self.cut = cut
         self.graph = PassGraph(compute, model, data, placement) if graph and not self.cut else None
         self.cut_graphs: Optional[Dict[int, InputsPassGraph]] = {} if graph and self.cut else None
         if self.cut:
@@ -255,20 +257,26 @@ class SplitPass:
 
     def _by_length(self, batches: List[Dict[str, np.ndarray]], on_batch: Callable[[], None]
                    ) -> List[Dict[str, np.ndarray]]:
-        """The outputs of `batches` (in their order), computed on their rows sorted by length."""
+        """The outputs of `batches` (this rank's rows, in their order) computed on their rows sorted by length;
+        with N ranks, as global batches (each rank's rows in turn)."""
         rows = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
         lengths = rows[self.mask].sum(axis=1)
         size = len(batches[0][self.mask])
+        groups = buckets.groups_by_length(lengths, size)
+        widths = self.placement.largest([buckets.width_of(lengths[chosen], self.buckets if self.cut_graphs is not None
+                                                          else None) for chosen in groups])
+        mine = slice(self.placement.rank * size, (self.placement.rank + 1) * size)  # this rank's rows of a batch
         outputs: Dict[str, np.ndarray] = {}
-        for chosen in buckets.groups_by_length(lengths, size):
-            width = buckets.width_of(lengths[chosen], self.buckets if self.cut_graphs is not None else None)
+        for chosen, width in zip(groups, widths):
             full = np.concatenate([chosen, np.repeat(chosen[-1:], size - len(chosen))])  # one shape per bucket
             values = self._compute(buckets.cut(rows, full, width, self.sequences), width)
             for name, value in values.items():
                 outputs.setdefault(name, np.empty((len(lengths), *value.shape[1:]), dtype=value.dtype))[chosen] = \
-                    value[:len(chosen)]
+                    value[mine][:len(chosen)]
             on_batch()
-        return [{name: value[i * size:(i + 1) * size] for name, value in outputs.items()} for i in range(len(batches))]
+        everyone = {name: self.placement.everyones(value) for name, value in outputs.items()}  # (ranks, rows, ...)
+        return [{name: np.concatenate(list(value[:, i * size:(i + 1) * size])) for name, value in everyone.items()}
+                for i in range(len(batches))]
 
     def _compute(self, batch: Dict[str, np.ndarray], width: int) -> Dict[str, np.ndarray]:
         tensors = self.placement.batch({name: flow.tensor(value) for name, value in batch.items()})

@@ -15,6 +15,8 @@ import contextlib
 import gc
 from typing import Any, Callable, Dict, List, Sequence
 
+import numpy as np
+
 from distil.errors import UsageError
 from distil.runtime import import_oneflow
 
@@ -124,13 +126,16 @@ class Placement:
         flow.comm.broadcast(value, 0)
         return bool(value.item())
 
+    def everyones(self, rows: np.ndarray) -> np.ndarray:
+        """Every rank's `rows` (the same shape on each), stacked on a new first axis in rank order."""
+        if not self.distributed:
+            return rows[None]
+        mine = flow.tensor(rows[None]).to_global(placement=self.ranks("cpu"), sbp=flow.sbp.split(0))
+        return mine.to_global(sbp=flow.sbp.broadcast).to_local().numpy()
+
     def largest(self, values: Sequence[int]) -> List[int]:
         """Each of `values` maximised over all ranks (every rank passes as many)."""
-        if not self.distributed:
-            return [int(v) for v in values]
-        mine = flow.tensor([list(values)], dtype=flow.int64).to_global(placement=self.ranks("cpu"),
-                                                                       sbp=flow.sbp.split(0))
-        return [int(v) for v in mine.to_global(sbp=flow.sbp.broadcast).to_local().numpy().max(axis=0)]
+        return [int(v) for v in self.everyones(np.asarray(values, dtype=np.int64)).max(axis=0)]
 
     def release(self) -> None:
         """Under N processes, every rank closes here the compiled graphs it no longer references."""

@@ -323,7 +323,7 @@ def evaluate(model: flow.nn.Module, eval_splits: Dict[str, SplitLike], metrics: 
             results[name] = entry
     results["model"] = model_size(model, model_dir)
     results["batch_size"], results["device"] = batch_size, placement.device
-    results["length_buckets"] = "off" if placement.distributed else length_buckets  # (several processes: off)
+    results["length_buckets"] = length_buckets
     if placement.distributed:
         results["processes"] = placement.world_size
     return results
