@@ -139,3 +139,8 @@ def test_finished_runs_are_not_retrained_and_changed_settings_do_not_resume(work
     with pytest.raises(UsageError, match=r"belongs to a run with other settings \(differs in: \['max_steps'\]\)"):
         train_api(workspace, "STS-B", tmp_path / "m", max_steps=3)
     assert np.isfinite(first["pearson"])
+    del state["settings"]["length_buckets"]  # a train_state/ written before length buckets: it trained at full length
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"other settings \(differs in: \['length_buckets'\]\)"):
+        train_api(workspace, "STS-B", tmp_path / "m", max_steps=2)
+    assert train_api(workspace, "STS-B", tmp_path / "m", max_steps=2, length_buckets="off")["num_examples"] > 0

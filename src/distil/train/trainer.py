@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 RESUME_FREE = ("checkpoint_every", "checkpoint_minutes", "log_every")  # settings a resumed run may change: they change no result
+ADDED_SINCE = {"length_buckets": "off"}  # settings a train_state/ of an earlier version lacks: what it trained with
 STEP_MODULE = "step_module"   # the key of the step module's weights in a runner's state dict
 StepInputs = Callable[[int, int], Tuple[flow.Tensor, ...]]
 
@@ -250,7 +251,8 @@ class Trainer:
         previous = read_run_state(self.model_dir)
         if previous is None or previous.step == 0:
             return RunState(settings=settings, extra=self.extra_state)
-        changed = sorted(k for k in settings if previous.settings.get(k) != settings[k] and k not in RESUME_FREE) + \
+        before = {**ADDED_SINCE, **previous.settings}
+        changed = sorted(k for k in settings if before.get(k) != settings[k] and k not in RESUME_FREE) + \
             sorted(k for k in {**previous.extra, **self.extra_state} if previous.extra.get(k) != self.extra_state.get(k))
         if changed:
             raise UsageError(f"{self.model_dir / TRAIN_STATE_DIR} belongs to a run with other settings "
