@@ -1,5 +1,6 @@
 """ONNX export: onnxruntime gives OneFlow's logits on every dev example (a BERT student, the BiLSTM single and
-paired, the real MiniLM checkpoint), with any batch size; predict picks the engine; stale files are refused."""
+paired, the real MiniLM checkpoint), with any batch size and, for BERT, batches cut to their length; predict
+picks the engine; stale files are refused."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from distil.data.tokenization import load_vocab
 from distil.models import io
 from distil.models.bert import BertConfig
 from distil.onnx_export import export_onnx
-from distil.predict import Featurizer, OneFlowEngine, OnnxEngine, read_lines
+from distil.predict import Featurizer, OneFlowEngine, OnnxEngine, logits_by_length, read_lines
 from distil.runtime import import_oneflow
 from glue_fixtures import write_learnable_sst2, write_task
 
 flow = import_oneflow()
 TOLERANCE = 1e-4
+CUT_TOLERANCE = 1e-5  # onnxruntime against itself: cut batches differ only by float32 summation order
 
 
 def model_dir(root: Path, name: str, model: flow.nn.Module, config: dict, vocab: Path, task: str, fmt: str) -> Path:
@@ -48,7 +50,10 @@ def ws(tmp_path_factory, vocab_file, minilm_dir) -> Path:
     flow.manual_seed(0)
     bert = BertConfig(vocab_size=len(load_vocab(vocab_file)), hidden_size=32, num_hidden_layers=2,
                       num_attention_heads=4, intermediate_size=48, max_position_embeddings=64).to_dict()
-    model_dir(root, "bert", io.build_model(bert), bert, vocab_file, "SST-2", "bert")
+    student = io.build_model(bert)
+    with flow.no_grad():
+        student.classifier.weight.mul_(50.0)  # logits that differ from example to example by far more than 1e-5
+    model_dir(root, "bert", student, bert, vocab_file, "SST-2", "bert")
     for task, mode in (("SST-2", "single"), ("MRPC", "separate")):
         words = root / "data" / f"{task}_lstm_8" / io.VOCAB_FILE
         lstm = {"model_type": "bilstm", "vocab_size": len(load_vocab(words)), "pad_token_id": load_vocab(words)["<PAD>"],
@@ -65,23 +70,52 @@ def ws(tmp_path_factory, vocab_file, minilm_dir) -> Path:
 
 
 CASES = {"bert": "SST-2", "lstm_single": "SST-2", "lstm_separate": "MRPC", "minilm": "SST-2"}
+DYNAMIC = ("bert", "minilm")  # the BiLSTM's file keeps its sequence length
+
+
+@pytest.fixture(scope="module")
+def exported(ws):
+    """name -> (export summary, ONNX file): each model exported once for the module."""
+    done = {}
+
+    def export(name: str):
+        if name not in done:
+            path = ws / "onnx" / f"{name}.onnx"
+            path.parent.mkdir(exist_ok=True)
+            done[name] = export_onnx(ws / name, path), path
+        return done[name]
+
+    return export
+
+
+def dev_features(ws: Path, name: str):
+    task = get_task(CASES[name])
+    lines = list(read_lines(str(ws / "glue" / task.folder / task.splits["eval"].file), task))
+    return lines, Featurizer(ws / name, io.read_config(ws / name))(lines)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_onnxruntime_gives_oneflows_logits_on_every_dev_example(ws, name, tmp_path):
+def test_onnxruntime_gives_oneflows_logits_on_every_dev_example(ws, exported, name, tmp_path):
     directory = ws / name
-    summary = export_onnx(directory, tmp_path / "model.onnx")
-    assert summary["max_abs_logit_difference"] <= TOLERANCE and summary["checked_batch_sizes"][:2] == [1, 3]
+    summary, path = exported(name)
+    seq_length = io.read_config(directory)["data"]["seq_length"]
+    lengths = sorted({2, seq_length // 2, seq_length}) if name in DYNAMIC else [seq_length]
+    assert summary["max_abs_logit_difference"] <= TOLERANCE
+    checked = [shape for shape in summary["checked_shapes"] if shape[0] in (1, 3)]
+    assert checked == [[b, n] for b in (1, 3) for n in lengths]
     import onnx
 
-    proto = onnx.load(str(tmp_path / "model.onnx"))
+    proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == ["input_ids", "segment_ids", "input_mask"]
     assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in (*proto.graph.input, *proto.graph.output))
-    task = get_task(CASES[name])
-    lines = list(read_lines(str(ws / "glue" / task.folder / task.splits["eval"].file), task))
-    features = Featurizer(directory, io.read_config(directory))(lines)
-    oneflow, onnxruntime = OneFlowEngine(directory, "cpu"), OnnxEngine(tmp_path / "model.onnx")
+    sequence = [(d.dim_param, d.dim_value) for d in (i.type.tensor_type.shape.dim[1] for i in proto.graph.input)]
+    assert sequence == [("sequence", 0) if name in DYNAMIC else ("", seq_length)] * 3
+    assert summary["dynamic_axes"] == {**{i: {0: "batch", 1: "sequence"} if name in DYNAMIC else {0: "batch"}
+                                          for i in ("input_ids", "segment_ids", "input_mask")}, "logits": {0: "batch"}}
+    lines, features = dev_features(ws, name)
+    oneflow, onnxruntime = OneFlowEngine(directory, "cpu"), OnnxEngine(path)
+    assert onnxruntime.cuts == (name in DYNAMIC)
     worst = 0.0
     for batch in (len(lines), 7):  # the whole dev set at once, and batches of 7 with a shorter last one
         for start in range(0, len(lines), batch):
@@ -92,8 +126,53 @@ def test_onnxruntime_gives_oneflows_logits_on_every_dev_example(ws, name, tmp_pa
     assert np.ptp(oneflow(features), axis=0).max() > 10 * worst  # examples differ far more than the engines do
     if name in ("bert", "minilm"):  # every LayerNorm and GELU (with its bias: BiasGelu) fused into one kernel
         layers = io.read_config(directory)["model"]["num_hidden_layers"]
-        fused = fused_op_counts(tmp_path / "model.onnx", tmp_path / "optimized.onnx")
+        fused = fused_op_counts(path, tmp_path / "optimized.onnx")
         assert (fused["LayerNormalization"], fused["Gelu"] + fused["BiasGelu"]) == (1 + 2 * layers, layers)
+
+
+@pytest.mark.parametrize("name", ["bert", "lstm_separate", "minilm"])
+def test_onnxruntime_batches_cut_to_their_length_give_the_full_length_logits_in_input_order(ws, exported, name):
+    """predict's --length_buckets auto on onnxruntime: batches of similar length, each cut to its longest member
+    when the file's sequence axis is dynamic (BERT), give every example's full-length logits in input order."""
+    _, path = exported(name)
+    _, features = dev_features(ws, name)
+    engine, widths = OnnxEngine(path), []
+
+    def recorded(batch):
+        widths.append(batch["input_ids"].shape[1])
+        return engine(batch)
+
+    full = engine(features)
+    cut = logits_by_length(recorded, features, 4, engine.cuts, lambda rows: None)
+    np.testing.assert_allclose(cut, full, rtol=0, atol=CUT_TOLERANCE)
+    lengths, seq_length = features["input_mask"].sum(1), features["input_ids"].shape[1]
+    if name in DYNAMIC:
+        assert np.abs(full[np.argsort(lengths, kind="stable")] - full).max() > 100 * CUT_TOLERANCE  # (sorted order)
+        assert widths == [int(max(part)) for part in np.array_split(np.sort(lengths), range(4, len(lengths), 4))]
+        assert max(widths) < seq_length
+    else:
+        assert widths == [seq_length] * -(-len(lengths) // 4)
+
+
+def test_predict_on_onnxruntime_cuts_batches_of_bert_only_and_gives_the_uncut_predictions(ws, exported, tmp_path):
+    dev = str(ws / "glue" / "SST-2" / "dev.tsv")
+
+    def predict(name: str, mode: str):
+        out = tmp_path / f"{name}-{mode}.jsonl"
+        done = run([PYTHON, "-m", "distil", "predict", str(ws / name), dev, "--engine", "onnxruntime", "--onnx",
+                    str(exported(name)[1]), "--batch_size", "4", "--length_buckets", mode, "--output", str(out)])
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads(done.stdout)
+        return summary["engine"], summary["length_buckets"], [json.loads(line) for line in out.read_text().splitlines()]
+
+    engine, cut, by_length = predict("bert", "auto")
+    assert (engine, cut) == ("onnxruntime", "auto")
+    engine, cut, full = predict("bert", "off")
+    assert (engine, cut) == ("onnxruntime", "off") and len(full) == len(by_length) == 40
+    assert [(r["line"], r["label"]) for r in by_length] == [(r["line"], r["label"]) for r in full]
+    for a, b in zip(by_length, full):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+    assert predict("lstm_single", "auto")[:2] == ("onnxruntime", "off")  # a fixed-length file: batches stay whole
 
 
 def fused_op_counts(path: Path, optimized: Path) -> Counter:

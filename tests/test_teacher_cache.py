@@ -18,6 +18,7 @@ from distil.data.tasks import get_task
 from distil.models import io
 from distil.runtime import import_oneflow
 from distil.train import teacher_cache
+from distil.train.graph import MODEL_INPUTS
 from distil.train.placement import Placement
 from distil.train.run import RunConfig, data_dirs, train_algorithm
 from distil.train.settings import TrainSettings
@@ -225,6 +226,37 @@ def test_the_onnxruntime_pass_caches_oneflows_logits_and_leaves_no_onnx_file(ws,
     assert sorted(p.name for p in tmp_path.iterdir()) == [teacher_cache.CACHE_DIR]
     teacher_cache.prepare(kd_step(ws)[0], train_dir, tmp_path, Placement(), "auto", 24)
     assert "reusing" in caplog.text
+
+
+def test_the_onnxruntime_pass_cuts_batches_to_their_length_and_gives_the_uncut_logits_in_file_order(
+        ws, tmp_path, monkeypatch):
+    """--teacher_cache onnxruntime sorts by length and cuts batches as the OneFlow pass does: the uncut logits."""
+    from distil.predict import OnnxEngine
+
+    step, train_dir = kd_step(ws)
+    names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
+    widths, run_onnx = [], OnnxEngine.__call__
+
+    def recorded(engine: OnnxEngine, batch):
+        widths.append(batch["input_ids"].shape[1])
+        return run_onnx(engine, batch)
+
+    monkeypatch.setattr(OnnxEngine, "__call__", recorded)
+
+    def logits() -> np.ndarray:
+        data = OFRecordDataset(train_dir, 8, features=names)
+        return teacher_cache.onnxruntime_pass(step.teacher, data, step.teacher_view, tmp_path, Placement(),
+                                              lambda: None)["logits"]
+
+    cut = logits()
+    assert len(widths) == 13 and widths == sorted(widths) and max(widths) < 32  # 100 examples by 8, sorted by length
+    widths.clear()
+    monkeypatch.setattr(OnnxEngine, "cuts", False)
+    full = logits()
+    assert widths == [32] * 13
+    np.testing.assert_allclose(cut, full, rtol=0, atol=1e-5)
+    assert np.abs(full[1:] - full[:-1]).max() > 100 * 1e-5  # neighbouring rows differ: a mix-up would show
+    np.testing.assert_allclose(full, teacher_logits(step, train_dir), rtol=0, atol=1e-4)
 
 
 def test_teacher_cache_flag_is_checked():

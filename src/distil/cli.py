@@ -362,7 +362,8 @@ def _run_predict(args: argparse.Namespace) -> Optional[Dict]:
 
 
 def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="export a model directory to ONNX (dynamic batch), checked against OneFlow")
+    p = sub.add_parser("export-onnx", help="export a model directory to ONNX (dynamic batch; BERT: dynamic sequence "
+                                           "length), checked against OneFlow")
     p.add_argument("model_dir", type=Path)
     p.add_argument("out", type=Path, nargs="?", default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
     p.set_defaults(run=lambda args: _export_onnx(args.model_dir, args.out))

@@ -1,11 +1,16 @@
 """`python -m distil export-onnx MODEL_DIR [OUT]`: a model directory as an ONNX model (default
-MODEL_DIR/model.onnx) with a dynamic batch axis, for onnxruntime and any other ONNX runtime.
+MODEL_DIR/model.onnx) with a dynamic batch axis and, for BERT, a dynamic sequence axis, for onnxruntime
+and any other ONNX runtime.
 
 The export goes through OneFlow's own exporter (`oneflow-onnx`, patched by `distil.onnx_compat`) from the
-model's inference graph, traced at a batch size that no other dimension of the model has; the shapes
-that hold that batch size are then freed. Before the file is written (atomically), onnx's checker runs
-and onnxruntime must reproduce OneFlow's logits within 1e-4 on random inputs at three batch sizes; an
-export that disagrees is an error, never a file.
+model's inference graph, traced at a batch size and (BERT) a sequence length that no other dimension of
+the model has; the shapes that hold them are then freed, so that `predict` and the teacher cache's pass can
+cut batches to their longest member on onnxruntime as they do on OneFlow. The BiLSTM keeps the trained
+sequence length: the exporter unrolls its time loop into one group of ops per step (ONNX would need a
+Loop or Scan op, which it does not write), so the step count is the graph's structure, not a constant.
+Before the file is written (atomically), onnx's checker runs and onnxruntime must reproduce OneFlow's
+logits within 1e-4 on random right-padded inputs at several batch sizes and, with a dynamic sequence axis,
+several lengths; an export that disagrees is an error, never a file.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ INPUTS = MODEL_INPUTS  # the ONNX graph's input names, in the models' argument o
 OUTPUT = "logits"
 TOLERANCE = 1e-4
 CHECK_BATCHES = (1, 3)
+DYNAMIC_SEQUENCE = ("bert",)  # the model types whose sequence axis is freed (see the module docstring)
+PRIMES = (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59)
 
 
 class InferenceGraph(flow.nn.Graph):
@@ -45,13 +52,29 @@ class InferenceGraph(flow.nn.Graph):
         return self.model.logits(input_ids, segment_ids, input_mask)
 
 
+def _model_sizes(model_config: Dict[str, Any]) -> List[int]:
+    """The model's dimensions (its config's integers), which a traced size must not share."""
+    return [v for v in model_config.values() if isinstance(v, int) and v >= 2]
+
+
 def trace_batch(model_config: Dict[str, Any], seq_length: int) -> int:
-    """The smallest prime from 5 that divides no dimension of the model, so that the traced shapes holding
-    it, alone or merged with other axes, are the batch's; small, because tracing BERT-base in an nn.Graph
-    holds about 0.4 GB per row."""
-    sizes = [seq_length, *(v for v in model_config.values() if isinstance(v, int) and v >= 2)]
-    return next(p for p in (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59)
-                if all(size % p for size in sizes))
+    """The smallest prime from 5 that divides no dimension of the model nor the traced `seq_length`, so that
+    the traced shapes holding it, alone or merged with other axes, are the batch's; small, because an nn.Graph
+    holds all its buffers (BERT-base: about 0.4 GB per row of 128 tokens)."""
+    sizes = [seq_length, *_model_sizes(model_config)]
+    return next(p for p in PRIMES if all(size % p for size in sizes))
+
+
+def trace_length(model_config: Dict[str, Any]) -> int:
+    """The sequence length to trace a model with a dynamic sequence axis at: the smallest prime from 5 that
+    divides no dimension of the model, so that a traced shape holding it is the sequence's."""
+    return next(p for p in PRIMES if all(size % p for size in _model_sizes(model_config)))
+
+
+def check_lengths(seq_length: int, dynamic: bool) -> List[int]:
+    """The sequence lengths the self-check runs at: the full one and, when the axis is dynamic, about half of it
+    and two tokens."""
+    return sorted({seq_length, max(2, seq_length // 2), 2}) if dynamic else [seq_length]
 
 
 def sample_inputs(batch: int, seq_length: int, vocab_size: int, rng: np.random.Generator) -> List[np.ndarray]:
@@ -64,24 +87,32 @@ def sample_inputs(batch: int, seq_length: int, vocab_size: int, rng: np.random.G
     return [ids, segments, mask]
 
 
-def free_batch_axis(proto, batch: int) -> None:
-    """Make the traced batch size dynamic: a Reshape target holding it (or, for an input that leads with it, a
-    multiple of it) once reads -1 there (or 0 in first place, the input's first axis, when -1 is taken), a Slice ending at it ends at the axis' end, and the graph's
-    inputs and outputs get a symbolic first axis. (The exporter shares equal constants between nodes, so
-    each changed constant becomes the node's own.)"""
+def _constants_and_shapes(proto) -> Tuple[Dict[str, np.ndarray], Dict[str, List[int]]]:
+    """The graph's constants, and the shape of every value, constant or inferred (0 for a symbolic axis)."""
     import onnx
     from onnx import numpy_helper
 
-    initializers = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     inferred = onnx.shape_inference.infer_shapes(proto).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+    return constants, {**{name: list(value.shape) for name, value in constants.items()}, **shapes}
 
-    def replace(node, index: int, values: np.ndarray) -> None:
-        name = f"{node.input[index]}.{node.name}"
-        proto.graph.initializer.append(numpy_helper.from_array(values.astype(np.int64), name))
-        node.input[index] = name
 
+def _own_constant(proto, node, index: int, values: np.ndarray) -> None:
+    """Give `node` its own constant for input `index` (the exporter shares equal constants between nodes)."""
+    from onnx import numpy_helper
+
+    name = f"{node.input[index]}.{node.name}"
+    proto.graph.initializer.append(numpy_helper.from_array(values.astype(np.int64), name))
+    node.input[index] = name
+
+
+def free_batch_axis(proto, batch: int) -> None:
+    """Make the traced batch size dynamic: a Reshape target holding it (or, for an input that leads with it, a
+    multiple of it) once reads -1 there (or 0 in first place, the input's first axis, when -1 is taken), a
+    Slice ending at it ends at the axis' end, and the graph's inputs and outputs get a symbolic first axis."""
+    initializers, shapes = _constants_and_shapes(proto)
     for node in proto.graph.node:
         if node.op_type == "Slice" and len(node.input) > 3 and node.input[2] in initializers:
             ends, axes = initializers[node.input[2]].copy(), initializers.get(node.input[3])
@@ -90,7 +121,7 @@ def free_batch_axis(proto, batch: int) -> None:
                           if dims and dims[axis] == batch and ends[i] == batch]
             if batch_axes:  # a slice over the whole batch axis: to its end, whatever its size
                 ends[batch_axes] = np.iinfo(np.int64).max
-                replace(node, 2, ends)
+                _own_constant(proto, node, 2, ends)
         elif node.op_type == "Reshape" and node.input[1] in initializers:
             shape = initializers[node.input[1]].copy()
             at = np.flatnonzero(shape == batch) if shape.ndim == 1 else []
@@ -98,9 +129,53 @@ def free_batch_axis(proto, batch: int) -> None:
                 at = np.flatnonzero(shape % batch == 0) if shape.ndim == 1 else []
             if len(at) == 1 and (-1 not in shape or at[0] == 0):
                 shape[at[0]] = 0 if -1 in shape else -1  # 0: the input's first axis, which is the batch's
-                replace(node, 1, shape)
+                _own_constant(proto, node, 1, shape)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
+
+
+def free_sequence_axis(proto, length: int) -> None:
+    """Make the traced sequence length dynamic where the BERT graph holds it: a Reshape target that keeps its
+    input's sequence axis in place (the attention heads' split and merge) reads 0 there (copy that axis), and a
+    Slice taking the first `length` entries of a longer axis (the position ids of the position-id buffer) ends
+    at the inputs' sequence length, read from the first input's shape when the graph runs. The graph's inputs
+    get a symbolic second axis."""
+    from onnx import helper, numpy_helper
+
+    initializers, shapes = _constants_and_shapes(proto)
+    measured = "sequence/length"  # (1,) int64: the inputs' sequence length
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "sequence/axis"))
+    nodes = [helper.make_node("Shape", [proto.graph.input[0].name], ["sequence/shape"], name="sequence/shape"),
+             helper.make_node("Gather", ["sequence/shape", "sequence/axis"], [measured], name=measured, axis=0)]
+    for node in proto.graph.node:
+        dims = (shapes.get(node.input[0]) or []) if node.input else []
+        if node.op_type == "Slice" and len(node.input) > 3 and {node.input[2], node.input[3]} <= set(initializers):
+            ends, axes = initializers[node.input[2]], initializers[node.input[3]]
+            prefix = [i for i, axis in enumerate(axes)
+                      if ends[i] == length and -len(dims) <= axis < len(dims) and dims[axis] > length]
+            if prefix:  # the ends as a Concat of constants and the measured length
+                parts = []
+                for i, end in enumerate(ends):
+                    parts.append(measured if i in prefix else f"{node.name}/end{i}")
+                    if i not in prefix:
+                        proto.graph.initializer.append(numpy_helper.from_array(np.array([end], np.int64), parts[-1]))
+                nodes.append(helper.make_node("Concat", parts, [f"{node.name}/ends"], name=f"{node.name}/ends", axis=0))
+                node.input[2] = f"{node.name}/ends"
+        elif node.op_type == "Reshape" and node.input[1] in initializers:
+            shape = initializers[node.input[1]].copy()
+            at = [i for i, size in enumerate(shape) if size == length and i < len(dims) and dims[i] == length]
+            if at:
+                shape[at] = 0
+                _own_constant(proto, node, 1, shape)
+        nodes.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    for value in proto.graph.input:
+        value.type.tensor_type.shape.dim[1].dim_param = "sequence"
+
+
+def drop_stale_shapes_and_constants(proto) -> None:
+    """Forget the inferred shapes (the traced ones) and the constants no node reads any more."""
     del proto.graph.value_info[:]
     used = {name for node in proto.graph.node for name in node.input}
     kept = [t for t in proto.graph.initializer if t.name in used]
@@ -219,9 +294,17 @@ def rename_io(proto) -> None:
 
 
 def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> float:
+    """The largest |logit difference| between onnxruntime and OneFlow on `inputs`; infinite when onnxruntime
+    returns another shape or cannot run them (a size the export left baked in)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
     with flow.no_grad():
         expected = model(*(flow.tensor(x) for x in inputs))["logits"].numpy()
-    got = session.run([OUTPUT], dict(zip(INPUTS, inputs)))[0]
+    try:
+        got = session.run([OUTPUT], dict(zip(INPUTS, inputs)))[0]
+    except (Fail, InvalidArgument, RuntimeException) as e:
+        log.error("ONNX export: onnxruntime fails on inputs of shape %s: %s", inputs[0].shape, e)
+        return float("inf")
     if got.shape != expected.shape:
         return float("inf")
     return float(np.abs(got - expected).max())
@@ -242,15 +325,18 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
 
 
 def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -> Dict[str, Any]:
-    """Write the logits of `model` (local, on the CPU, in eval mode) at `seq_length` to `out` once onnxruntime
-    reproduces them; `what` names the model in messages."""
+    """Write the logits of `model` (local, on the CPU, in eval mode) for `seq_length` tokens (or, for a model type
+    in DYNAMIC_SEQUENCE, any number up to it) to `out` once onnxruntime reproduces them; `what` names the model in
+    messages."""
     import onnx
     import onnxruntime
 
-    vocab_size = model.config.vocab_size
+    vocab_size, sizes = model.config.vocab_size, model.config.to_dict()
+    dynamic = model.config.model_type in DYNAMIC_SEQUENCE
     rng = np.random.default_rng(0)
-    batch = trace_batch(model.config.to_dict(), seq_length)
-    traced_inputs = sample_inputs(batch, seq_length, vocab_size, rng)
+    length = trace_length(sizes) if dynamic else seq_length
+    batch = trace_batch(sizes, length)
+    traced_inputs = sample_inputs(batch, length, vocab_size, rng)
     graph = InferenceGraph(model)
     graph(*(flow.tensor(x) for x in traced_inputs))
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=out.parent) as tmp:
@@ -260,23 +346,29 @@ def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -
         flow.save(state, os.path.join(tmp, "weights"))
         proto = onnx_compat.export_proto(graph, os.path.join(tmp, "weights"))
         fusable_forms(proto, model)
+        if dynamic:
+            free_sequence_axis(proto, length)
         free_batch_axis(proto, batch)
+        drop_stale_shapes_and_constants(proto)
         rename_io(proto)
         onnx.checker.check_model(proto)
         staged = Path(tmp) / io.ONNX_FILE
         onnx.save(proto, str(staged))
         session = onnxruntime.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
-        differences = {b: max_difference(session, model, traced_inputs if b == batch else
-                                         sample_inputs(b, seq_length, vocab_size, rng))
-                       for b in (batch, *CHECK_BATCHES)}
+        shapes = [(batch, length), *((b, n) for n in check_lengths(seq_length, dynamic) for b in CHECK_BATCHES)]
+        differences = {(b, n): max_difference(session, model, traced_inputs if (b, n) == (batch, length) else
+                                              sample_inputs(b, n, vocab_size, rng)) for b, n in shapes}
         worst = max(differences.values())
         if not worst <= TOLERANCE:
-            raise UsageError(f"{what}: the ONNX export disagrees with OneFlow (max |logit difference| per batch "
-                             f"size: {differences}); not written")
+            listed = ", ".join(f"{b}x{n}: {d:.2g}" for (b, n), d in differences.items())
+            raise UsageError(f"{what}: the ONNX export disagrees with OneFlow (max |logit difference| per batch size x "
+                             f"sequence length: {listed}); not written")
         os.replace(staged, out)
+    axes = {0: "batch", 1: "sequence"} if dynamic else {0: "batch"}
     summary = {"onnx": str(out), "opset": onnx_compat.OPSET, "inputs": list(INPUTS),
-               "dynamic_axes": {name: {0: "batch"} for name in (*INPUTS, OUTPUT)}, "nodes": len(proto.graph.node),
-               "max_abs_logit_difference": worst, "checked_batch_sizes": sorted(differences)}
-    log.info("exported %s to %s (%d nodes; onnxruntime matches OneFlow within %.1e)", what, out,
-             len(proto.graph.node), worst)
+               "dynamic_axes": {**{name: axes for name in INPUTS}, OUTPUT: {0: "batch"}},
+               "nodes": len(proto.graph.node), "max_abs_logit_difference": worst,
+               "checked_shapes": sorted([b, n] for b, n in differences)}
+    log.info("exported %s to %s (%d nodes, %s; onnxruntime matches OneFlow within %.1e)", what, out,
+             len(proto.graph.node), "dynamic batch and sequence axes" if dynamic else "dynamic batch axis", worst)
     return summary

@@ -8,8 +8,10 @@ length and format: BERT word pieces, or the BiLSTM's words), so `predict` on a d
 predictions `eval` scores. The output has one JSON line per example: its source and line number, the
 label and the probability of every label (the score for STS-B). The engine is onnxruntime when the model
 directory holds a model.onnx newer than its weights (`python -m distil export-onnx`), else OneFlow;
-`--engine` forces one. With several processes (`--nproc_per_node`, OneFlow's launcher) OneFlow computes
-each batch data-parallel and rank 0 writes the output.
+`--engine` forces one. OneFlow computes batches of examples of similar length, each cut to its longest
+member (`--length_buckets auto`), and so does onnxruntime when the file's sequence axis is dynamic (a BERT
+export; a BiLSTM's file keeps its length). With several processes (`--nproc_per_node`, OneFlow's
+launcher) OneFlow computes each batch data-parallel and rank 0 writes the output.
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ class OneFlowEngine:
 
 
 class OnnxEngine:
-    """An exported model.onnx run by onnxruntime (CPU)."""
+    """An exported model.onnx run by onnxruntime (CPU), at the file's sequence length or, when that axis is
+    dynamic, at any shorter one."""
 
     name = "onnxruntime"
 

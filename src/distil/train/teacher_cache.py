@@ -8,7 +8,8 @@ and stored as a copy of that split whose records carry them as extra float featu
 The same OFRecordReader then reads the cache instead of the split: every target stays aligned with its
 example through shuffling and sharding, and the training graph never runs the teacher. With
 `--teacher_cache onnxruntime`, a one-process CPU run makes that pass on onnxruntime (the teacher exported
-for it), which uses every core.
+for it), which uses every core. Both engines compute batches of examples of similar length cut to their
+longest member (SplitPass) and give the outputs back in file order.
 
 The cache lives in `<model dir>/teacher_cache/`, is written to a temporary folder and renamed, and holds
 fingerprint.json: the SHA-256 of the teacher's weights, of the training split's meta.json (which lists its
@@ -33,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distil.data import ofrecord
-from distil.data.dataset import EvalStream, OFRecordDataset, Split, SplitLike, as_split, open_split
+from distil.data.dataset import OFRecordDataset, Split, SplitLike, as_split, open_split
 from distil.errors import UsageError
 from distil.fileio import file_sha256, replace_dir, write_json_atomic
 from distil.models import io
@@ -93,7 +94,8 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
                              f"{', '.join(outputs)}: use --teacher_cache auto")
         data = OFRecordDataset(train, batch_size, features=names)
         with _progress(data, placement) as progress:
-            return onnxruntime_pass(step.teacher, data, step.teacher_view, work_dir, lambda: progress.update(1))
+            return onnxruntime_pass(step.teacher, data, step.teacher_view, work_dir, placement,
+                                    lambda: progress.update(1))
     data = OFRecordDataset(train, batch_size, features=names, placement=placement)
     placement.module(step)
 
@@ -116,10 +118,12 @@ def _progress(data: OFRecordDataset, placement: Placement) -> Iterator[tqdm]:
         progress.close()
 
 
-def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, work_dir: Path,
+def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, work_dir: Path, placement: Placement,
                      on_batch: Callable[[], None]) -> Dict[str, np.ndarray]:
     """{"logits": one row per example of `data`, in file order}, from the teacher exported to a temporary ONNX
-    file in `work_dir` (checked against OneFlow within 1e-4 by the export) and run by onnxruntime.
+    file in `work_dir` (checked against OneFlow within 1e-4 by the export) and run by onnxruntime; with the
+    file's dynamic sequence axis (BERT), SplitPass sorts the examples by length and cuts each batch to its
+    longest member, as it does for OneFlow.
 
     onnxruntime runs BERT-base about 3x faster than OneFlow 0.9 on a 2-core CPU (two BLAS threads against
     one), but the export costs time and memory (BERT-base: 40-55 s and a 5.3-5.7 GB peak), so this is a
@@ -132,15 +136,14 @@ def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, 
         path = Path(tmp) / "teacher.onnx"
         export_model(teacher, seq_length, path, "the teacher")
         engine = OnnxEngine(path)
-        log.info("teacher cache: the teacher's pass runs on onnxruntime (exported to a temporary %s)", path.name)
+        log.info("teacher cache: the teacher's pass runs on onnxruntime (exported to a temporary %s; batches %s)",
+                 path.name, "cut to their length" if engine.cuts else f"at the full {seq_length} positions")
 
-        def next_batch() -> Dict[str, np.ndarray]:
-            batch = data()
-            logits = engine({name: batch[f"{view}{name}"].numpy() for name in MODEL_INPUTS})
-            on_batch()
-            return {"logits": logits.astype(np.float32)}
+        def compute(_: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+            return {"logits": flow.tensor(engine({name: batch[f"{view}{name}"].numpy() for name in MODEL_INPUTS}))}
 
-        return EvalStream(data.num_examples, data.batch_size).run(next_batch)
+        values = SplitPass(compute, teacher, data, placement, cut=engine.cuts).run(on_batch)
+    return {"logits": values["logits"].astype(np.float32)}
 
 
 def write_cache(train: Split, cache: Path, values: Dict[str, np.ndarray], expected: Dict[str, str]) -> None:
