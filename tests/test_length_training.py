@@ -223,7 +223,7 @@ def test_the_graphs_of_the_bucket_lengths_share_one_adamw_state_and_lr_schedule(
     for state in states[1:]:  # one state: what the last step wrote is what every graph holds
         for key in [*moments, "System-Train-TrainStep"]:
             assert np.array_equal(state[key].numpy(), states[0][key].numpy()), key
-    assert int(states[0]["System-Train-TrainStep"].numpy()) == len(plan)
+    assert states[0]["System-Train-TrainStep"].numpy().tolist() == [len(plan)]
 
 
 # ---------------------------------------------------------------- two processes
@@ -272,3 +272,17 @@ def test_two_processes_step_through_the_same_bucket_lengths_and_see_every_exampl
         assert batch["width"] in boundaries and max(batch["lengths"]) <= batch["width"]
         assert batch["lengths"] == [lengths[i] for i in batch["ids"]]
     assert len({batch["width"] for batch in ranks[0]}) > 1
+
+
+def test_the_bucket_graphs_together_hold_the_micro_batch_tokens_of_one_full_length_graph(caplog):
+    """Every graph keeps the buffers of one micro-batch: with buckets 24/40/56/128 (248 positions) a
+    micro-batch holds 1024 // 248 -> 4 rows at every length, where one graph at 128 takes 8."""
+    settings = TrainSettings(batch_size=32)
+    batch = buckets.cut(padded_batch([5] * 32, seed=0), np.arange(32), 24, ("input_ids", "input_mask", "segment_ids"))
+    for lengths, rows in (([24, 40, 56, 128], 4), ([128], 8), ((), 32)):  # (): the graph's own length
+        graphs = build_step_runner(DistillStep(bert(16, 2, 2), [hard_label()]), list(batch), settings, 4,
+                                   lengths=lengths)
+        with caplog.at_level("INFO", logger="distil.train.trainer"):
+            graphs.step({k: flow.tensor(v) for k, v in batch.items()})
+        assert f"batches of 24 positions: {32 // rows} micro-batch(es) of {rows} rows per process" in caplog.text
+        caplog.clear()

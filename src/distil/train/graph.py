@@ -303,8 +303,9 @@ class Evaluator:
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
         split = as_split(split)
         graph = in_graph(model, batch_size, split.seq_length())
-        if graph:  # a compiled pass holds all its buffers: at most MICRO_BATCH_TOKENS per call, like training
-            batch_size = min(batch_size, max(1, MICRO_BATCH_TOKENS // split.seq_length()))
+        if graph:  # a compiled pass holds all its buffers: its graphs (one per bucket) at most MICRO_BATCH_TOKENS
+            lengths = (buckets.boundaries_for(split.meta, split.seq_length()) if cut else None) or [split.seq_length()]
+            batch_size = min(batch_size, max(1, MICRO_BATCH_TOKENS // sum(lengths)))
         self.data = OFRecordDataset(split, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
         self.passes = SplitPass(_logits_and_labels, self.model, self.data, placement, graph, cut)
 

@@ -59,7 +59,8 @@ MICRO_BATCH_TOKENS = 1024  # auto micro-batches hold at most this many tokens (8
 
 
 def micro_batch_count(settings: TrainSettings, seq_length: int) -> int:
-    """How many micro-batches one training step of `settings.batch_size` rows is cut into.
+    """How many micro-batches one training step of `settings.batch_size` rows is cut into, for rows of
+    `seq_length` positions (with length buckets: the sum of the buckets' lengths, one graph each).
 
     OneFlow 0.9's CPU nn.Graph holds every buffer of a step at once, so its memory grows with the rows
     of one pass (a 4L-312 step at 32 x 128: 5.3 GB; as 4 x 8 rows: 2.0 GB, equally fast). The graph

@@ -83,12 +83,14 @@ def seed_everything(step_module: flow.nn.Module, seed: int) -> None:
 
 def build_step_runner(step_module: flow.nn.Module, features: Sequence[str], settings: TrainSettings, total: int,
                       placement: Optional[Placement] = None, eager: bool = False, micro_batches: int = 0,
-                      first_step: int = 0) -> Union[TrainGraphs, EagerStep]:
+                      first_step: int = 0, lengths: Sequence[int] = ()) -> Union[TrainGraphs, EagerStep]:
     """Place the step module, then build the optimizer, its schedule over `total` steps, and the graphs (or
     eager step) that apply them to batches of `features`: a graph per batch length, each cutting its batch
-    into `micro_batches` parts (0: as many as `settings` give at that length) and updating once. A graph built
-    after the first, at step s, seeds the dropout sites from the run's seed + s (the first graph keeps the
-    caller's seeds): each graph draws its own masks."""
+    into `micro_batches` parts and updating once. 0: parts of as many rows as `settings` allow for rows of the
+    summed `lengths` of every graph the run will build (its buckets; () = the graph's own length), so that
+    the graphs, each holding the buffers of one part, hold together what one full-length graph would. A graph
+    built after the first, at step s, seeds the dropout sites from the run's seed + s (the first graph keeps
+    the caller's seeds): each graph draws its own masks."""
     placement = placement or Placement()
     placement.module(step_module)
     optimizer, schedule = build_optimizer(step_module.named_parameters(), settings.learning_rate,
@@ -101,7 +103,7 @@ def build_step_runner(step_module: flow.nn.Module, features: Sequence[str], sett
         return EagerStep(step_module, optimizer, schedule, settings.clip_grad)
 
     def build(length: int, step: int) -> TrainGraph:
-        parts = micro_batches or micro_batch_count(settings, length)
+        parts = micro_batches or micro_batch_count(settings, sum(lengths) or length)
         if step:
             seed_dropout(step_module, settings.seed + first_step + step)
         log.info("a compiled step for batches of %d positions: %d micro-batch(es) of %d rows per process", length,
@@ -149,7 +151,7 @@ class Trainer:
         total = self.total_steps(steps_per_epoch)
         batches = self._stream(data, train, steps_per_epoch)
         graph = build_step_runner(self.step_module, data.names, self.settings, total, self.placement, self.eager,
-                                  first_step=state.step)
+                                  first_step=state.step, lengths=batches.boundaries or [train.seq_length()])
         if state.step:
             self._load_train_state(graph)
             log.info("resuming %s from step %d of %d (the data order goes on where it stopped: skipping the %d "
