@@ -1,18 +1,22 @@
 """One KD job side by side: this project (1 and 2 processes, teacher cache on and off; with 1 process also the
-cache's pass on onnxruntime), TextBrewer's GeneralDistiller and a plain PyTorch loop, on this machine, one
-run after the other.
+cache's pass on onnxruntime, and length buckets off), TextBrewer's GeneralDistiller, a plain PyTorch loop and
+TextBrewer's cached KD on length-grouped, dynamically padded batches, on this machine, one run after the other.
 
 The job: a 12L-768 teacher (random weights: speed does not depend on them) and a 4L-312 student (FFN
 1200) that both sides start from the same HF folder, SST-2-shaped data of --train_size examples, seq 128,
 global batch 32, 3 epochs, alpha 0.5 · CE(gold) + 0.5 · soft-label CE at T 1, AdamW with a linear
 schedule and clipping, dev accuracy after every epoch. Two processes take 16 examples each (the same
-global batch, so the same number of steps). Reported per run: the seconds of epoch 1 and of each later
-epoch (this project: from train_history.json, the first epoch including the teacher cache's pass;
-PyTorch sides: from their own per-epoch timing), the wall time of the whole command (start-up,
-compilation and saving included), examples/s over the whole run and the peak RSS of its largest process.
+global batch, so the same number of steps). --real_corpus DIR takes the first --train_size / --dev_size rows of
+the real corpus (bench/fetch_real_corpus.py, fetched into DIR/glue_full once) instead of generated sentences.
+Our runs use `--length_buckets auto` (the default) unless their name ends with -off; pytorch-dynamic is
+bench/torch_finetune.py kd_dynamic (TextBrewer's logits cache, HF's group_by_length, padding per batch).
+Reported per run: the seconds of epoch 1 and of each later epoch (this project: from train_history.json, the
+first epoch including the teacher cache's pass; PyTorch sides: from their own per-epoch timing), the wall time
+of the whole command (start-up, compilation and saving included), examples/s over the whole run and the peak
+RSS of its largest process.
 Then `python -m distil eval` of the teacher on the dev split (batch 32): its examples/s and peak RSS.
 
-Usage: bash scripts/run_bench.sh kd [--train_size 192] [--runs ours-1p-cache,...] [--quick]
+Usage: bash scripts/run_bench.sh kd [--train_size 192] [--runs ours-1p-cache,...] [--real_corpus DIR] [--quick]
    or: PYTHONPATH=src .venv/bin/python bench/bench_kd.py ...
 The PyTorch sides run in the reference venv (--torch-python; torch 2.13, transformers, textbrewer) and are
 skipped when it is absent or with --quick.
@@ -25,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,14 +43,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_convert import write_sst2  # noqa: E402
 from bench_processes import free_port  # noqa: E402
-from real_data import export_hf  # noqa: E402
+from real_data import export_hf, prepare_corpus  # noqa: E402
 
 from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task  # noqa: E402
 from distil.fileio import write_json_atomic  # noqa: E402
 
-OURS = ("ours-1p-cache", "ours-1p-cache-ort", "ours-1p-nocache", "ours-2p-cache", "ours-2p-nocache")
+OURS = ("ours-1p-cache", "ours-1p-cache-off", "ours-1p-cache-ort", "ours-1p-nocache", "ours-2p-cache",
+        "ours-2p-nocache")
 CACHE_MODE = {"-cache": "auto", "-cache-ort": "onnxruntime", "-nocache": "off"}  # by the run name's ending
-THEIRS = ("textbrewer", "pytorch-loop")
+BUCKETS_OFF = "-off"  # a run name's ending: --length_buckets off
+THEIRS = {"textbrewer": "kd", "pytorch-loop": "kd_plain", "pytorch-dynamic": "kd_dynamic"}  # bench/torch_finetune.py
 QUICK = {"teacher": (2, 32, 4, 48), "student": (1, 16, 4, 24), "seq": 32, "train_size": 48, "dev_size": 16,
          "runs": "ours-1p-cache,ours-1p-nocache"}
 # the peak RSS of the largest process the wrapped command started (ru_maxrss of waited-for descendants)
@@ -62,7 +69,10 @@ def prepare(work: Path, args: argparse.Namespace) -> None:
     from distil.runtime import import_oneflow
 
     flow = import_oneflow()
-    write_sst2(work / "glue", args.train_size, args.dev_size, 0)
+    if args.real_corpus:
+        shutil.copytree(prepare_corpus(args.real_corpus, args.train_size, args.dev_size), work / "glue" / "SST-2")
+    else:
+        write_sst2(work / "glue", args.train_size, args.dev_size, 0)
     convert_task("SST-2", ConvertConfig(work / "glue", work / "data", DEFAULT_VOCAB, max_seq_length=args.seq,
                                         lstm_seq_length=0, workers=1))
     vocab = len(DEFAULT_VOCAB.read_text(encoding="utf-8").splitlines())
@@ -91,12 +101,14 @@ def measured(command: List[str], log: Path) -> Dict[str, float]:
 def ours(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
     processes = 2 if "-2p-" in name else 1
     model_dir = work / "runs" / name
+    cache_name = name.removesuffix(BUCKETS_OFF)
     command = [sys.executable, "-m", "distil", "train", "--algorithm", "kd", "--task", "SST-2",
                "--teacher_model", str(work / "teacher"), "--student_model", str(work / "student"),
                "--data_root", str(work / "data"), "--model_save_dir", str(model_dir), "--epochs", str(args.epochs),
                "--batch_size", str(32 // processes), "--eval_batch_size", "32", "--learning_rate", "1e-4",
                "--kd_alpha", "0.5", "--temperature", "1", "--log_every", "5", "--device", "cpu", "--overwrite",
-               "--teacher_cache", next(mode for end, mode in CACHE_MODE.items() if name.endswith(end))]
+               "--teacher_cache", next(mode for end, mode in CACHE_MODE.items() if cache_name.endswith(end)),
+               "--length_buckets", "auto" if cache_name == name else "off"]
     if processes > 1:
         command += ["--nproc_per_node", str(processes), "--master_port", str(free_port())]
     figures = measured(command, work / f"{name}.log")
@@ -108,7 +120,7 @@ def ours(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
 def theirs(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
     out = work / "runs" / name
     command = [args.torch_python, str(ROOT / "bench" / "torch_finetune.py"),
-               "kd" if name == "textbrewer" else "kd_plain", "--model", str(work / "student_hf"),
+               THEIRS[name], "--model", str(work / "student_hf"),
                "--teacher", str(work / "teacher_hf"), "--data", str(work / "glue" / "SST-2"), "--out", str(out),
                "--seq", str(args.seq), "--batch", "32", "--epochs", str(args.epochs), "--lr", "1e-4",
                "--alpha", "0.5", "--temperature", "1"]
@@ -136,12 +148,12 @@ def table(figures: Dict[str, Dict[str, object]], examples: int, epochs: int) -> 
         lines.append(f"{name:18s} {f['epoch_seconds'][0]:>9.1f} {mean_later:>8.1f} "
                      f"{f['epoch_seconds'][0] / mean_later:>8.1f}x {f['wall_seconds']:>11.1f} "
                      f"{examples * epochs / f['wall_seconds']:>10.1f} {f['peak_rss_gb']:>11.2f}")
-    reference = figures.get("textbrewer")
-    if reference:
-        lines.append("whole run, TextBrewer's time / this one's (> 1: faster than TextBrewer):")
-        lines += [f"  {name:18s} {reference['wall_seconds'] / f['wall_seconds']:>6.2f}x   peak RSS "
-                  f"{f['peak_rss_gb'] / reference['peak_rss_gb']:.2f}x TextBrewer's"
-                  for name, f in figures.items() if name != "textbrewer"]
+    for reference in ("textbrewer", "pytorch-dynamic"):
+        if reference in figures:
+            wall, rss = figures[reference]["wall_seconds"], figures[reference]["peak_rss_gb"]
+            lines.append(f"whole run, this one's time / {reference}'s (< 1: faster than {reference}):")
+            lines += [f"  {name:18s} {f['wall_seconds'] / wall:>6.2f}x   peak RSS {f['peak_rss_gb'] / rss:.2f}x"
+                      for name, f in figures.items() if name != reference]
     return "\n".join(lines)
 
 
@@ -154,7 +166,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train_size", type=int, default=192)
     p.add_argument("--dev_size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--runs", default=",".join(OURS + THEIRS), help=f"any of {', '.join(OURS + THEIRS)}")
+    p.add_argument("--runs", default=",".join((*OURS, *THEIRS)), help=f"any of {', '.join((*OURS, *THEIRS))}")
+    p.add_argument("--real_corpus", type=Path, help="the real corpus's folder (as bench/real_data.py's --work)")
     p.add_argument("--torch-python", dest="torch_python",
                    default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python"),
                    help="the reference venv's python; the PyTorch runs are skipped if it is absent")
@@ -163,7 +176,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if p.parse_known_args(argv)[0].quick:
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)
-    unknown = set(args.runs.split(",")) - set(OURS + THEIRS)
+    unknown = set(args.runs.split(",")) - {*OURS, *THEIRS}
     if unknown:
         p.error(f"--runs: unknown {sorted(unknown)}")
     return args

@@ -14,7 +14,8 @@ Steps (everything under --work, default data/real_corpus; nothing is committed):
      TextBrewer's GeneralDistiller with the same loss; tinybert: run_train_student_tinybert.sh one-stage
      against GeneralDistiller with attention + hidden + soft-label terms.
 Prints one table (mean ± std of the best dev accuracy over seeds, per part and side) and writes
-<work>/results.json.
+<work>/results.json; with --side ours or pytorch, that side's figures as JSON. --length_buckets off trains this
+project's runs at the full length (issue 23: the same accuracy with buckets as without).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def main() -> None:
     p.add_argument("--side", choices=("both", "ours", "pytorch"), default="both",
                    help="run one side only (two invocations in parallel use both cores); 'both' also reports")
     p.add_argument("--torch_python", default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python"))
+    p.add_argument("--length_buckets", choices=("auto", "off"), default="auto",
+                   help="this project's LENGTH_BUCKETS; off trains into models/<part>_s<seed>_off, beside auto's runs")
     args = p.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,9 @@ def main() -> None:
            "VOCAB_FILE": str(student / "vocab.txt"), "MAX_SEQ_LENGTH": str(args.seq), "LSTM_SEQ_LENGTH": "0"},
            work / "glue_process.log")
     env = {"DATA_ROOT": str(data_root), "MODELS_ROOT": str(work / "models"), "EPOCH": str(args.epochs),
-           "LEARNING_RATE": str(args.lr), "WEIGHT_DECAY": "0.01", "BATCH_SIZE": "32", "EVAL_BATCH_SIZE": "64"}
+           "LEARNING_RATE": str(args.lr), "WEIGHT_DECAY": "0.01", "BATCH_SIZE": "32", "EVAL_BATCH_SIZE": "64",
+           "LENGTH_BUCKETS": args.length_buckets}
+    runs = "_off" if args.length_buckets == "off" else ""
     common = ["--data", str(task), "--seq", str(args.seq), "--epochs", str(args.epochs), "--lr", str(args.lr)]
     models = work / "models"
     parts, run_ours, run_theirs = args.parts.split(","), args.side != "pytorch", args.side != "ours"
@@ -177,13 +182,14 @@ def main() -> None:
         script, part_env, flags, command, extra = recipes[part]
         entry = results.setdefault(part, {})
         if run_ours:
-            entry["ours"] = summary([ours(script, part_env, models / f"{part}_s{s}", s, flags) for s in seeds])
+            entry["ours"] = summary([ours(script, part_env, models / f"{part}_s{s}{runs}", s, flags) for s in seeds])
         if run_theirs:
             if extra:
                 wait_for(six_hf / "model.safetensors")
             entry["pytorch"] = summary([theirs(args.torch_python, command, work / "torch" / f"{part}_s{s}", s,
                                                torch_flags + extra) for s in seeds])
     if args.side != "both":
+        print(json.dumps(results))
         return
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"{'part':10s} {'this project':>22s} {'PyTorch':>22s} {'difference':>11s}")

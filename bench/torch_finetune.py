@@ -5,13 +5,17 @@ Run with the reference venv (Python 3.11, torch 2.13, transformers, textbrewer),
   /work/torchref/bin/python bench/torch_finetune.py kd       --model HF_DIR --teacher HF_DIR --data ... --out DIR
   /work/torchref/bin/python bench/torch_finetune.py tinybert --model HF_DIR --teacher HF_DIR --data ... --out DIR
   /work/torchref/bin/python bench/torch_finetune.py kd_plain --model HF_DIR --teacher HF_DIR --data ... --out DIR
+  /work/torchref/bin/python bench/torch_finetune.py kd_dynamic --model HF_DIR --teacher HF_DIR --data ... --out DIR
 finetune: BertForSequenceClassification + torch.optim.AdamW + get_linear_schedule_with_warmup (the recipe the
 project's trainer follows: eps 1e-6, no decay on bias/LayerNorm, 10 % warm-up, clip 1.0). kd and tinybert run
 TextBrewer's GeneralDistiller with the project's losses: kd = alpha·CE(gold) + (1-alpha)·soft-label CE at T
 (TextBrewer's "ce" kd loss: summed over classes, the gradient of the project's --pred_distill_mode kl at T=1);
 tinybert = attention MSE on pre-softmax scores with padding keys zeroed + hidden MSE (embeddings included, through
 a trained projection when widths differ) + soft-label CE, student layer i against teacher layer i·L_t/L_s.
-kd_plain is kd's loss in a plain loop without TextBrewer (bench/bench_kd.py's third side).
+kd_plain is kd's loss in a plain loop without TextBrewer (bench/bench_kd.py's third side). kd_dynamic is kd as
+the fastest PyTorch set-up runs it (bench/bench_kd.py, issue 23): TextBrewer's BasicDistiller with its logits
+cache (the teacher runs once over the batches), batches grouped by length as HF's group_by_length makes them and
+padded to their longest member, dev batches too.
 Tokenisation is HF's BertTokenizerFast (independent of the project's). Prints one JSON line per epoch and
 writes DIR/result.json; `finetune` also saves the best model as an HF folder (the teacher of kd/tinybert).
 """
@@ -143,6 +147,70 @@ def distill(args, train, dev) -> list[dict]:
     return history
 
 
+def length_grouped(data: dict[str, torch.Tensor], batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """HF's group_by_length (get_length_grouped_indices): a seeded permutation cut into mega-batches of 50
+    batches, each sorted by length, longest first, then cut into batches; each batch cut to its longest member."""
+    lengths = data["attention_mask"].sum(-1).tolist()
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    mega = 50 * batch
+    order = [i for start in range(0, len(order), mega)
+             for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
+    return [padded_to_longest(b) for b in batches(data, batch, order)]
+
+
+def padded_to_longest(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    width = int(batch["attention_mask"].sum(-1).max())
+    return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
+
+
+def dynamic_accuracy(model: torch.nn.Module, data: dict[str, torch.Tensor], batch: int) -> float:
+    """accuracy() on batches of similar length padded to their longest member."""
+    lengths = data["attention_mask"].sum(-1)
+    order = torch.argsort(lengths, stable=True).tolist()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for b in batches(data, batch, order):
+            b = padded_to_longest(b)
+            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
+            correct += int((logits.argmax(-1) == b["labels"]).sum())
+    model.train()
+    return correct / len(data["labels"])
+
+
+def distill_dynamic(args, train, dev) -> list[dict]:
+    """kd with TextBrewer's logits cache on length-grouped, dynamically padded batches, all epochs in one train()
+    call (the cache is filled at its start); an epoch's seconds run from one dev evaluation's end to the next's."""
+    from textbrewer import BasicDistiller, DistillationConfig, TrainingConfig
+
+    teacher, student = load(args.teacher).eval(), load(args.model)
+    distill_config = DistillationConfig(temperature=args.temperature, kd_loss_type="ce",
+                                        kd_loss_weight=1.0 - args.alpha, hard_label_weight=args.alpha,
+                                        is_caching_logits=True)
+    adaptors = [make_adaptor(model, with_attention=False) for model in (teacher, student)]
+    train_batches = length_grouped(train, args.batch, args.seed)
+    total = args.epochs * len(train_batches)
+    trainer_config = TrainingConfig(output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1,
+                                    log_dir=str(args.out / "textbrewer"))
+    distiller = BasicDistiller(train_config=trainer_config, distill_config=distill_config, model_T=teacher,
+                               model_S=student, adaptor_T=adaptors[0], adaptor_S=adaptors[1])
+    optimizer, schedule = optimizer_and_schedule(list(student.named_parameters()), args, total)
+    history: list[dict] = []
+    mark = [time.time()]
+
+    def evaluate(model, step):
+        history.append({"epoch": len(history) + 1, "accuracy": dynamic_accuracy(model, dev, 64),
+                        "seconds": round(time.time() - mark[0], 1)})
+        print(json.dumps(history[-1]), flush=True)
+        mark[0] = time.time()
+
+    random.seed(args.seed)  # the cache's batch order, shuffled each epoch
+    with distiller:
+        distiller.train(optimizer, train_batches, num_epochs=args.epochs, scheduler=schedule, max_grad_norm=1.0,
+                        callback=evaluate)
+    return history
+
+
 def distill_plain(args, train, dev) -> list[dict]:
     """The KD job as a plain PyTorch loop: the frozen teacher under no_grad, alpha·CE + (1-alpha)·soft CE at T."""
     teacher, student = load(args.teacher).eval(), load(args.model)
@@ -205,7 +273,7 @@ def make_adaptor(model: BertForSequenceClassification, with_attention: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("finetune", "kd", "kd_plain", "tinybert"))
+    p.add_argument("command", choices=("finetune", "kd", "kd_plain", "kd_dynamic", "tinybert"))
     p.add_argument("--model", required=True)
     p.add_argument("--teacher")
     p.add_argument("--data", type=Path, required=True, help="folder with train.tsv and dev.tsv")
@@ -225,7 +293,7 @@ def main() -> None:
     train = encode(tokenizer, *read_tsv(args.data / "train.tsv"), args.seq)
     dev = encode(tokenizer, *read_tsv(args.data / "dev.tsv"), args.seq)
     args.out.mkdir(parents=True, exist_ok=True)
-    run = {"finetune": finetune, "kd_plain": distill_plain}.get(args.command, distill)
+    run = {"finetune": finetune, "kd_plain": distill_plain, "kd_dynamic": distill_dynamic}.get(args.command, distill)
     history = run(args, train, dev)
     (args.out / "result.json").write_text(json.dumps({"command": args.command, "seed": args.seed,
                                                       "history": history, "settings": vars(args)}, default=str))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/run_bench.sh [processes|kd|inference|stress] [flags]
+# Usage: bash scripts/run_bench.sh [processes|kd|inference|stress|buckets] [flags]
 # The benchmark suite: GLUE -> OFRecord conversion, OFRecord reader vs training consumption, train
 # steps eager vs nn.Graph (teacher and student), inference of the teacher and every student, peak RSS.
 # Medians of --repeats runs after --warmup; writes bench/results.json (--output PATH) and prints a table.
@@ -7,20 +7,23 @@
 # size for CI (seconds); --help lists the flags (--batch, --seq, --teacher-layers, --teacher-hidden, ...).
 # `processes`: training with 1 and 2 processes against PyTorch (bench/bench_processes.py; about 5 minutes).
 # `kd`: one KD job (12L-768 teacher, 4L-312 student) by this project with 1 and 2 processes, teacher cache on
-# and off, by TextBrewer and by a plain PyTorch loop (bench/bench_kd.py; about 25 minutes; --runs picks).
+# and off, length buckets on and off, by TextBrewer, a plain PyTorch loop and TextBrewer's cached KD on
+# length-grouped batches (bench/bench_kd.py; about 25 minutes; --runs picks; --real_corpus DIR: real sentences).
 # `inference`: the 4L-312 student and the 12L-768 teacher by OneFlow nn.Graph, onnxruntime and PyTorch
 # (bench/bench_inference.py; throughput at batch 32, latency p50/p95 at batch 1; about 5 minutes).
 # `stress`: crashes per hundred runs of the paths where OneFlow crashed, beside busy loops (bench/bench_stress.py;
 # --fix off for OneFlow's own lazy-job queue; hours at --runs 100).
+# `buckets`: --length_buckets auto against off on the real corpus at seq 128, side by side: KD training steps,
+# evaluation, the teacher cache's pass, predict (bench/bench_buckets.py; about 30 minutes).
 # Example: bash scripts/run_bench.sh --teacher-repeats 1 --output /tmp/results.json
 set -euo pipefail
-[ "${1:-}" = "-h" ] && { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = "-h" ] && { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 if [ "${1:-}" = processes ]; then
   shift
   exec python "$DISTIL_ROOT/bench/bench_processes.py" "$@"
 fi
-if [ "${1:-}" = kd ] || [ "${1:-}" = inference ] || [ "${1:-}" = stress ]; then
+if [ "${1:-}" = kd ] || [ "${1:-}" = inference ] || [ "${1:-}" = stress ] || [ "${1:-}" = buckets ]; then
   which=$1
   shift
   exec python "$DISTIL_ROOT/bench/bench_$which.py" "$@"

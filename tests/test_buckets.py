@@ -11,10 +11,10 @@ from distil.data.buckets import bucket_of, choose_boundaries, describe, padded_p
 from distil.errors import UsageError
 
 
-def brute_force(histogram, seq_length, max_buckets, multiple):
-    """The fewest positions over every set of at most `max_buckets` candidate lengths ending at seq_length."""
-    candidates = list(range(multiple, seq_length, multiple))
-    return min(padded_positions(histogram, [*chosen, seq_length])
+def brute_force(histogram, last, max_buckets, multiple):
+    """The fewest positions over every set of at most `max_buckets` candidate lengths ending at `last`."""
+    candidates = list(range(multiple, last, multiple))
+    return min(padded_positions(histogram, [*chosen, last])
                for k in range(max_buckets) for chosen in itertools.combinations(candidates, k))
 
 
@@ -25,25 +25,27 @@ def test_the_chosen_lengths_compute_the_fewest_positions(seed):
     lengths = [min(seq_length, max(1, int(rng.lognormvariate(2.5, 0.6)))) for _ in range(rng.randint(1, 300))]
     histogram = sorted((n, lengths.count(n)) for n in set(lengths))
     chosen = choose_boundaries(histogram, seq_length, max_buckets, multiple)
-    assert chosen == sorted(set(chosen)) and chosen[-1] == seq_length and len(chosen) <= max_buckets
+    last = min(seq_length, -(-max(lengths) // multiple) * multiple)  # the longest example's, rounded up
+    assert chosen == sorted(set(chosen)) and chosen[-1] == last and len(chosen) <= max_buckets
     assert all(n % multiple == 0 for n in chosen[:-1])
-    assert padded_positions(histogram, chosen) == brute_force(histogram, seq_length, max_buckets, multiple)
+    assert padded_positions(histogram, chosen) == brute_force(histogram, last, max_buckets, multiple)
 
 
-def test_short_sentences_get_short_buckets_and_the_last_ends_at_max_seq_length():
+def test_short_sentences_get_short_buckets_and_the_last_covers_the_longest_example():
     histogram = [(9, 500), (14, 300), (23, 150), (97, 1)]
-    assert choose_boundaries(histogram, 128, max_buckets=1) == [128]
-    assert choose_boundaries(histogram, 128, max_buckets=2) == [24, 128]
-    assert choose_boundaries(histogram, 128, max_buckets=3) == [16, 24, 128]
-    assert choose_boundaries(histogram, 128, max_buckets=4) == [16, 24, 104, 128]  # the long one's own
-    summary = describe(histogram, [16, 24, 128])
+    assert choose_boundaries(histogram, 128, max_buckets=1) == [104]  # 97 rounded up: no graph at 128
+    assert choose_boundaries(histogram, 128, max_buckets=2) == [24, 104]
+    assert choose_boundaries(histogram, 128, max_buckets=3) == [16, 24, 104]
+    assert choose_boundaries(histogram, 128, max_buckets=4) == [16, 24, 104]  # a fourth length saves nothing
+    assert choose_boundaries([(9, 5), (126, 1)], 128, max_buckets=2) == [16, 128]  # never beyond max_seq_length
+    summary = describe(histogram, [16, 24, 104])
     assert summary["examples"] == [800, 150, 1]
     real = 9 * 500 + 14 * 300 + 23 * 150 + 97
-    assert summary["padding_share"] == round(1 - real / (800 * 16 + 150 * 24 + 128), 4)
+    assert summary["padding_share"] == round(1 - real / (800 * 16 + 150 * 24 + 104), 4)
 
 
 def test_no_bucket_is_added_that_holds_no_example():
-    assert choose_boundaries([(5, 10), (6, 3)], 128, max_buckets=4) == [8, 128]
+    assert choose_boundaries([(5, 10), (6, 3)], 128, max_buckets=4) == [8]
     assert choose_boundaries([], 128) == [128]
 
 

@@ -3,7 +3,9 @@
 Each distinct batch length is one more compiled graph (seconds to build, memory to hold), so a run uses a
 few lengths, not one per batch: the boundaries that compute the fewest positions when every example is
 padded up to the first boundary at or above its real length. Boundaries are multiples of `MULTIPLE` (what
-matrix kernels like) and the last one is the data's `max_seq_length`, so every example has a bucket.
+matrix kernels like) and the last one covers the split's longest example (its length rounded up, at most
+`max_seq_length`): the histogram counts every example of its split, so every example has a bucket, and no
+graph is compiled for lengths no example has.
 """
 
 from __future__ import annotations
@@ -32,16 +34,17 @@ Histogram = Sequence[Tuple[int, int]]  # (real length, examples), as meta.json's
 
 def choose_boundaries(histogram: Histogram, seq_length: int, max_buckets: int = MAX_BUCKETS,
                       multiple: int = MULTIPLE) -> List[int]:
-    """At most `max_buckets` increasing lengths ending with `seq_length` that minimise the positions
-    computed (dynamic programming over the candidate lengths: the multiples of `multiple` below
-    `seq_length`)."""
+    """At most `max_buckets` increasing lengths, the last one the longest example's rounded up to a multiple
+    of `multiple` (at most `seq_length`; `seq_length` for an empty histogram), that minimise the positions
+    computed (dynamic programming over the candidate lengths: the multiples of `multiple` below the last)."""
     if max_buckets < 1:
         raise UsageError(f"length buckets: at least one bucket is needed, got {max_buckets}")
     longest = max((length for length, count in histogram if count), default=0)
     if longest > seq_length:
         raise UsageError(f"length buckets: an example of {longest} tokens is longer than the data's "
                          f"max_seq_length {seq_length}")
-    candidates = [n for n in range(multiple, seq_length, multiple)] + [seq_length]
+    last = min(seq_length, -(-longest // multiple) * multiple) if longest else seq_length
+    candidates = [n for n in range(multiple, last, multiple)] + [last]
     counts = _counts_up_to(histogram, candidates)
     # best[j]: (positions, buckets) for the examples up to candidates[j], the last bucket ending there;
     # each round allows one bucket more, and a tie keeps the option without it (listed first)

@@ -82,10 +82,12 @@ def open_fresh(cache: Path, expected: Dict[str, str]) -> Optional[Split]:
 
 
 def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placement: Placement,
-                 batch_size: int, work_dir: Path, on_onnxruntime: bool = False) -> Dict[str, np.ndarray]:
+                 batch_size: int, work_dir: Path, on_onnxruntime: bool = False, cut: bool = True
+                 ) -> Dict[str, np.ndarray]:
     """{output: float32 array with one row per training example, in file order}: the teacher run once over
     the split, in OneFlow eagerly without autograd (lean whatever the teacher's size), each rank on its
-    shard; or `on_onnxruntime`, exported and run by onnxruntime in this one CPU process."""
+    shard; or `on_onnxruntime`, exported and run by onnxruntime in this one CPU process. `cut`: batches of
+    examples of similar length cut to their length (--length_buckets auto)."""
     names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
     if on_onnxruntime:
         if placement.distributed or placement.device != "cpu" or tuple(outputs) != ("logits",):
@@ -95,7 +97,7 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
         data = OFRecordDataset(train, batch_size, features=names)
         with _progress(data, placement) as progress:
             return onnxruntime_pass(step.teacher, data, step.teacher_view, work_dir, placement,
-                                    lambda: progress.update(1))
+                                    lambda: progress.update(1), cut)
     data = OFRecordDataset(train, batch_size, features=names, placement=placement)
     placement.module(step)
 
@@ -104,7 +106,7 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
         return {name: result[name] for name in outputs}
 
     with _progress(data, placement) as progress:
-        values = SplitPass(compute, step.teacher, data, placement, cut=True).run(lambda: progress.update(1))
+        values = SplitPass(compute, step.teacher, data, placement, cut=cut).run(lambda: progress.update(1))
     return {name: value.astype(np.float32) for name, value in values.items()}
 
 
@@ -119,7 +121,7 @@ def _progress(data: OFRecordDataset, placement: Placement) -> Iterator[tqdm]:
 
 
 def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, work_dir: Path, placement: Placement,
-                     on_batch: Callable[[], None]) -> Dict[str, np.ndarray]:
+                     on_batch: Callable[[], None], cut: bool = True) -> Dict[str, np.ndarray]:
     """{"logits": one row per example of `data`, in file order}, from the teacher exported to a temporary ONNX
     file in `work_dir` (checked against OneFlow within 1e-4 by the export) and run by onnxruntime; with the
     file's dynamic sequence axis (BERT), SplitPass sorts the examples by length and cuts each batch to its
@@ -137,12 +139,12 @@ def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, 
         export_model(teacher, seq_length, path, "the teacher")
         engine = OnnxEngine(path)
         log.info("teacher cache: the teacher's pass runs on onnxruntime (exported to a temporary %s; batches %s)",
-                 path.name, "cut to their length" if engine.cuts else f"at the full {seq_length} positions")
+                 path.name, "cut to their length" if cut and engine.cuts else f"at the full {seq_length} positions")
 
         def compute(_: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
             return {"logits": flow.tensor(engine({name: batch[f"{view}{name}"].numpy() for name in MODEL_INPUTS}))}
 
-        values = SplitPass(compute, teacher, data, placement, cut=engine.cuts).run(on_batch)
+        values = SplitPass(compute, teacher, data, placement, cut=cut and engine.cuts).run(on_batch)
     return {"logits": values["logits"].astype(np.float32)}
 
 
@@ -175,7 +177,7 @@ def write_cache(train: Split, cache: Path, values: Dict[str, np.ndarray], expect
 
 
 def prepare(step: flow.nn.Module, train_split: SplitLike, model_dir: Path, placement: Placement, mode: str,
-            batch_size: int) -> Split:
+            batch_size: int, cut: bool = True) -> Split:
     """The split a run trains on: `train_split`, or the teacher cache beside train_state/ when `mode` is
     "auto" or "onnxruntime" (the pass's engine) and the recipe's teacher outputs can be cached (built now if
     absent or stale; a cache made by either engine serves both).
@@ -196,7 +198,7 @@ def prepare(step: flow.nn.Module, train_split: SplitLike, model_dir: Path, place
     if cached is not None:
         log.info("teacher cache: reusing %s (same teacher weights, data and outputs)", cache)
     else:
-        values = teacher_pass(step, train, outputs, placement, batch_size, model_dir, mode == "onnxruntime")
+        values = teacher_pass(step, train, outputs, placement, batch_size, model_dir, mode == "onnxruntime", cut)
         placement.write(lambda: write_cache(train, cache, values, expected))
         log.info("teacher cache: %d examples x %s in %s (%.1f MB); the teacher does not run in training steps",
                  len(next(iter(values.values()))), "+".join(outputs), cache,

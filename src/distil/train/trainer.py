@@ -139,7 +139,8 @@ class Trainer:
         state = self._start_or_resume()
         self._epoch_start = time.perf_counter()  # the first epoch's time includes the teacher cache's pass
         train = teacher_cache.prepare(self.step_module, self.train_split, self.model_dir, self.placement,
-                                      self.settings.teacher_cache, self.settings.eval_batch_size)
+                                      self.settings.teacher_cache, self.settings.eval_batch_size,
+                                      self.settings.length_buckets == "auto")
         seed_everything(self.step_module, self.settings.seed + state.step)
         # one seed for the whole run: a resumed run reads the same order and skips what it has trained on
         data = OFRecordDataset(train, self.settings.batch_size, shuffle=self.settings.shuffle,
@@ -158,7 +159,8 @@ class Trainer:
                      "batches read so far)", self.model_dir, state.step, total, state.step)
             batches.skip(state.step)
         evaluator = self.evaluator = Evaluator(self.model, self.eval_splits["eval"], self.metrics,
-                                               self.settings.eval_batch_size, self.placement)
+                                               self.settings.eval_batch_size, self.placement,
+                                               self.settings.length_buckets)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
                         dynamic_ncols=True, disable=None if self.placement.writer else True)
@@ -304,7 +306,8 @@ class Trainer:
         load_weights(self.model, self.model_dir)
         # the epochs' evaluator again: a second compiled pass would hold as much memory again
         return evaluate(self.model, self.eval_splits, self.metrics, self.settings.eval_batch_size, self.placement,
-                        self.model_dir, {"eval": self.evaluator} if self.evaluator else {})
+                        self.model_dir, {"eval": self.evaluator} if self.evaluator else {},
+                        self.settings.length_buckets)
 
 
 def evaluate(model: flow.nn.Module, eval_splits: Dict[str, SplitLike], metrics: Tuple[str, ...], batch_size: int,
