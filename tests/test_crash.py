@@ -70,7 +70,7 @@ def test_a_process_that_dies_mid_epoch_restarts_and_ends_with_the_uninterrupted_
     assert f"resuming {model_dir} from step 4 of {EPOCHS * STEPS_PER_EPOCH}" in done.stderr
     assert f"error: the training process died from {sig}" in done.stderr
     report = (model_dir / "crash.log").read_text()
-    assert f"the training process (pid" in report and f"died from {sig} (attempt 1)" in report
+    assert "the training process (pid" in report and f"died from {sig} (attempt 1)" in report
     if sig == "SIGSEGV":  # every Python thread's stack, the training loop's among them
         assert "Fatal Python error: Segmentation fault" in report and "in fit" in report and "in _failing_log_losses" in report
         assert "in fit" in done.stderr  # also on stderr

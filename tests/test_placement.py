@@ -62,8 +62,6 @@ def test_fp16_on_the_cpu_is_refused_before_doing_anything(command, tmp_path):
 
 
 def test_the_scripts_pass_use_fp16_on(tmp_path):
-    import os
-
     env = {"USE_FP16": "True", "MODEL_DIR": str(tmp_path / "m"), "MODEL_SAVE_DIR": str(tmp_path / "m")}
     for script in ("run_train_teacher.sh", "run_eval_teacher.sh"):
         args = ["SST-2"] if "train" in script else ["0", "SST-2", "m"]

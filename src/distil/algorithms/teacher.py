@@ -7,7 +7,7 @@ Loss: mean cross-entropy (MSE for STS-B). Original: examples/teacher_bert/task_t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage
 from distil.algorithms.options import TeacherOptions

@@ -8,16 +8,13 @@ whose weight is TIED to the word embeddings, plus an output bias. Parameter name
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Union
-
-import numpy as np
+from typing import Union
 
 from distil.errors import UsageError
 from distil.models.bert import BertConfig, BertModel, LayerNorm, gelu, init_weights
-from distil.models.hf_format import MLM_HEAD_PREFIX as HEAD_PREFIX, mlm_state, read_mlm_config, read_hf_weights
+from distil.models.hf_format import mlm_state, read_mlm_config, read_hf_weights
 from distil.models.io import absent_parts, load_state
 from distil.runtime import import_oneflow
 
