@@ -80,7 +80,7 @@ class TrainGraphs:
 
     OneFlow 0.9 compiles one static shape per nn.Graph. A graph built after the first is handed the first
     one's optimizer state (moments, train step) before it compiles, and OneFlow then computes on those very
-    tensors: every graph reads and writes the same state (tests/test_buckets.py checks it against one
+    tensors: every graph reads and writes the same state (tests/test_length_training.py checks it against one
     graph). `build(length, steps)` makes the graph for batches of `length` positions when `steps` steps have
     run; same interface as TrainGraph.
     """
