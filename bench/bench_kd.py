@@ -15,6 +15,9 @@ first epoch including the teacher cache's pass; PyTorch sides: from their own pe
 of the whole command (start-up, compilation and saving included), examples/s over the whole run and the peak
 RSS of its largest process.
 Then `python -m distil eval` of the teacher on the dev split (batch 32): its examples/s and peak RSS.
+--algorithm tinybert runs one-stage TinyBERT instead (attention + hidden states + soft labels, no teacher cache:
+the teacher runs in every step) against bench/torch_finetune.py tinybert (TextBrewer's GeneralDistiller, padded to
+--seq); run names without a cache suffix (ours-1p, ours-1p-off, ours-2p) take the algorithm's defaults.
 
 Usage: bash scripts/run_bench.sh kd [--train_size 192] [--runs ours-1p-cache,...] [--real_corpus DIR] [--quick]
    or: PYTHONPATH=src .venv/bin/python bench/bench_kd.py ...
@@ -49,10 +52,11 @@ from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task  # no
 from distil.fileio import write_json_atomic  # noqa: E402
 
 OURS = ("ours-1p-cache", "ours-1p-cache-off", "ours-1p-cache-ort", "ours-1p-nocache", "ours-2p-cache",
-        "ours-2p-nocache")
+        "ours-2p-nocache", "ours-1p", "ours-1p-off", "ours-2p", "ours-2p-off")  # no cache suffix: the default
 CACHE_MODE = {"-cache": "auto", "-cache-ort": "onnxruntime", "-nocache": "off"}  # by the run name's ending
 BUCKETS_OFF = "-off"  # a run name's ending: --length_buckets off
 THEIRS = {"textbrewer": "kd", "pytorch-loop": "kd_plain", "pytorch-dynamic": "kd_dynamic"}  # bench/torch_finetune.py
+ALGORITHM_FLAGS = {"kd": ["--kd_alpha", "0.5"], "tinybert": ["--tinybert_mode", "one_stage", "--pred_distill_mode", "kl"]}
 QUICK = {"teacher": (2, 32, 4, 48), "student": (1, 16, 4, 24), "seq": 32, "train_size": 48, "dev_size": 16,
          "runs": "ours-1p-cache,ours-1p-nocache"}
 # the peak RSS of the largest process the wrapped command started (ru_maxrss of waited-for descendants)
@@ -102,13 +106,14 @@ def ours(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
     processes = 2 if "-2p-" in name else 1
     model_dir = work / "runs" / name
     cache_name = name.removesuffix(BUCKETS_OFF)
-    command = [sys.executable, "-m", "distil", "train", "--algorithm", "kd", "--task", "SST-2",
+    command = [sys.executable, "-m", "distil", "train", "--algorithm", args.algorithm, "--task", "SST-2",
                "--teacher_model", str(work / "teacher"), "--student_model", str(work / "student"),
                "--data_root", str(work / "data"), "--model_save_dir", str(model_dir), "--epochs", str(args.epochs),
                "--batch_size", str(32 // processes), "--eval_batch_size", "32", "--learning_rate", "1e-4",
-               "--kd_alpha", "0.5", "--temperature", "1", "--log_every", "5", "--device", "cpu", "--overwrite",
-               "--teacher_cache", next(mode for end, mode in CACHE_MODE.items() if cache_name.endswith(end)),
-               "--length_buckets", "auto" if cache_name == name else "off"]
+               "--temperature", "1", "--log_every", "5", "--device", "cpu", "--overwrite",
+               "--length_buckets", "auto" if cache_name == name else "off", *ALGORITHM_FLAGS[args.algorithm]]
+    cache = [mode for end, mode in CACHE_MODE.items() if cache_name.endswith(end)]
+    command += ["--teacher_cache", cache[0]] if cache else []
     if processes > 1:
         command += ["--nproc_per_node", str(processes), "--master_port", str(free_port())]
     figures = measured(command, work / f"{name}.log")
@@ -120,7 +125,7 @@ def ours(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
 def theirs(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
     out = work / "runs" / name
     command = [args.torch_python, str(ROOT / "bench" / "torch_finetune.py"),
-               THEIRS[name], "--model", str(work / "student_hf"),
+               "tinybert" if args.algorithm == "tinybert" else THEIRS[name], "--model", str(work / "student_hf"),
                "--teacher", str(work / "teacher_hf"), "--data", str(work / "glue" / "SST-2"), "--out", str(out),
                "--seq", str(args.seq), "--batch", "32", "--epochs", str(args.epochs), "--lr", "1e-4",
                "--alpha", "0.5", "--temperature", "1"]
@@ -162,6 +167,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", type=sizes, default=(12, 768, 12, 3072), help="layers,hidden,heads,ffn")
     p.add_argument("--student", type=sizes, default=(4, 312, 12, 1200), help="layers,hidden,heads,ffn")
+    p.add_argument("--algorithm", choices=sorted(ALGORITHM_FLAGS), default="kd",
+                   help="tinybert: one-stage TinyBERT (attention + hidden states + soft labels), textbrewer only")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--train_size", type=int, default=192)
     p.add_argument("--dev_size", type=int, default=64)
@@ -179,6 +186,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     unknown = set(args.runs.split(",")) - {*OURS, *THEIRS}
     if unknown:
         p.error(f"--runs: unknown {sorted(unknown)}")
+    if args.algorithm == "tinybert" and set(args.runs.split(",")) & {"pytorch-loop", "pytorch-dynamic"}:
+        p.error("--algorithm tinybert: the PyTorch side is textbrewer only (its GeneralDistiller)")
     return args
 
 
@@ -218,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "figures": figures,
               "teacher_evaluation": evaluation}
     write_json_atomic(args.output, output)
-    print(f"{'QUICK run: tiny sizes. ' if args.quick else ''}KD, teacher {args.teacher}, student {args.student} "
+    print(f"{'QUICK run: tiny sizes. ' if args.quick else ''}{args.algorithm}, teacher {args.teacher}, student {args.student} "
           f"(layers, hidden, heads, FFN), {args.train_size} examples, seq {args.seq}, global batch 32, "
           f"{args.epochs} epochs, {os.cpu_count()} CPUs; {json.dumps(output['versions'])}")
     print(table(figures, args.train_size, args.epochs))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/run_bench.sh [processes|kd|inference|stress|buckets] [flags]
+# Usage: bash scripts/run_bench.sh [processes|kd|inference|stress|buckets|tinybert] [flags]
 # The benchmark suite: GLUE -> OFRecord conversion, OFRecord reader vs training consumption, train
 # steps eager vs nn.Graph (teacher and student), inference of the teacher and every student, peak RSS.
 # Medians of --repeats runs after --warmup; writes bench/results.json (--output PATH) and prints a table.
@@ -15,15 +15,18 @@
 # --fix off for OneFlow's own lazy-job queue; hours at --runs 100).
 # `buckets`: --length_buckets auto against off on the real corpus at seq 128, side by side: KD training steps,
 # evaluation, the teacher cache's pass, predict (bench/bench_buckets.py; about 30 minutes).
+# `tinybert`: TinyBERT's training step phase by phase (teacher, student, losses, backward and update) by this
+# project and by PyTorch + TextBrewer, same shapes (bench/bench_tinybert.py; about 8 minutes at --seq 64).
+# `kd --algorithm tinybert`: the whole one-stage TinyBERT job against TextBrewer's.
 # Example: bash scripts/run_bench.sh --teacher-repeats 1 --output /tmp/results.json
 set -euo pipefail
-[ "${1:-}" = "-h" ] && { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = "-h" ] && { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 if [ "${1:-}" = processes ]; then
   shift
   exec python "$DISTIL_ROOT/bench/bench_processes.py" "$@"
 fi
-if [ "${1:-}" = kd ] || [ "${1:-}" = inference ] || [ "${1:-}" = stress ] || [ "${1:-}" = buckets ]; then
+if [ "${1:-}" = kd ] || [ "${1:-}" = inference ] || [ "${1:-}" = stress ] || [ "${1:-}" = buckets ] || [ "${1:-}" = tinybert ]; then
   which=$1
   shift
   exec python "$DISTIL_ROOT/bench/bench_$which.py" "$@"

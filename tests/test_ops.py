@@ -292,8 +292,9 @@ def test_with_a_mask_layer_and_att_distill_average_over_real_tokens_and_ignore_t
     pairs = [(0, 0), (1, 2), (2, 4)]
     kept = np.float64(mask)[:, :, None]
     expected = sum(((np.float64(s[i]) - t[j]) ** 2 * kept).sum() / (kept.sum() * H) for i, j in pairs)
-    sa = [x + padding_offset(x.shape) for x in rand_list(scores(2), 2)]
-    ta = [x + padding_offset(x.shape) for x in rand_list(scores(4), 3)]
+    keys_offset = np.float32((mask[:, None, None, :] - 1.0) * 10000.0)  # the model's additive mask, from input_mask
+    sa = [x + keys_offset for x in rand_list(scores(2), 2)]
+    ta = [x + keys_offset for x in rand_list(scores(4), 3)]
     zero = lambda x: np.where(x <= -100, 0.0, np.float64(x))  # noqa: E731
     both = np.float64(mask)[:, None, :, None] * mask[:, None, None, :]
     expected_att = sum(((zero(sa[i]) - zero(ta[2 * i + 1])) ** 2 * both).sum() / (both.sum() * HEADS)

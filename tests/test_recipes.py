@@ -340,3 +340,69 @@ def test_train_state_keeps_no_frozen_teacher_and_a_resume_restores_the_rest(ws, 
         assert np.array_equal(value.numpy(), trained[key]), key
     again, stage, _ = build(ws, name, **options)
     assert train_briefly(again, stage, train_dir, tmp_path, max_steps=4).step == 4  # the run resumes and ends
+
+
+def padding_zeroed_pair_mse(s, t, mask):
+    """The attention term as first written (before bench/bench_tinybert.py): padding keys' scores set to 0 by
+    masked_fill, then squared differences weighted by a (B, 1, S, S) mask of real pairs."""
+    real = flow.cast(mask, flow.float32)
+    kept = real.unsqueeze(1).unsqueeze(-1) * real.unsqueeze(1).unsqueeze(2)
+    s, t = s.masked_fill(s <= -100, 0.0), t.masked_fill(t <= -100, 0.0)
+    return (flow.square(s - t) * kept).sum() / (kept.sum() * s.shape[1])
+
+
+def broadcast_token_mse(s, t, mask):
+    """The hidden-state term as first written: squared differences weighted by a (B, S, 1) mask."""
+    kept = flow.cast(mask, flow.float32).unsqueeze(-1)
+    return (flow.square(s - t) * kept).sum() / (kept.sum() * s.shape[-1])
+
+
+def first_written_terms(step, batch):
+    """TinyBERT's terms on the step's own outputs through the first-written formulas."""
+    s = step.student(*inputs(batch))
+    t = step.teacher(*inputs(batch))
+    mask = batch["input_mask"]
+    values = {}
+    for term in step.terms:
+        if term.operator == "att_distill":
+            values[term.name] = sum(padding_zeroed_pair_mse(s["attention_scores"][i], t["attention_scores"][2 * i + 1]
+                                                            .detach(), mask) for i in range(2))
+        elif term.operator == "layer_distill":
+            values[term.name] = sum(broadcast_token_mse(step.fit_dense(s["hidden_states"][i]),
+                                                        t["hidden_states"][2 * i].detach(), mask) for i in range(3))
+        else:
+            values[term.name] = step.term_value(term, s, t, batch)
+    return values
+
+
+def term_gradients(step, values):
+    """{term: (value, {parameter: gradient})}, each term back-propagated on its own."""
+    trained = [(name, p) for name, p in step.named_parameters() if p.requires_grad]
+    out = {}
+    for name, value in values.items():
+        for _, p in trained:
+            p.grad = None
+        value.backward(retain_graph=True)
+        out[name] = (float(value.numpy()), {n: p.grad.numpy().copy() for n, p in trained if p.grad is not None})
+    return out
+
+
+@pytest.mark.parametrize("mode", ["one_stage", "intermediate"])
+def test_tinybert_terms_and_gradients_equal_the_first_written_formulas(ws, mode):
+    """The attention and hidden-state terms as computed for speed (sums before masks, no masked_fill) give the
+    losses and gradients of the plain masked formulas on a fixed batch with padding, term by term."""
+    built, stage, train_dir = build(ws, "tinybert", tinybert_mode="two_stage" if mode == "intermediate" else mode,
+                                    **SMALL)
+    assert stage.name == mode
+    step = built.step_module.eval()
+    batch = first_batch(train_dir)
+    assert 0 < batch["input_mask"].numpy().mean() < 1
+    fast = term_gradients(step, step(batch))
+    plain = term_gradients(step, first_written_terms(step, batch))
+    assert sorted(fast) == sorted(plain) == sorted(t.name for t in step.terms)
+    for name, (value, grads) in plain.items():
+        assert fast[name][0] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+        assert sorted(fast[name][1]) == sorted(grads) and grads, name
+        for parameter, grad in grads.items():
+            np.testing.assert_allclose(fast[name][1][parameter], grad, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name}: {parameter}")

@@ -7,7 +7,6 @@ so gradients reach the student only.
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 from typing import List, Optional, Sequence, Union
 
@@ -111,29 +110,32 @@ def layer_distill(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[fl
     Returns:
         A scalar tensor.
     """
-    weights = None if mask is None else flow.cast(mask, flow.float32).unsqueeze(-1)  # (B, S, 1)
+    real = None if mask is None else flow.cast(mask, flow.float32)  # (B, S)
     total = None
     for i, j in _pairs(student_reps, teacher_reps, mapping):
         _check_shapes("layer", i, j, student_reps[i], teacher_reps[j])
-        term = _mean_squared(student_reps[i], teacher_reps[j].detach(), weights)
+        s, t = student_reps[i], teacher_reps[j].detach()
+        term = F.mse_loss(s, t) if real is None else _masked_mean_squared(s, t, real)
         total = term if total is None else total + term
     return total
 
 
-def _mean_squared(s: flow.Tensor, t: flow.Tensor, weights: Optional[flow.Tensor]) -> flow.Tensor:
-    """mean((s - t)²), or its mean over the entries that `weights` (0/1, broadcast to s) keeps."""
-    if weights is None:
-        return F.mse_loss(s, t)
-    spread = math.prod(s.shape) // math.prod(weights.shape)  # entries of s per entry of weights
-    return (flow.square(s - t) * weights).sum() / (weights.sum() * spread)
+def _masked_mean_squared(s: flow.Tensor, t: flow.Tensor, real: flow.Tensor) -> flow.Tensor:
+    """mean((s - t)²) over the positions `real` (B, S) keeps, s and t (B, S, H).
+
+    Summed over H first, then weighted by the mask at the same shape: OneFlow 0.9's CPU multiply of
+    (B, S, H) by a (B, S, 1) mask takes ~25x as long (bench/bench_tinybert.py).
+    """
+    diff = s - t
+    return ((diff * diff).sum(dim=-1) * real).sum() / (real.sum() * s.shape[-1])
 
 
 def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
                 mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
     """Σ over student layers i = 1..L_s of mean((A_s[i] - A_t[m(i)])²), where entries <= -100 (padding keys)
     of both score tensors are set to 0 first (TinyBERT). m is `layer_mapping`; list index = layer - 1.
-    Given `mask`, the mean runs over the (query, key) pairs of real tokens only, a value that does not change
-    when a batch is cut to a shorter length.
+    Given `mask`, the mean runs over the (query, key) pairs of real tokens only (padding pairs weigh 0, so
+    nothing is zeroed), a value that does not change when a batch is cut to a shorter length.
 
     Args:
         student_atts: L_s tensors (B, heads, S, S) of pre-softmax scores.
@@ -144,10 +146,7 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
         A scalar tensor.
     """
     targets = layer_mapping(len(student_atts), len(teacher_atts), mapping)
-    weights = None
-    if mask is not None:
-        real = flow.cast(mask, flow.float32)
-        weights = real.unsqueeze(1).unsqueeze(-1) * real.unsqueeze(1).unsqueeze(2)  # (B, 1, S, S)
+    real = None if mask is None else flow.cast(mask, flow.float32)  # (B, S)
     total = None
     for i in range(1, len(student_atts) + 1):
         j = targets[i]
@@ -158,11 +157,31 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
             raise ValueError(f"attention maps can only be compared head by head: student layer {i} has "
                              f"{s.shape[1]} heads, teacher layer {j} has {t.shape[1]}")
         _check_shapes("attention", i, j, s, t)
-        # = flow.where(x <= -100, 0, x); a scalar `where` promotes to float64, zeros_like warns in nn.Graph
-        s, t = s.masked_fill(s <= MASKED, 0.0), t.masked_fill(t <= MASKED, 0.0)  # (B, heads, S, S)
-        term = _mean_squared(s, t, weights)
+        term = _zeroed_padding_mse(s, t) if real is None else _real_pairs_mse(s, t, real)
         total = term if total is None else total + term
     return total
+
+
+def _zeroed_padding_mse(s: flow.Tensor, t: flow.Tensor) -> flow.Tensor:
+    """mean((s - t)²) over every entry, scores <= MASKED (padding keys) set to 0 first (the original)."""
+    # = flow.where(x <= -100, 0, x); a scalar `where` promotes to float64, zeros_like warns in nn.Graph
+    return F.mse_loss(s.masked_fill(s <= MASKED, 0.0), t.masked_fill(t <= MASKED, 0.0))
+
+
+def _real_pairs_mse(s: flow.Tensor, t: flow.Tensor, real: flow.Tensor) -> flow.Tensor:
+    """mean((s - t)²) over the (query, key) pairs of real tokens, s and t (B, heads, S, S), `real` (B, S).
+
+    The padding keys' additive mask cancels in s - t and their pairs weigh 0, so nothing is zeroed first.
+    Keys are summed by a matrix product with the key mask and heads by a sum before the query mask applies:
+    OneFlow 0.9's CPU masked_fill and broadcast multiply over (B, heads, S, S) made this term ~25x slower
+    (bench/bench_tinybert.py).
+    """
+    batch, heads, seq, _ = s.shape
+    diff = s - t
+    per_query = flow.matmul(diff * diff, real.unsqueeze(1).unsqueeze(-1))          # (B, heads, S, 1)
+    per_query = per_query.reshape(batch, heads, seq).sum(dim=1)                     # (B, S)
+    pairs = (real.sum(dim=1) * real.sum(dim=1)).sum() * heads
+    return (per_query * real).sum() / pairs
 
 
 def pkd_patient_loss(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
