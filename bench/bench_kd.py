@@ -103,7 +103,7 @@ def measured(command: List[str], log: Path) -> Dict[str, float]:
 
 
 def ours(work: Path, name: str, args: argparse.Namespace) -> Dict[str, object]:
-    processes = 2 if "-2p-" in name else 1
+    processes = 2 if name.split("-")[1] == "2p" else 1
     model_dir = work / "runs" / name
     cache_name = name.removesuffix(BUCKETS_OFF)
     command = [sys.executable, "-m", "distil", "train", "--algorithm", args.algorithm, "--task", "SST-2",
