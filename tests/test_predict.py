@@ -14,16 +14,12 @@ import pytest
 from conftest import PYTHON, ROOT, free_port, run
 from distil.data.convert import ConvertConfig, convert_task
 from distil.data.tasks import get_task
-from distil.data.tokenization import load_vocab
 from distil.errors import UsageError
 from distil.models import io
-from distil.models.bert import BertConfig
-from distil.runtime import import_oneflow
 from distil.train.graph import Evaluator
 from distil.train.placement import Placement
-from glue_fixtures import write_task
+from glue_fixtures import write_random_classifier, write_task
 
-flow = import_oneflow()
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
          "max_position_embeddings": 64}
 TASKS = ("CoLA", "MRPC", "STS-B")
@@ -38,16 +34,7 @@ def ws(tmp_path_factory, vocab_file) -> Path:
         write_task(root / "glue", name, {"train.tsv": 4, "dev.tsv": 23, "test.tsv": 9})
         convert_task(name, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
                                          lstm_seq_length=0, workers=1))
-        task = get_task(name)
-        flow.manual_seed(1)
-        config = {**BertConfig(vocab_size=len(load_vocab(vocab_file)), **SIZES).to_dict(), "num_labels": task.num_labels}
-        model = io.build_model(config)
-        with flow.no_grad():
-            model.classifier.weight.mul_(30.0)
-        io.write_new_model_dir(root / "models" / name, model, config, vocab_file, {"name": "teacher"},
-                               task={"name": name, "labels": list(task.labels or []), "num_labels": task.num_labels,
-                                     "metrics": list(task.metrics)},
-                               data={"format": "bert", "folder": name, "seq_length": 32, "do_lower_case": True})
+        write_random_classifier(root / "models" / name, name, vocab_file, SIZES)
     return root
 
 
@@ -166,7 +153,8 @@ def test_output_file_is_written_whole_with_a_summary(ws, tmp_path):
                                                                "LENGTH_BUCKETS": "off"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {"model_dir": str(ws / "models" / "STS-B"), "task": "STS-B", "examples": 9,
-                                       "engine": "oneflow", "length_buckets": "off", "output": str(out)}
+                                       "engine": "oneflow", "precision": "fp32", "length_buckets": "off",
+                                       "output": str(out)}
     assert [set(r) for r in rows(out.read_text())] == [{"source", "line", "score"}] * 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl"]
 

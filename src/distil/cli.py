@@ -345,6 +345,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="auto", help="auto (onnxruntime when MODEL_DIR/model.onnx is newer than the "
                                                     "weights, else oneflow), oneflow or onnxruntime")
     p.add_argument("--onnx", type=Path, default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
+    p.add_argument("--precision", default="fp32", help="fp32, or int8: MODEL_DIR/model.int8.onnx on onnxruntime "
+                                                       "(python -m distil export-onnx MODEL_DIR --quantize int8)")
     p.add_argument("--length_buckets", default="auto",
                    help="auto: batch examples of similar length and cut each batch to its longest (the same "
                         "results, less work; onnxruntime only with an ONNX file of dynamic sequence length); "
@@ -357,7 +359,7 @@ def _run_predict(args: argparse.Namespace) -> Optional[Dict]:
     from distil.predict import predict
 
     summary = predict(args.model_dir, args.inputs, args.output, args.batch_size, _device(args.device), args.engine,
-                      args.onnx, args.length_buckets)
+                      args.onnx, args.length_buckets, args.precision)
     return summary if args.output else None  # else stdout holds the predictions
 
 
@@ -366,22 +368,55 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
                                            "length), checked against OneFlow")
     p.add_argument("model_dir", type=Path)
     p.add_argument("out", type=Path, nargs="?", default=None, help="the ONNX file (default: MODEL_DIR/model.onnx)")
-    p.set_defaults(run=lambda args: _export_onnx(args.model_dir, args.out))
+    p.add_argument("--quantize", default="", help="int8: also write MODEL_DIR/model.int8.onnx (onnxruntime's dynamic "
+                                                  "quantization), if its dev metric stays within --max_metric_drop")
+    p.add_argument("--max_metric_drop", type=float, default=1.0,
+                   help="points of the task's main dev metric INT8 may lose against FP32 (default 1)")
+    p.add_argument("--data_root", type=Path, default=Path("data/glue_ofrecord"), help="OFRecord root (the dev split)")
+    p.add_argument("--eval_batch_size", type=int, default=32)
+    p.set_defaults(run=_export_onnx)
 
 
-def _export_onnx(model_dir: Path, out: Optional[Path]) -> Dict:
+def _export_onnx(args: argparse.Namespace) -> Dict:
     from distil.onnx_export import export_onnx
 
-    return export_onnx(model_dir, out)
+    return export_onnx(args.model_dir, args.out, args.quantize, args.data_root, args.max_metric_drop,
+                       args.eval_batch_size)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="SERVE_FOR_ONLINE: keep only what inference needs in a model dir")
+    p = sub.add_parser("serve", help="serve model directories over HTTP: the Open Inference Protocol (KServe v2 / "
+                                     "Triton REST), dynamic batching, Prometheus metrics")
+    p.add_argument("model_dirs", type=Path, nargs="+", metavar="MODEL_DIR",
+                   help="a fine-tuned model directory, served under its directory name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="[8000]")
+    p.add_argument("--max_batch_size", type=int, default=32, help="examples computed together, at most [32]")
+    p.add_argument("--max_queue_delay_us", type=int, default=0,
+                   help="how long a batch waits for more requests after its first, in microseconds [0: as Triton, "
+                        "none; requests that arrive while a batch computes still form the next batch]")
+    p.add_argument("--engine", default="auto", help="auto (onnxruntime when MODEL_DIR/model.onnx is newer than the "
+                                                    "weights, else oneflow), oneflow or onnxruntime")
+    p.add_argument("--precision", default="fp32", help="fp32, or int8: MODEL_DIR/model.int8.onnx on onnxruntime")
+    p.add_argument("--max_body_bytes", type=int, default=16 * 2**20, help="larger request bodies get 413 [16 MiB]")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for the OneFlow engine")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> Dict:
+    from distil.serve import serve
+
+    return serve(args.model_dirs, args.host, args.port, args.max_batch_size, args.max_queue_delay_us, args.engine,
+                 args.precision, args.max_body_bytes, _device(args.device))
+
+
+def _add_serve_for_online(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve-for-online", help="SERVE_FOR_ONLINE: keep only what inference needs in a model dir")
     p.add_argument("model_dir", type=Path)
-    p.set_defaults(run=lambda args: _serve(args.model_dir))
+    p.set_defaults(run=lambda args: _serve_for_online(args.model_dir))
 
 
-def _serve(model_dir: Path) -> Dict:
+def _serve_for_online(model_dir: Path) -> Dict:
     from distil.models.io import serve_for_online
 
     serve_for_online(model_dir)
@@ -422,7 +457,8 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     _add_download, _add_glue_process, _add_make_demo_data, _add_convert_hf, _add_init_bert, _add_train,
-    _add_pkd_student, _add_eval, _add_predict, _add_export_onnx, _add_serve, _add_report, _add_augment]
+    _add_pkd_student, _add_eval, _add_predict, _add_export_onnx, _add_serve, _add_serve_for_online, _add_report,
+    _add_augment]
 
 
 def build_parser() -> argparse.ArgumentParser:

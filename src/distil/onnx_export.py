@@ -310,8 +310,15 @@ def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> 
     return float(np.abs(got - expected).max())
 
 
-def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
-    """Write `out` (default MODEL_DIR/model.onnx) and return what was checked."""
+def export_onnx(model_dir: Path, out: Optional[Path] = None, quantize: str = "", data_root: Path = Path(),
+                max_metric_drop: float = 1.0, batch_size: int = 32) -> Dict[str, Any]:
+    """Write `out` (default MODEL_DIR/model.onnx) and return what was checked; with `quantize` int8 also
+    its INT8 version beside it (model.int8.onnx), once that file's dev metric is within `max_metric_drop` points of the FP32 file's."""
+    if quantize not in QUANTIZE:
+        raise UsageError(f"--quantize must be int8 (or not given), got '{quantize}'")
+    if quantize and not (max_metric_drop >= 0 and batch_size >= 1):
+        raise UsageError(f"--max_metric_drop must be >= 0 and --eval_batch_size >= 1, got {max_metric_drop} and "
+                         f"{batch_size}")
     config = io.read_config(model_dir)
     io.weights_mtime(model_dir)  # (an error without weights)
     seq_length = (config.get("data") or {}).get("seq_length")
@@ -320,8 +327,95 @@ def export_onnx(model_dir: Path, out: Optional[Path] = None) -> Dict[str, Any]:
     out = Path(out) if out else model_dir / io.ONNX_FILE
     if out.is_dir():
         raise UsageError(f"{out} is a directory; give the ONNX file's path")
-    summary = export_model(io.load_model(model_dir).eval(), seq_length, out, str(model_dir))
-    return {"model_dir": str(model_dir), **summary}
+    model = io.load_model(model_dir).eval()
+    if quantize:  # the dev split is needed: fail on a missing one before the export's work
+        eval_split = open_dev_split(model_dir, config, data_root)
+    summary = {"model_dir": str(model_dir), **export_model(model, seq_length, out, str(model_dir))}
+    if quantize:
+        summary["int8"] = quantize_int8(model_dir, out, model, eval_split, config, max_metric_drop, batch_size)
+    return summary
+
+
+QUANTIZE = ("", "int8")
+INT8_OPERATORS = ("MatMul", "Gemm", "Gather")  # the dense layers and the embedding tables
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI): /proc/cpuinfo's flags (False when unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def open_dev_split(model_dir: Path, config: Dict[str, Any], data_root: Path):
+    """The model's dev split under `data_root` (as `eval` reads it), checked against the model's vocabulary."""
+    from distil.data import ofrecord
+    from distil.data.dataset import open_split
+    from distil.train.run import model_eval_dirs
+
+    if not config.get("task"):
+        raise UsageError(f"{model_dir} has no task (a pretrained model): --quantize int8 needs its dev metric")
+    split = open_split(model_eval_dirs(config, data_root)["eval"])  # (an error naming the missing data)
+    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, split.meta, f"the model {model_dir}")
+    return split
+
+
+def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str], batch_size: int) -> Dict[str, float]:
+    """The task's metrics of an ONNX file on the dev split, batches cut to their length as `eval` cuts them."""
+    from distil.data.dataset import OFRecordDataset
+    from distil.predict import OnnxEngine
+    from distil.train.graph import SplitPass
+    from distil.train.metrics import compute_metrics
+    from distil.train.placement import Placement
+
+    engine, placement = OnnxEngine(path), Placement("cpu")
+    data = OFRecordDataset(split, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
+
+    def compute(_: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        logits = engine({name: batch[name].numpy() for name in MODEL_INPUTS})
+        return {"logits": flow.tensor(logits), "labels": batch["label_ids"]}
+
+    values = SplitPass(compute, model, data, placement, cut=engine.cuts).run()
+    return compute_metrics(metrics, values["logits"], values["labels"])
+
+
+def quantize_int8(model_dir: Path, fp32: Path, model: flow.nn.Module, split, config: Dict[str, Any],
+                  max_metric_drop: float, batch_size: int) -> Dict[str, Any]:
+    """Write the INT8 file beside `fp32` (MODEL_DIR/model.int8.onnx): onnxruntime's dynamic quantization of `fp32` (weights int8, activations
+    uint8 quantized per batch: no calibration data), refused when the dev metric drops more than
+    `max_metric_drop` points.
+
+    The operators are those holding the weights: MatMul/Gemm (the dense layers, the work) and Gather (the
+    embedding tables, most of a small student's bytes). Weights are int8 (U8S8: onnxruntime's fast path on
+    x86-64). reduce_range (7-bit weights) only without VNNI: onnxruntime's guidance is that on AVX2/AVX512
+    CPUs without VNNI the U8S8 products can saturate, and that VNNI CPUs do not need it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    metrics = list(config["task"]["metrics"])
+    main = metrics[0]
+    out = fp32.with_name(fp32.name.removesuffix(".onnx") + ".int8.onnx")  # MODEL_DIR/model.int8.onnx by default
+    reduce_range = not cpu_has_vnni()
+    with tempfile.TemporaryDirectory(prefix=".onnx-int8-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        quantize_dynamic(str(fp32), str(staged), op_types_to_quantize=list(INT8_OPERATORS),
+                         weight_type=QuantType.QInt8, reduce_range=reduce_range)
+        before = onnx_dev_metrics(fp32, model, split, metrics, batch_size)
+        after = onnx_dev_metrics(staged, model, split, metrics, batch_size)
+        drop = 100.0 * (before[main] - after[main])
+        report = {"onnx": str(out), "operators": list(INT8_OPERATORS), "weight_type": "int8",
+                  "reduce_range": reduce_range, "dev_fp32": before, "dev_int8": after,
+                  f"{main}_drop_points": round(drop, 3), "max_metric_drop": max_metric_drop,
+                  "size_mb_fp32": round(fp32.stat().st_size / 2**20, 2),
+                  "size_mb_int8": round(staged.stat().st_size / 2**20, 2)}
+        if not drop <= max_metric_drop:
+            raise UsageError(f"{model_dir}: INT8 dev {main} {after[main]:.4f} is {drop:.2f} points below FP32's "
+                             f"{before[main]:.4f} (--max_metric_drop {max_metric_drop}); {out.name} not written")
+        os.replace(staged, out)
+    log.info("INT8: %s (%.1f MB, FP32 %.1f MB); dev %s %.4f vs FP32 %.4f", out, report["size_mb_int8"],
+             report["size_mb_fp32"], main, after[main], before[main])
+    return report
 
 
 def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -> Dict[str, Any]:

@@ -197,21 +197,32 @@ class OnnxEngine:
 
 
 ENGINES = ("auto", "oneflow", "onnxruntime")
+PRECISIONS = ("fp32", "int8")  # int8: the dynamically quantized file of `export-onnx --quantize int8`
 
 
-def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], device: str):
+def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], device: str, precision: str = "fp32"):
     """onnxruntime when asked, or (auto) when the ONNX file exists and is newer than the weights; else OneFlow.
+    INT8 is only the quantized ONNX file: onnxruntime, and an error when it is missing or stale.
 
     An ONNX file older than the weights belongs to an earlier model: asked for, it is an error; under auto
     it is passed over with a warning."""
-    path = onnx_file or model_dir / io.ONNX_FILE
-    if engine == "oneflow" or (engine == "auto" and (launch.launched() or not path.is_file())):
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    int8 = precision == "int8"
+    path = onnx_file or model_dir / (io.ONNX_INT8_FILE if int8 else io.ONNX_FILE)
+    if int8 and engine == "oneflow":
+        raise UsageError("--precision int8 runs the quantized ONNX file on onnxruntime, not with --engine oneflow")
+    if not int8 and (engine == "oneflow" or (engine == "auto" and (launch.launched() or not path.is_file()))):
         return OneFlowEngine(model_dir, device)
     if not path.is_file():
-        raise UsageError(f"--engine onnxruntime: no {path} (export it: python -m distil export-onnx {model_dir})")
+        how = " --quantize int8" if int8 else ""
+        raise UsageError(f"{'--precision int8' if int8 else '--engine onnxruntime'}: no {path} (export it: "
+                         f"python -m distil export-onnx {model_dir}{how})")
     if path.stat().st_mtime < io.weights_mtime(model_dir):
         message = f"{path} is older than {model_dir / io.WEIGHTS_DIR}/ (re-export: python -m distil export-onnx {model_dir})"
-        if engine == "onnxruntime":
+        if engine == "onnxruntime" or int8:
             raise UsageError(message)
         log.warning("%s; using OneFlow", message)
         return OneFlowEngine(model_dir, device)
@@ -245,7 +256,8 @@ def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, c
 
 
 def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str,
-            engine: str = "auto", onnx_file: Optional[Path] = None, length_buckets: str = "auto") -> Dict:
+            engine: str = "auto", onnx_file: Optional[Path] = None, length_buckets: str = "auto",
+            precision: str = "fp32") -> Dict:
     """Classify every example of `inputs`; JSON lines into `output` (atomically) or onto stdout, in input order.
     With `length_buckets` auto, examples are batched by length and each batch cut to its longest member."""
     if batch_size < 1:
@@ -255,14 +267,12 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
     io.weights_mtime(model_dir)  # (an error without weights)
-    if engine not in ENGINES:
-        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'")
     task = get_task(config["task"]["name"])
     featurize = Featurizer(model_dir, config)
     lines = [line for source in inputs or [STDIN] for line in read_lines(source, task)]
     if not lines:
         raise UsageError(f"{', '.join(inputs or [STDIN])}: no examples to classify (the input is empty)")
-    engine = choose_engine(model_dir, engine, onnx_file, device)
+    engine = choose_engine(model_dir, engine, onnx_file, device, precision)
     cut = cut and engine.cuts
     writer = launch.rank() == 0  # with several processes, rank 0 writes
     staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output and writer else None
@@ -283,6 +293,6 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
         if staged:
             staged.unlink(missing_ok=True)
     summary = {"model_dir": str(model_dir), "task": task.name, "examples": len(lines), "engine": engine.name,
-               "length_buckets": "auto" if cut else "off", "output": str(output) if output else "stdout"}
+               "precision": precision, "length_buckets": "auto" if cut else "off", "output": str(output) if output else "stdout"}
     log.info("predicted %d examples with %s (%s)", len(lines), model_dir, engine.name)
     return summary
