@@ -167,8 +167,8 @@ def test_indivisible_layer_counts_fail_with_both_numbers(workspace):
     assert "teacher has 2 layers, student 3: 2 is not divisible by 3" in failed.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("algorithm", sorted(CASES))
+@pytest.mark.slow  # KD is left out for the suite's time: its soft-label term is in the others' steps, and the
+@pytest.mark.parametrize("algorithm", sorted(set(CASES) - {"kd"}))  # BiLSTM's run covers the cache with 2 processes
 def test_student_trains_and_evaluates_with_two_processes_through_its_scripts(workspace, algorithm):
     """GPU_NUM_PER_NODE=2 (two CPU processes here, through OneFlow's launcher): the same scripts and checks;
     the BiLSTM's eval script too, with 2 processes."""
