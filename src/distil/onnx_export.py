@@ -312,8 +312,8 @@ def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> 
 
 def export_onnx(model_dir: Path, out: Optional[Path] = None, quantize: str = "", data_root: Path = Path(),
                 max_metric_drop: float = 1.0, batch_size: int = 32) -> Dict[str, Any]:
-    """Write `out` (default MODEL_DIR/model.onnx) and return what was checked; with `quantize` int8 also
-    its INT8 version beside it (model.int8.onnx), once that file's dev metric is within `max_metric_drop` points of the FP32 file's."""
+    """Write `out` (default MODEL_DIR/model.onnx) and return what was checked; with `quantize` int8 also its INT8
+    version beside it (model.int8.onnx), once that file's dev metric is within `max_metric_drop` points of FP32's."""
     if quantize not in QUANTIZE:
         raise UsageError(f"--quantize must be int8 (or not given), got '{quantize}'")
     if quantize and not (max_metric_drop >= 0 and batch_size >= 1):
@@ -351,18 +351,15 @@ def cpu_has_vnni() -> bool:
 
 def open_dev_split(model_dir: Path, config: Dict[str, Any], data_root: Path):
     """The model's dev split under `data_root` (as `eval` reads it), checked against the model's vocabulary."""
-    from distil.data import ofrecord
-    from distil.data.dataset import open_split
-    from distil.train.run import model_eval_dirs
+    from distil.train.run import open_eval_splits
 
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model): --quantize int8 needs its dev metric")
-    split = open_split(model_eval_dirs(config, data_root)["eval"])  # (an error naming the missing data)
-    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, split.meta, f"the model {model_dir}")
-    return split
+    return open_eval_splits(model_dir, config, data_root)["eval"]  # (an error naming missing data)
 
 
-def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str], batch_size: int) -> Dict[str, float]:
+def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str],
+                     batch_size: int) -> Dict[str, float]:
     """The task's metrics of an ONNX file on the dev split, batches cut to their length as `eval` cuts them."""
     from distil.data.dataset import OFRecordDataset
     from distil.predict import OnnxEngine
@@ -383,9 +380,9 @@ def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str
 
 def quantize_int8(model_dir: Path, fp32: Path, model: flow.nn.Module, split, config: Dict[str, Any],
                   max_metric_drop: float, batch_size: int) -> Dict[str, Any]:
-    """Write the INT8 file beside `fp32` (MODEL_DIR/model.int8.onnx): onnxruntime's dynamic quantization of `fp32` (weights int8, activations
-    uint8 quantized per batch: no calibration data), refused when the dev metric drops more than
-    `max_metric_drop` points.
+    """Write the INT8 file beside `fp32` (MODEL_DIR/model.int8.onnx): onnxruntime's dynamic quantization of `fp32`
+    (weights int8, activations uint8 quantized per batch: no calibration data), refused when the dev metric drops
+    more than `max_metric_drop` points.
 
     The operators are those holding the weights: MatMul/Gemm (the dense layers, the work) and Gather (the
     embedding tables, most of a small student's bytes). Weights are int8 (U8S8: onnxruntime's fast path on

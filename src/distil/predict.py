@@ -293,6 +293,7 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
         if staged:
             staged.unlink(missing_ok=True)
     summary = {"model_dir": str(model_dir), "task": task.name, "examples": len(lines), "engine": engine.name,
-               "precision": precision, "length_buckets": "auto" if cut else "off", "output": str(output) if output else "stdout"}
+               "precision": precision, "length_buckets": "auto" if cut else "off",
+               "output": str(output) if output else "stdout"}
     log.info("predicted %d examples with %s (%s)", len(lines), model_dir, engine.name)
     return summary

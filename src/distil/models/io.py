@@ -169,7 +169,8 @@ def size_on_disk(path: PathLike) -> int:
 
 ONNX_FILE = "model.onnx"  # python -m distil export-onnx
 ONNX_INT8_FILE = "model.int8.onnx"  # python -m distil export-onnx --quantize int8
-SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR, ONNX_FILE, ONNX_INT8_FILE)  # plus result files (*.json, *.png) and crash.log
+# plus result files (*.json, *.png) and crash.log
+SERVED = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR, ONNX_FILE, ONNX_INT8_FILE)
 
 
 def serve_for_online(model_dir: PathLike) -> None:

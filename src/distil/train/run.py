@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from distil import crash
 from distil.data import ofrecord
-from distil.data.dataset import open_split
+from distil.data.dataset import Split, open_split
 from distil.data.tasks import TaskSpec, get_task
 from distil.errors import UsageError
 from distil.fileio import write_json_atomic
@@ -90,6 +90,13 @@ def model_eval_dirs(config: Dict[str, Any], data_root: Path) -> Dict[str, Path]:
     task = get_task(config["task"]["name"])
     folder = config.get("data", {}).get("folder", task.name)
     return data_dirs(data_root, task, folder[len(task.name):])[1]
+
+
+def open_eval_splits(model_dir: Path, config: Dict[str, Any], data_root: Path) -> Dict[str, Split]:
+    """The dev split(s) of a fine-tuned model directory under `data_root`, checked against its vocabulary."""
+    eval_splits = {name: open_split(path) for name, path in model_eval_dirs(config, data_root).items()}
+    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, eval_splits["eval"].meta, f"the model {model_dir}")
+    return eval_splits
 
 
 def _already_trained(model_dir: Path) -> bool:
@@ -233,8 +240,7 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     task = get_task(config["task"]["name"])
     if task_name is not None and get_task(task_name).name != task.name:
         raise UsageError(f"{model_dir} was trained for {task.name}, not {get_task(task_name).name}")
-    eval_splits = {name: open_split(path) for name, path in model_eval_dirs(config, data_root).items()}
-    ofrecord.check_vocab(model_dir / io.VOCAB_FILE, eval_splits["eval"].meta, f"the model {model_dir}")
+    eval_splits = open_eval_splits(model_dir, config, data_root)
     placement = Placement(device, fp16)
     model = io.load_model(model_dir)
     results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
