@@ -8,3 +8,12 @@ export VIRTUAL_ENV=$DISTIL_VENV
 export PATH="$DISTIL_VENV/bin:$PATH"
 export PYTHONPATH="$DISTIL_ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_minloglevel=${GLOG_minloglevel:-3}
+
+# add_env_flags VAR:flag ...: append `--flag "$VAR"` to the caller's ARGS for each variable that is set and not empty
+add_env_flags() {
+  local pair var
+  for pair in "$@"; do
+    var=${pair%%:*}
+    if [ -n "${!var:-}" ]; then ARGS+=("--${pair#*:}" "${!var}"); fi
+  done
+}

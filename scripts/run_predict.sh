@@ -18,12 +18,7 @@ fi
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export CUDA_VISIBLE_DEVICES=${GPU:-${CUDA_VISIBLE_DEVICES:-0}}
 ARGS=(--batch_size "${BATCH_SIZE:-32}")
-[ -n "${OUTPUT:-}" ] && ARGS+=(--output "$OUTPUT")
-[ -n "${ENGINE:-}" ] && ARGS+=(--engine "$ENGINE")
-[ -n "${PRECISION:-}" ] && ARGS+=(--precision "$PRECISION")
-[ -n "${LENGTH_BUCKETS:-}" ] && ARGS+=(--length_buckets "$LENGTH_BUCKETS")
-for pair in GPU_NUM_PER_NODE:nproc_per_node NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips MASTER_PORT:master_port; do
-  var=${pair%%:*}
-  [ -n "${!var:-}" ] && ARGS+=("--${pair#*:}" "${!var}")
-done
+add_env_flags OUTPUT:output ENGINE:engine PRECISION:precision LENGTH_BUCKETS:length_buckets \
+              GPU_NUM_PER_NODE:nproc_per_node NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips \
+              MASTER_PORT:master_port
 exec python -m distil predict "$@" "${ARGS[@]}"

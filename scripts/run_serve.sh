@@ -17,9 +17,6 @@ fi
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export CUDA_VISIBLE_DEVICES=${GPU:-${CUDA_VISIBLE_DEVICES:-0}}
 ARGS=()
-for pair in HOST:host PORT:port MAX_BATCH_SIZE:max_batch_size MAX_QUEUE_DELAY_US:max_queue_delay_us ENGINE:engine \
-            PRECISION:precision; do
-  var=${pair%%:*}
-  [ -n "${!var:-}" ] && ARGS+=("--${pair#*:}" "${!var}")
-done
+add_env_flags HOST:host PORT:port MAX_BATCH_SIZE:max_batch_size MAX_QUEUE_DELAY_US:max_queue_delay_us ENGINE:engine \
+              PRECISION:precision
 exec python -m distil serve "$@" "${ARGS[@]}"

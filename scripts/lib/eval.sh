@@ -10,10 +10,7 @@ if [ "$MODEL_FOLDER" = finetuned_teacher ]; then DEFAULT_DIR=$MODELS/finetuned_t
 MODEL_DIR=${MODEL_DIR:-${TEACHER_MODEL_DIR:-${STUDENT_DIR:-$DEFAULT_DIR}}}  # the original named them so
 shift 3
 ARGS=()
-for pair in GPU_NUM_PER_NODE:nproc_per_node NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips \
-            MASTER_PORT:master_port USE_FP16:use_fp16 LENGTH_BUCKETS:length_buckets; do
-  var=${pair%%:*}
-  [ -n "${!var:-}" ] && ARGS+=("--${pair#*:}" "${!var}")
-done
+add_env_flags GPU_NUM_PER_NODE:nproc_per_node NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips \
+              MASTER_PORT:master_port USE_FP16:use_fp16 LENGTH_BUCKETS:length_buckets
 exec python -m distil eval "$MODEL_DIR" --task "$TASK" --data_root "${DATA_ROOT:-$DISTIL_ROOT/data/glue_ofrecord}" \
   --result_dir "${RESULT_DIR:-}" --eval_batch_size "${EVAL_BATCH_SIZE:-32}" "${ARGS[@]}" "$@"
