@@ -242,3 +242,25 @@ def test_eval_takes_length_buckets_and_says_which_it_used(ws, tmp_path):
                "--device", "cpu", "--length_buckets", "x", "--result_dir", str(tmp_path / "bad")])
     assert bad.returncode == 2 and "--length_buckets must be one of auto, off, got 'x'" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_length_groups_split_sorted_rows_where_padding_costs_more_than_a_call():
+    from distil.predict import length_groups, logits_by_length
+
+    lengths = np.array([3, 3, 4, 40, 40])
+    # one call: 20 + 5 x 40 = 220 tokens; two: 20 + 3 x 4 + 20 + 2 x 40 = 132
+    assert length_groups(lengths, 32, 20) == [(0, 3), (3, 5)]
+    assert length_groups(lengths, 32, 200) == [(0, 5)]  # a call dearer than the padding: one call
+    assert length_groups(lengths, 2, 20) == [(0, 2), (2, 3), (3, 5)]  # never more than batch_size rows
+    assert length_groups(np.array([5] * 7), 32, 0) == [(0, 7)]  # equal lengths: nothing to save
+    mask = (np.arange(48)[None, :] < np.array([40, 3, 40, 4, 3])[:, None]).astype(np.int32)
+    features = {"input_ids": mask * np.arange(1, 6)[:, None], "input_mask": mask, "segment_ids": 0 * mask}
+    widths = []
+
+    def engine(batch):
+        widths.append(batch["input_ids"].shape[1])
+        return batch["input_ids"].sum(1, keepdims=True).astype(np.float32)
+
+    logits = logits_by_length(engine, features, 32, True, lambda n: None, call_cost=20)
+    np.testing.assert_array_equal(logits[:, 0], [40, 6, 120, 16, 15])
+    assert widths == [4, 40]

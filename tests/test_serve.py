@@ -309,6 +309,24 @@ def test_metrics_count_examples_and_batches_as_triton_does(server, expected):
     assert after["nv_inference_count", "MRPC"] == before["nv_inference_count", "MRPC"]  # per model
 
 
+def test_a_batch_of_short_texts_and_a_long_one_runs_as_two_calls_each_cut_to_its_own_length(ws, server, client,
+                                                                                             expected):
+    from distil.models import io
+    from distil.predict import Featurizer
+
+    lines, rows = expected["MRPC"]  # served by onnxruntime, which takes any length
+    lengths = Featurizer(ws / "models" / "MRPC", io.read_config(ws / "models" / "MRPC"))(lines)["input_mask"].sum(1)
+    shortest = [int(i) for i in np.argsort(lengths, kind="stable")[:3]]
+    # a call costs 20 tokens: one call of 4 x 32 tokens is dearer than one of the 3 short ones and one of 32
+    assert lengths[-1] == 32 and 20 + 4 * 32 > 20 + 3 * max(lengths[shortest]) + 20 + 32
+    before = metrics(server)
+    check("MRPC", client.infer("MRPC", inputs([lines[i] for i in shortest + [23]], True)),
+          [rows[i] for i in shortest + [23]])
+    after = metrics(server)
+    assert after["nv_inference_exec_count", "MRPC"] - before["nv_inference_exec_count", "MRPC"] == 2
+    assert after["nv_inference_count", "MRPC"] - before["nv_inference_count", "MRPC"] == 4
+
+
 def binary_request(tensors: Dict[str, List[bytes]], sizes: Optional[List[int]] = None,
                    extra: bytes = b"") -> Tuple[bytes, dict]:
     """A request in the binary tensor data extension's form; `sizes` overrides the binary_data_size given, `extra`

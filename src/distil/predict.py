@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -238,14 +238,19 @@ CHUNK_BATCHES = 64  # batches sorted by length together (as group_by_length's me
 
 
 def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, cut: bool,
-                     on_batch: Callable[[int], None]) -> np.ndarray:
+                     on_batch: Callable[[int], None], call_cost: Optional[int] = None) -> np.ndarray:
     """The engine's logits of every row, in row order, from batches of rows of similar length (sorted, stably),
-    each cut to its longest member when `cut` (the padding left out is work saved)."""
+    each cut to its longest member when `cut` (the padding left out is work saved). Batches hold `batch_size`
+    rows, or, given `call_cost` (an engine call's fixed cost in tokens), as many as `length_groups` chooses."""
     lengths = features["input_mask"].sum(axis=1)
     order = np.argsort(lengths, kind="stable") if cut else np.arange(len(lengths))
+    if cut and call_cost is not None:
+        groups = length_groups(lengths[order], batch_size, call_cost)
+    else:
+        groups = [(start, min(start + batch_size, len(order))) for start in range(0, len(order), batch_size)]
     logits: Optional[np.ndarray] = None
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for start, end in groups:
+        rows = order[start:end]
         width = max(1, int(lengths[rows].max())) if cut else features["input_ids"].shape[1]
         batch = engine({name: np.ascontiguousarray(value[rows, :width]) for name, value in features.items()})
         if logits is None:
@@ -253,6 +258,26 @@ def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, c
         logits[rows] = batch
         on_batch(len(rows))
     return logits
+
+
+def length_groups(sorted_lengths: np.ndarray, batch_size: int, call_cost: int) -> List[Tuple[int, int]]:
+    """Split rows sorted by length into [start, end) runs of at most `batch_size` that minimise the tokens
+    computed (rows x the run's longest length, padding included) plus `call_cost` tokens per engine call.
+
+    Why: requests arrive in random lengths, so one batch cut to its longest member computes mostly padding;
+    a few calls of similar lengths cost less as long as a call's fixed cost stays below the padding saved.
+    Exact by dynamic programming over the sorted rows (a served batch holds a few dozen)."""
+    n = len(sorted_lengths)
+    best, cut_at = [0] * (n + 1), [0] * (n + 1)
+    for end in range(1, n + 1):
+        width = max(1, int(sorted_lengths[end - 1]))
+        best[end], cut_at[end] = min((best[start] + call_cost + (end - start) * width, start)
+                                     for start in range(max(0, end - batch_size), end))
+    runs, end = [], n
+    while end > 0:
+        runs.append((cut_at[end], end))
+        end = cut_at[end]
+    return runs[::-1]
 
 
 def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str,

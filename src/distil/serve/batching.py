@@ -19,6 +19,10 @@ from distil.serve.models import Model
 
 log = logging.getLogger(__name__)
 
+# An engine call's fixed cost in tokens of one row: onnxruntime on this EPYC, FP32 and INT8 alike, costs about
+# 0.2-0.8 ms a call plus 0.02-0.04 ms a token, i.e. ~20 tokens a call (4L-312 student, widths 16-64).
+CALL_COST_TOKENS = 20
+
 COUNTERS = {  # Triton's metrics: name -> meaning (each cumulative, per model)
     "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
     "nv_inference_request_failure": "Number of failed inference requests, all batch sizes",
@@ -115,11 +119,13 @@ class Batcher:
 
     def _compute(self, features: List[Dict[str, np.ndarray]]) -> Tuple[np.ndarray, int]:
         """(On the worker thread) the logits of the batch's rows in order, and how many engine calls gave them:
-        one, cut to the longest text, unless a single request holds more than --max_batch_size examples."""
+        the rows sorted by length and split into calls, each cut to its longest text, where the padding saved
+        outweighs a call's fixed cost (`length_groups`)."""
         rows = {name: np.concatenate([f[name] for f in features]) for name in features[0]}
         calls: List[int] = []
         engine = self.model.engine
-        return logits_by_length(engine, rows, self.max_batch_size, engine.cuts, calls.append), len(calls)
+        logits = logits_by_length(engine, rows, self.max_batch_size, engine.cuts, calls.append, CALL_COST_TOKENS)
+        return logits, len(calls)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -207,7 +207,7 @@ def serve(model_dirs: Sequence[Path], host: str, port: int, max_batch_size: int,
     models = {name: load_model(name, Path(d), engine, precision, device) for name, d in zip(names, model_dirs)}
     server = Server(models, max_batch_size, max_queue_delay_us, max_body_bytes)
     config = uvicorn.Config(server.app(), host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=None)
+                            timeout_graceful_shutdown=None, http="httptools", loop="uvloop")
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log.info("serving %s at %s/v2/models/<model>/infer (metrics: %s/metrics)",
              ", ".join(f"{m.name} ({m.task.name}, {m.engine.name})" for m in models.values()), url, url)
