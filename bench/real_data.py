@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -62,6 +62,21 @@ def prepare_corpus(work: Path, train_size: int, dev_size: int) -> Path:
         lines = (full / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (task / name).write_text("".join(lines[:keep + 1]), encoding="utf-8")
     return task
+
+
+def prepare_runs(work: Path, args: argparse.Namespace) -> Tuple[Path, Path, Dict[str, str]]:
+    """(the task's TSV folder, the 3-layer student init, the scripts' environment): the corpus cut to
+    --train_size/--dev_size, converted at --seq with the student's vocab; --epochs, --lr, batch 32, wd 0.01."""
+    task = prepare_corpus(work, args.train_size, args.dev_size)
+    student = cut_layers(MINILM_PACKAGE, work / "minilm_l3", 3)
+    data_root = work / "ofrecord"
+    if not (data_root / "SST-2" / "train" / "meta.json").is_file():
+        sh(["bash", "scripts/glue_process.sh", "SST-2"], {"GLUE_DIR": str(task.parent), "DATA_ROOT": str(data_root),
+           "VOCAB_FILE": str(student / "vocab.txt"), "MAX_SEQ_LENGTH": str(args.seq), "LSTM_SEQ_LENGTH": "0"},
+           work / "glue_process.log")
+    env = {"DATA_ROOT": str(data_root), "MODELS_ROOT": str(work / "models"), "EPOCH": str(args.epochs),
+           "LEARNING_RATE": str(args.lr), "WEIGHT_DECAY": "0.01", "BATCH_SIZE": "32", "EVAL_BATCH_SIZE": "64"}
+    return task, student, env
 
 
 def cut_layers(src: Path, dst: Path, layers: int) -> Path:
@@ -130,10 +145,8 @@ def summary(values: List[float]) -> Dict[str, float]:
     return {"mean": statistics.mean(values), "std": statistics.pstdev(values), "runs": values}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", type=Path, default=ROOT / "data" / "real_corpus")
-    p.add_argument("--parts", default=",".join(PARTS))
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The real-data runs' settings (issue 8's): seeds, corpus sizes, sequence length, epochs, LR, KD's alpha."""
     p.add_argument("--seeds", default="42,1,2")
     p.add_argument("--train_size", type=int, default=3000)
     p.add_argument("--dev_size", type=int, default=1000)
@@ -141,6 +154,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--kd_alpha", type=float, default=0.5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=ROOT / "data" / "real_corpus")
+    p.add_argument("--parts", default=",".join(PARTS))
+    add_run_flags(p)
     p.add_argument("--side", choices=("both", "ours", "pytorch"), default="both",
                    help="run one side only (two invocations in parallel use both cores); 'both' also reports")
     p.add_argument("--torch_python", default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python"))
@@ -150,16 +170,8 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    task = prepare_corpus(work, args.train_size, args.dev_size)
-    student = cut_layers(MINILM_PACKAGE, work / "minilm_l3", 3)
-    data_root = work / "ofrecord"
-    if not (data_root / "SST-2" / "train" / "meta.json").is_file():
-        sh(["bash", "scripts/glue_process.sh", "SST-2"], {"GLUE_DIR": str(task.parent), "DATA_ROOT": str(data_root),
-           "VOCAB_FILE": str(student / "vocab.txt"), "MAX_SEQ_LENGTH": str(args.seq), "LSTM_SEQ_LENGTH": "0"},
-           work / "glue_process.log")
-    env = {"DATA_ROOT": str(data_root), "MODELS_ROOT": str(work / "models"), "EPOCH": str(args.epochs),
-           "LEARNING_RATE": str(args.lr), "WEIGHT_DECAY": "0.01", "BATCH_SIZE": "32", "EVAL_BATCH_SIZE": "64",
-           "LENGTH_BUCKETS": args.length_buckets}
+    task, student, env = prepare_runs(work, args)
+    env["LENGTH_BUCKETS"] = args.length_buckets
     runs = "_off" if args.length_buckets == "off" else ""
     common = ["--data", str(task), "--seq", str(args.seq), "--epochs", str(args.epochs), "--lr", str(args.lr)]
     models = work / "models"

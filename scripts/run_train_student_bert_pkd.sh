@@ -8,6 +8,7 @@
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.2]  KD_BETA [10]  LAYER_LIST [2,6,10]  FROM_SCRATCH [False]  TMP_STUDENT_DIR []
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 #   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
+#   TENSORBOARD_DIR [] (TensorBoard event files of every loss term, the LR and the dev metrics)
 # Example: KD_BETA=100 bash scripts/run_train_student_bert_pkd.sh MRPC --pkd_loss patient
 set -euo pipefail
 ALGORITHM=bert_pkd

@@ -8,6 +8,7 @@
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  KD_ALPHA [0.7]  TEMPERATURE [1]
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 #   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
+#   TENSORBOARD_DIR [] (TensorBoard event files of every loss term, the LR and the dev metrics)
 # Example: bash scripts/run_train_student_distilled_lstm.sh SST-2 --pred_distill_mode mse
 set -euo pipefail
 ALGORITHM=distilled_lstm

@@ -8,6 +8,7 @@
 #   EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  TMP_STUDENT_DIR [] (a general TinyBERT)  TINYBERT_MODE [one_stage|two_stage]  AUG_TRAIN [False]
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 #   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
+#   TENSORBOARD_DIR [] (TensorBoard event files of every loss term, the LR and the dev metrics)
 # Example: TINYBERT_MODE=two_stage TMP_STUDENT_DIR=models/general_tinybert bash scripts/run_train_student_tinybert.sh SST-2
 set -euo pipefail
 ALGORITHM=tinybert

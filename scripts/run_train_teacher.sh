@@ -8,6 +8,7 @@
 #   SERVE_FOR_ONLINE [False]  EPOCH  LEARNING_RATE  WEIGHT_DECAY  BATCH_SIZE [32]  EVAL_BATCH_SIZE [32]  GPU [0]
 #   MAX_RESTARTS [3] (restarts after a crash)  CHECKPOINT_EVERY [0] (save train_state/ every N steps)  CHECKPOINT_MINUTES [10]
 #   LENGTH_BUCKETS [auto: batches of similar length, cut to their bucket; off: every batch at max_seq_length]
+#   TENSORBOARD_DIR [] (TensorBoard event files of every loss term, the LR and the dev metrics)
 # Example: EPOCH=1 BATCH_SIZE=16 bash scripts/run_train_teacher.sh MRPC --max_steps 50
 set -euo pipefail
 ALGORITHM=teacher

@@ -46,10 +46,10 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     return root
 
 
-def write_teacher(dst: Path, vocab_file: Path) -> None:
-    """A random 4-layer SST-2 teacher model dir whose logits differ from example to example."""
-    flow.manual_seed(0)
-    config = BertConfig(vocab_size=len(load_vocab(vocab_file)), **TEACHER).to_dict()
+def write_teacher(dst: Path, vocab_file: Path, layers: int = 4, seed: int = 0) -> None:
+    """A random SST-2 teacher model dir (4 layers by default) whose logits differ from example to example."""
+    flow.manual_seed(seed)
+    config = BertConfig(vocab_size=len(load_vocab(vocab_file)), **{**TEACHER, "num_hidden_layers": layers}).to_dict()
     teacher = io.build_model(config)
     with flow.no_grad():
         teacher.classifier.weight.mul_(50.0)

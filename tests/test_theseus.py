@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distil.algorithms.options import TheseusOptions
 from distil.algorithms.theseus import replacing_rates
 from distil.models.bert import BertConfig, BertLayer, additive_attention_mask
 from distil.models.dropout import seed_dropout
@@ -69,8 +68,8 @@ def test_linear_schedule_values():
     assert linear_replacing_rate(0, 0.001, 0.3) == pytest.approx(0.3)
     assert linear_replacing_rate(200, 0.001, 0.3) == pytest.approx(0.5)
     assert linear_replacing_rate(10_000, 0.001, 0.3) == 1.0
-    rates = replacing_rates(TheseusOptions(replacing_rate=0.5, replace_scheduler="linear"))
+    rates = replacing_rates(0.5, "linear")
     assert rates(0, 100) == (0.5,) and rates(50, 100)[0] == pytest.approx(0.75) and rates(100, 100) == (1.0,)
-    assert replacing_rates(TheseusOptions(replacing_rate=0.3))(77, 100) == (0.3,)
-    slope = replacing_rates(TheseusOptions(replacing_rate=0.3, replace_scheduler="linear", scheduler_k=0.01))
+    assert replacing_rates(0.3)(77, 100) == (0.3,)
+    slope = replacing_rates(0.3, "linear", 0.01)
     assert slope(10, 1000)[0] == pytest.approx(0.4)

@@ -16,5 +16,6 @@ add_env_flags EPOCH:epochs LEARNING_RATE:learning_rate WEIGHT_DECAY:weight_decay
               REPLACING_RATE:replacing_rate REPLACE_SCHEDULER:replace_scheduler GPU_NUM_PER_NODE:nproc_per_node \
               NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips MASTER_PORT:master_port USE_FP16:use_fp16 \
               TEACHER_CACHE:teacher_cache EXPORT_ONNX:export_onnx MAX_RESTARTS:max_restarts \
-              CHECKPOINT_EVERY:checkpoint_every CHECKPOINT_MINUTES:checkpoint_minutes LENGTH_BUCKETS:length_buckets
+              CHECKPOINT_EVERY:checkpoint_every CHECKPOINT_MINUTES:checkpoint_minutes LENGTH_BUCKETS:length_buckets \
+              RECIPE:recipe TENSORBOARD_DIR:tensorboard
 exec python -m distil train "${ARGS[@]}" "$@"

@@ -12,7 +12,8 @@ from distil.errors import UsageError
 
 # name -> (module, class)
 ALGORITHMS = {"teacher": ("teacher", "Teacher"), "kd": ("kd", "KD"), "distilled_lstm": ("distilled_lstm", "DistilledLstm"),
-              "bert_pkd": ("bert_pkd", "BertPKD"), "tinybert": ("tinybert", "TinyBert"), "theseus": ("theseus", "Theseus")}
+              "bert_pkd": ("bert_pkd", "BertPKD"), "tinybert": ("tinybert", "TinyBert"), "theseus": ("theseus", "Theseus"),
+              "recipe": ("recipe", "Recipe")}
 
 
 def get_algorithm(name: str):

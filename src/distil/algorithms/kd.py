@@ -28,7 +28,7 @@ class KD(Algorithm):
 
     def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
         options: KDOptions = run.options
-        teacher, teacher_config = load_teacher(options, task, train_meta)
+        teacher, teacher_config = load_teacher(options, task, train_meta, several=True)
         student, config, vocab, _ = build_bert_student(options, teacher_config, task, TINY_STUDENT, train_meta)
         terms = [hard_label(options.kd_alpha),
                  soft_labels(1 - options.kd_alpha, options.temperature, options.pred_distill_mode)]

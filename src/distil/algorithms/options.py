@@ -173,5 +173,18 @@ class TheseusOptions(StudentOptions):
                              f"--successor_layers {self.successor_layers}")
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipeOptions(BertStudentOptions):
+    recipe: Optional[Path] = option(None, "recipe: the TOML file declaring student, teachers, stages and loss terms "
+                                          "(RECIPE; see recipes/)", parse=Path)
+
+    def check(self) -> None:
+        if self.recipe is not None:
+            from distil.algorithms.recipe import read_recipe
+
+            read_recipe(self.recipe)
+
+
 OPTIONS: Dict[str, Type[Options]] = {"teacher": TeacherOptions, "kd": KDOptions, "distilled_lstm": LstmOptions,
-                                     "bert_pkd": PKDOptions, "tinybert": TinyBertOptions, "theseus": TheseusOptions}
+                                     "bert_pkd": PKDOptions, "tinybert": TinyBertOptions, "theseus": TheseusOptions,
+                                     "recipe": RecipeOptions}

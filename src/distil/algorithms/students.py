@@ -25,13 +25,37 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 log = logging.getLogger(__name__)
 
-def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any],
-                 vocab_meta_key: str = "vocab") -> Tuple[flow.nn.Module, Dict[str, Any]]:
-    """The fine-tuned teacher of `--teacher_model`, frozen and in eval mode, checked against task and data."""
-    path = options.teacher_model
-    if not path:
+def teacher_dirs(options: StudentOptions) -> List[Path]:
+    """`--teacher_model` as a list: one model directory, or several separated by commas."""
+    if not options.teacher_model:
+        return []
+    return [Path(p.strip()) for p in str(options.teacher_model).split(",") if p.strip()]
+
+
+def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any], vocab_meta_key: str = "vocab",
+                 several: bool = False, weights: Optional[List[float]] = None) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+    """The fine-tuned teacher of `--teacher_model`, frozen and in eval mode, checked against task and data; with
+    `several` (algorithms whose teacher terms read logits only), a comma list of teachers as one
+    `TeacherEnsemble` (the first one's config)."""
+    paths = teacher_dirs(options)
+    if not paths:
         raise UsageError("--teacher_model is required: the fine-tuned teacher's model directory "
                          "(bash scripts/run_train_teacher.sh writes one)")
+    if len(paths) > 1 and not several:
+        raise UsageError(f"--teacher_model names {len(paths)} teachers; several teachers average their logits, so "
+                         "they serve algorithms whose teacher terms read logits only (kd, or a recipe of such terms)")
+    rng = flow.get_rng_state()  # loading draws random initial weights: the student's must not depend on it
+    try:
+        loaded = [_load_one_teacher(path, task, meta, vocab_meta_key) for path in paths]
+    finally:
+        flow.set_rng_state(rng)
+    if len(loaded) == 1:
+        return loaded[0]
+    return TeacherEnsemble([teacher for teacher, _ in loaded], weights, paths), loaded[0][1]
+
+
+def _load_one_teacher(path: Path, task: TaskSpec, meta: Dict[str, Any], vocab_meta_key: str
+                      ) -> Tuple[flow.nn.Module, Dict[str, Any]]:
     config = io.read_config(path)
     teacher_task = (config.get("task") or {}).get("name")
     if teacher_task != task.name:
@@ -44,6 +68,34 @@ def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any],
     return teacher, config["model"]
 
 
+class TeacherEnsemble(flow.nn.Module):
+    """Several fine-tuned teachers of one task as one teacher: the weighted mean of their logits, weights
+    normalised to sum to 1 (equal by default), as TextBrewer's MultiTeacherDistiller averages them. It has
+    logits only: hidden-state and attention terms compare against one teacher's layers."""
+
+    def __init__(self, teachers: List[flow.nn.Module], weights: Optional[List[float]], names: List[Path]):
+        super().__init__()
+        weights = list(weights) if weights else [1.0] * len(teachers)
+        if len(weights) != len(teachers) or min(weights) <= 0:
+            raise UsageError(f"{len(teachers)} teachers need as many positive weights, got {weights}")
+        labels = {int(t.classifier.weight.shape[0]) for t in teachers}
+        if len(labels) != 1:
+            raise UsageError(f"the teachers {', '.join(map(str, names))} disagree on the number of labels")
+        self.members = flow.nn.ModuleList(teachers)
+        self.weights = [w / sum(weights) for w in weights]
+        self.eval()
+
+    def logits(self, *inputs: flow.Tensor) -> flow.Tensor:
+        total = None
+        for weight, teacher in zip(self.weights, self.members):
+            logits = teacher.logits(*inputs) * weight
+            total = logits if total is None else total + logits
+        return total
+
+    def forward(self, *inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+        return {"logits": self.logits(*inputs)}
+
+
 def build_bert_student(options: BertStudentOptions, teacher_config: Dict[str, Any], task: TaskSpec,
                        defaults: Dict[str, int], meta: Dict[str, Any], init: Optional[Path] = None
                        ) -> Tuple[flow.nn.Module, Dict[str, Any], Path, Dict[str, Any]]:
@@ -52,7 +104,7 @@ def build_bert_student(options: BertStudentOptions, teacher_config: Dict[str, An
     init = init or options.student_model
     if not init:
         config = {**teacher_config, **options.sizes(defaults), "num_labels": task.num_labels}
-        return io.build_model(config), config, Path(options.teacher_model) / io.VOCAB_FILE, {}
+        return io.build_model(config), config, teacher_dirs(options)[0] / io.VOCAB_FILE, {}
     pretrained = io.read_pretrained(Path(init))
     check_vocab(pretrained.vocab_file, meta, f"the student {init}")
     if pretrained.config.get("model_type", "bert") != "bert":

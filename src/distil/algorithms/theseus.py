@@ -12,7 +12,7 @@ The saved model is the plain successor BERT. Original: theseus/ + run_train_thes
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, format_number, table
 from distil.algorithms.options import TheseusOptions, parse_layer_list
@@ -23,10 +23,11 @@ from distil.ops.theseus import TheseusStep, freeze_shared, linear_replacing_rate
 from distil.train.step import DistillStep, hard_label
 
 
-def replacing_rates(options: TheseusOptions) -> Callable[[int, int], Tuple[float]]:
-    """(step, total steps) -> (replacing rate,): constant, or the paper's linear curriculum."""
-    b, k = options.replacing_rate, options.scheduler_k
-    if options.replace_scheduler == "constant":
+def replacing_rates(b: float, scheduler: str = "constant", k: Optional[float] = None
+                    ) -> Callable[[int, int], Tuple[float]]:
+    """(step, total steps) -> (replacing rate,): constant b, or the paper's linear curriculum min(1, k·t + b)
+    (k by default reaching 1 at the last step)."""
+    if scheduler == "constant":
         return lambda step, total: (b,)
     return lambda step, total: (linear_replacing_rate(step, k if k is not None else (1 - b) / total, b),)
 
@@ -59,7 +60,8 @@ class Theseus(Algorithm):
         successor, config = student_from_teacher(teacher, teacher_config, layers)
         freeze_shared(successor)
         return Built(successor, config, TheseusStep(successor, teacher), options.teacher_model / io.VOCAB_FILE,
-                     eager=True, step_inputs=replacing_rates(options))
+                     eager=True, step_inputs=replacing_rates(options.replacing_rate, options.replace_scheduler,
+                                                 options.scheduler_k))
 
     def id_prefix(self, task: TaskSpec, options: TheseusOptions) -> str:
         return f"bert-theseus_{options.successor_layers}"

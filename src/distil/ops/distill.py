@@ -8,7 +8,7 @@ so gradients reach the student only.
 from __future__ import annotations
 
 from numbers import Integral
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from distil.runtime import import_oneflow
 
@@ -21,8 +21,8 @@ MAPPINGS = ("uniform", "last")
 MASKED = -100.0  # attention scores at or below this are padding keys (the model adds -10000)
 
 
-def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor, temperature: float = 1.0,
-                 mode: str = "soft_ce") -> flow.Tensor:
+def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor,
+                 temperature: Union[float, flow.Tensor] = 1.0, mode: str = "soft_ce") -> flow.Tensor:
     """Soft-label (prediction) distillation; p_t = softmax(z_t/T), log q_s = log_softmax(z_s/T).
 
     soft_ce (the original): mean over all B·C elements of -p_t·log q_s (no T²);
@@ -31,7 +31,7 @@ def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor, tempe
 
     Args:
         student_logits: (B, C). teacher_logits: (B, C), detached here.
-        temperature: T > 0. mode: one of PRED_MODES.
+        temperature: T > 0, or one per example, (B, 1) (`dynamic_temperature`). mode: one of PRED_MODES.
     Returns:
         A scalar tensor.
     """
@@ -48,7 +48,34 @@ def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor, tempe
         return (-F.softmax(teacher_logits / temperature, dim=-1) * log_q).mean()
     log_p = F.log_softmax(teacher_logits / temperature, dim=-1)        # (B, C)
     kl = (flow.exp(log_p) * (log_p - log_q)).sum(dim=-1)               # (B,)
+    if isinstance(temperature, flow.Tensor):
+        return (kl * (temperature * temperature).reshape(-1)).mean()
     return kl.mean() * (temperature * temperature)
+
+
+TEMPERATURE_SCHEDULES = ("constant", "flsw", "cwsm")
+
+
+def dynamic_temperature(schedule: str, student_logits: flow.Tensor, teacher_logits: flow.Tensor, base: float,
+                        beta: float = 1.0, gamma: float = 1.0) -> Union[float, flow.Tensor]:
+    """The soft-label temperature, per example (B, 1), from the batch's logits (arXiv 1911.07471, as TextBrewer's
+    temperature schedulers compute it; no gradient flows through it):
+    flsw: w = (1 - cos(z_s, z_t))^gamma, T = base + beta·(mean(w) - w) (examples the student already matches
+    get a higher temperature); cwsm: w = 1 / (max softmax(z_s) + 1e-3), T = base + beta·(mean(w) - w);
+    constant: `base`."""
+    if schedule not in TEMPERATURE_SCHEDULES:
+        raise ValueError(f"unknown temperature schedule '{schedule}' (known: {', '.join(TEMPERATURE_SCHEDULES)})")
+    if schedule == "constant":
+        return base
+    s = student_logits.detach()
+    if schedule == "flsw":
+        t = teacher_logits.detach()
+        s = s / (flow.sqrt((s * s).sum(dim=-1, keepdim=True)) + 1e-4)
+        t = t / (flow.sqrt((t * t).sum(dim=-1, keepdim=True)) + 1e-4)
+        w = flow.pow(1.0 - (s * t).sum(dim=-1, keepdim=True), gamma)
+    else:
+        w = 1.0 / (F.softmax(s, dim=-1).max(dim=-1, keepdim=True)[0] + 1e-3)
+    return base + (w.mean() - w) * beta
 
 
 def layer_mapping(num_student_layers: int, num_teacher_layers: int, mapping: LayerMap = "uniform") -> List[int]:
@@ -145,9 +172,19 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
     Returns:
         A scalar tensor.
     """
-    targets = layer_mapping(len(student_atts), len(teacher_atts), mapping)
     real = None if mask is None else flow.cast(mask, flow.float32)  # (B, S)
     total = None
+    for s, t in attention_pairs(student_atts, teacher_atts, mapping):
+        term = _zeroed_padding_mse(s, t) if real is None else _real_pairs_mse(s, t, real)
+        total = term if total is None else total + term
+    return total
+
+
+def attention_pairs(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
+                    mapping: LayerMap = "uniform") -> Iterator[Tuple[flow.Tensor, flow.Tensor]]:
+    """(student scores of layer i, teacher scores of layer m(i), detached) for i = 1..L_s, checked: the
+    teacher embeddings have no attention, and maps compare head by head."""
+    targets = layer_mapping(len(student_atts), len(teacher_atts), mapping)
     for i in range(1, len(student_atts) + 1):
         j = targets[i]
         if j == 0:
@@ -157,9 +194,7 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
             raise ValueError(f"attention maps can only be compared head by head: student layer {i} has "
                              f"{s.shape[1]} heads, teacher layer {j} has {t.shape[1]}")
         _check_shapes("attention", i, j, s, t)
-        term = _zeroed_padding_mse(s, t) if real is None else _real_pairs_mse(s, t, real)
-        total = term if total is None else total + term
-    return total
+        yield s, t
 
 
 def _zeroed_padding_mse(s: flow.Tensor, t: flow.Tensor) -> flow.Tensor:

@@ -36,6 +36,7 @@ class TrainSettings:
                                   # onnxruntime: the same, its pass on onnxruntime (one CPU process); off
     micro_batch_size: int = 0     # rows per forward/backward pass inside a step; 0: auto (micro_batch_count)
     length_buckets: str = "auto"  # auto: batches of similar length, cut to their bucket (data/buckets.py); off
+    tensorboard: str = ""         # a folder: TensorBoard event files of every loss term, the LR, dev metrics
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):

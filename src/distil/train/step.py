@@ -14,17 +14,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
-from distil.ops import att_distill, hard_label_loss, layer_distill, pkd_patient_loss, pred_distill
-from distil.ops.distill import LayerMap
+from distil.ops import att_distill, hard_label_loss, layer_distill, pkd_patient_loss, pred_distill, zoo
+from distil.ops.distill import TEMPERATURE_SCHEDULES, LayerMap, dynamic_temperature
 from distil.runtime import import_oneflow
+from distil.train.schedules import WEIGHT_SCHEDULES, weight_factor
 
 flow = import_oneflow()
 
-OPERATORS = ("hard_label", "pred_distill", "layer_distill", "pkd_patient", "att_distill")
+# operator -> what it reads of the models: logits, hidden states (embeddings first) or attention scores
+READS = {"hard_label": "logits", "pred_distill": "logits", "layer_distill": "hidden_states",
+         "pkd_patient": "hidden_states", "hidden_cos": "hidden_states", "nst": "hidden_states",
+         "mmd": "hidden_states", "gram": "hidden_states", "fsp": "hidden_states", "att_distill": "attention_scores",
+         "att_ce": "attention_scores"}
+OPERATORS = tuple(READS)
+MASKED_HIDDEN = {"layer_distill": layer_distill, "hidden_cos": zoo.hidden_cos, "nst": zoo.nst, "mmd": zoo.nst,
+                 "gram": zoo.gram}  # (student reps, teacher reps, layer map, input mask)
+SCHEDULE_PREFIX = "schedule_"  # batch features holding a scheduled weight's factor for this step
 TEACHER_FREE = ("hard_label",)  # the operators that read no teacher output
 PER_EXAMPLE = {"pred_distill": "logits"}  # operators whose teacher input is one small vector per example
 CACHED_PREFIX = "cached_"  # batch features holding a cached teacher output (distil.train.teacher_cache)
-LOGITS_ONLY = ("hard_label", "pred_distill")  # operators that read nothing but the logits
+LOGITS_ONLY = tuple(op for op, reads in READS.items() if reads == "logits")  # operators reading the logits alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,10 @@ class LossTerm:
     """One weighted term of a recipe: `weight · operator(student outputs, teacher outputs)`.
 
     `project`: student hidden states go through the step's width projection (TinyBERT's fit_dense) first.
+    `weight_schedule`: the weight times a factor of training progress (`schedules.weight_factor`), fed to the
+    graph each step as a batch feature; `temperature_schedule` (flsw, cwsm with `beta`, `gamma`): a temperature
+    per example computed in the graph from the logits (`ops.distill.dynamic_temperature`). `pairs`: fsp's
+    ((student a, b), (teacher a, b)) layer pairs.
     """
 
     name: str
@@ -41,12 +54,28 @@ class LossTerm:
     mode: str = "soft_ce"
     mapping: LayerMap = "uniform"
     project: bool = False
+    weight_schedule: str = "constant"
+    temperature_schedule: str = "constant"
+    beta: float = 1.0
+    gamma: float = 1.0
+    pairs: Tuple[Tuple[Tuple[int, int], Tuple[int, int]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.operator not in OPERATORS:
             raise ValueError(f"unknown loss operator '{self.operator}' (known: {', '.join(OPERATORS)})")
         if not self.name.endswith("_loss"):
             raise ValueError(f"a loss term's name ends with _loss (the trainer sums those), got '{self.name}'")
+        if self.weight_schedule not in WEIGHT_SCHEDULES:
+            raise ValueError(f"unknown weight schedule '{self.weight_schedule}' (known: {', '.join(WEIGHT_SCHEDULES)})")
+        if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
+            raise ValueError(f"unknown temperature schedule '{self.temperature_schedule}' (known: "
+                             f"{', '.join(TEMPERATURE_SCHEDULES)})")
+        if self.operator == "fsp" and not self.pairs:
+            raise ValueError("the fsp term needs layer pairs: ((student a, b), (teacher a, b)), ...")
+
+    @property
+    def scheduled(self) -> bool:
+        return self.weight_schedule != "constant"
 
 
 def hard_label(weight: float = 1.0) -> LossTerm:
@@ -122,21 +151,43 @@ class DistillStep(flow.nn.Module):
             teacher = {name: batch[f"{CACHED_PREFIX}{name}"] for name in self.cached}
         elif self.needs_teacher:
             teacher = self.outputs(self.teacher, model_inputs(batch, self.teacher_view))
-        return {term.name: term.weight * self.term_value(term, student, teacher, batch) for term in self.terms}
+        outputs = {}
+        for term in self.terms:
+            weight = term.weight
+            if term.scheduled:  # every row holds the step's factor; max is exact (a mean could round)
+                weight = weight * batch[f"{SCHEDULE_PREFIX}{term.name}"].max()
+            outputs[term.name] = weight * self.term_value(term, student, teacher, batch, outputs)
+        return outputs
 
-    def term_value(self, term: LossTerm, student: Dict, teacher: Optional[Dict],
-                   batch: Dict[str, flow.Tensor]) -> flow.Tensor:
-        """The unweighted value of one term on the outputs of one forward pass."""
+    def schedule_values(self, step: int, total: int) -> Dict[str, float]:
+        """The batch features of scheduled weights at `step` of `total`: {schedule_<term>: factor}."""
+        return {f"{SCHEDULE_PREFIX}{t.name}": weight_factor(t.weight_schedule, step, total)
+                for t in self.terms if t.scheduled}
+
+    def term_value(self, term: LossTerm, student: Dict, teacher: Optional[Dict], batch: Dict[str, flow.Tensor],
+                   logged: Optional[Dict[str, flow.Tensor]] = None) -> flow.Tensor:
+        """The unweighted value of one term on the outputs of one forward pass (a scheduled temperature's smallest
+        and largest value in the batch go into `logged` as temperature_<term>_min/_max, which the trainer logs and
+        does not add to the loss)."""
+        mask = batch["input_mask"]
         if term.operator == "hard_label":
             return hard_label_loss(student["logits"], batch["label_ids"])
         if term.operator == "pred_distill":
-            return pred_distill(student["logits"], teacher["logits"], term.temperature, term.mode)
+            temperature = dynamic_temperature(term.temperature_schedule, student["logits"], teacher["logits"],
+                                              term.temperature, term.beta, term.gamma)
+            if term.temperature_schedule != "constant" and logged is not None:  # (their mean is the base by design)
+                logged[f"temperature_{term.name[:-len('_loss')]}_min"] = temperature.min()
+                logged[f"temperature_{term.name[:-len('_loss')]}_max"] = temperature.max()
+            return pred_distill(student["logits"], teacher["logits"], temperature, term.mode)
         if term.operator == "att_distill":
-            return att_distill(student["attention_scores"], teacher["attention_scores"], term.mapping,
-                               batch["input_mask"])
+            return att_distill(student["attention_scores"], teacher["attention_scores"], term.mapping, mask)
+        if term.operator == "att_ce":
+            return zoo.att_ce(student["attention_scores"], teacher["attention_scores"], term.mapping, mask)
         reps = student["hidden_states"]
         if term.project and self.fit_dense is not None:
             reps = [self.fit_dense(h) for h in reps]
         if term.operator == "pkd_patient":
             return pkd_patient_loss(reps, teacher["hidden_states"], term.mapping)
-        return layer_distill(reps, teacher["hidden_states"], term.mapping, batch["input_mask"])
+        if term.operator == "fsp":
+            return zoo.fsp(reps, teacher["hidden_states"], term.pairs, mask)
+        return MASKED_HIDDEN[term.operator](reps, teacher["hidden_states"], term.mapping, mask)

@@ -90,6 +90,9 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
     examples of similar length cut to their length (--length_buckets auto)."""
     names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
     if on_onnxruntime:
+        if hasattr(step.teacher, "members"):  # a TeacherEnsemble: one ONNX file is one teacher
+            raise UsageError("--teacher_cache onnxruntime exports one teacher; with several teachers use "
+                             "--teacher_cache auto")
         if placement.distributed or placement.device != "cpu" or tuple(outputs) != ("logits",):
             raise UsageError(f"--teacher_cache onnxruntime runs the teacher's logits in one CPU process; this run "
                              f"has {placement.world_size} process(es) on {placement.device} and caches "

@@ -34,13 +34,16 @@ from distil.train.graph import EagerStep, Evaluator, TrainGraph, TrainGraphs
 from distil.train.optim import build_optimizer
 from distil.train.placement import Placement
 from distil.train.schedules import warmup_linear_factor, warmup_steps
+from distil.train.step import SCHEDULE_PREFIX
 from distil.train.settings import TrainSettings, micro_batch_count
+from distil.train.tensorboard import EventLog
 
 flow = import_oneflow()
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-RESUME_FREE = ("checkpoint_every", "checkpoint_minutes", "log_every")  # settings a resumed run may change: they change no result
+# settings a resumed run may change: they change no result
+RESUME_FREE = ("checkpoint_every", "checkpoint_minutes", "log_every", "tensorboard")
 ADDED_SINCE = {"length_buckets": "off"}  # settings a train_state/ of an earlier version lacks: what it trained with
 STEP_MODULE = "step_module"   # the key of the step module's weights in a runner's state dict
 StepInputs = Callable[[int, int], Tuple[flow.Tensor, ...]]
@@ -151,8 +154,9 @@ class Trainer:
         steps_per_epoch = math.ceil(data.num_examples / (self.settings.batch_size * self.placement.world_size))
         total = self.total_steps(steps_per_epoch)
         batches = self._stream(data, train, steps_per_epoch)
-        graph = build_step_runner(self.step_module, data.names, self.settings, total, self.placement, self.eager,
-                                  first_step=state.step, lengths=batches.boundaries or [train.seq_length()])
+        scheduled = sorted(self._schedule_values(0, total))
+        graph = build_step_runner(self.step_module, [*data.names, *scheduled], self.settings, total, self.placement,
+                                  self.eager, first_step=state.step, lengths=batches.boundaries or [train.seq_length()])
         if state.step:
             self._load_train_state(graph)
             log.info("resuming %s from step %d of %d (the data order goes on where it stopped: skipping the %d "
@@ -166,9 +170,13 @@ class Trainer:
                         dynamic_ncols=True, disable=None if self.placement.writer else True)
         self._last_log = (time.perf_counter(), state.step)
         self._last_save = time.perf_counter()
+        self.events = EventLog(self.settings.tensorboard, self.model_dir.name, self.placement.writer)
         with logging_redirect_tqdm():
             while state.step < total:
-                outputs = graph.step(batches(), *self.step_inputs(state.step, total))
+                batch = batches()
+                if scheduled:
+                    batch.update(self._scheduled_features(batch, self._schedule_values(state.step, total)))
+                outputs = graph.step(batch, *self.step_inputs(state.step, total))
                 state.step += 1
                 progress.update(1)
                 if state.step % self.settings.log_every == 0 or state.step == total:
@@ -178,7 +186,20 @@ class Trainer:
                 elif self._checkpoint_due(state.step):
                     self._save_train_state(graph, state)
         progress.close()
+        self.events.close()
         return state
+
+    def _schedule_values(self, step: int, total: int) -> Dict[str, float]:
+        """The step module's scheduled loss-weight factors at `step` ({} when nothing is scheduled)."""
+        values = getattr(self.step_module, "schedule_values", None)
+        return values(step, total) if values else {}
+
+    def _scheduled_features(self, batch: Dict[str, flow.Tensor], values: Dict[str, float]) -> Dict[str, flow.Tensor]:
+        """Each value as a batch feature holding it in every row: a graph input that follows the batch through
+        micro-batches and processes (a Python float in the graph would be frozen when it compiles)."""
+        rows = batch["input_mask"].shape[0] // self.placement.world_size
+        return self.placement.batch({name: flow.tensor(np.full(rows, value, np.float32))
+                                     for name, value in values.items()})
 
     def _stream(self, data: OFRecordDataset, train: Split, steps_per_epoch: int) -> TrainStream:
         """The run's batches: regrouped by length and cut (--length_buckets auto; eager steps to each batch's
@@ -219,14 +240,18 @@ class Trainer:
         losses = {k: round(float(v.numpy().mean()), 6) for k, v in outputs.items() if k == "loss" or k.endswith("_loss")}
         warmup = warmup_steps(total, self.settings.warmup_proportion)
         lr = self.settings.learning_rate * warmup_linear_factor(state.step - 1, total, warmup)
+        extra = {k: float(v.numpy().mean()) for k, v in outputs.items() if k.startswith("temperature_")}
+        extra.update({f"weight_{k[len(SCHEDULE_PREFIX):-len('_loss')]}": v
+                      for k, v in self._schedule_values(state.step - 1, total).items()})
+        self.events.scalars("train", {**losses, "learning_rate": lr, **extra}, state.step)
         if not all(np.isfinite(v) for v in losses.values()):
             raise UsageError(f"training diverged: non-finite loss at step {state.step} ({losses}); lower "
                              f"--learning_rate (now {self.settings.learning_rate}) or check the data")
-        state.losses.append({"step": state.step, **losses})
+        state.losses.append({"step": state.step, **losses, **extra})
         now, (then, then_step) = time.perf_counter(), self._last_log
         self._last_log = (now, state.step)
         progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
-        log.info("step %d/%d lr %.3e %s %.1f examples/s", state.step, total, lr, json.dumps(losses),
+        log.info("step %d/%d lr %.3e %s %.1f examples/s", state.step, total, lr, json.dumps({**losses, **extra}),
                  (state.step - then_step) * self.settings.batch_size * self.placement.world_size / (now - then))
 
     def _end_of_epoch(self, graph: Union[TrainGraphs, EagerStep], evaluator: Evaluator, state: RunState, epoch: int, total: int) -> None:
@@ -238,6 +263,7 @@ class Trainer:
         seconds, self._epoch_start = round(now - self._epoch_start, 1), now
         state.history.append({"epoch": epoch, "step": state.step, "metrics": metrics, "saved": improved,
                               "seconds": seconds})
+        self.events.scalars("dev", metrics, state.step)
         log.info("epoch %d (step %d/%d, %.1f s) dev %s%s", epoch, state.step, total, seconds,
                  json.dumps({k: round(v, 4) for k, v in metrics.items()}), " — new best, saved" if improved else "")
         if improved:
