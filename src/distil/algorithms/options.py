@@ -179,10 +179,11 @@ class RecipeOptions(BertStudentOptions):
                                           "(RECIPE; see recipes/)", parse=Path)
 
     def check(self) -> None:
-        if self.recipe is not None:
-            from distil.algorithms.recipe import read_recipe
+        if self.recipe is None:
+            raise UsageError("--algorithm recipe needs --recipe FILE.toml (RECIPE): see recipes/")
+        from distil.algorithms.recipe import read_recipe
 
-            read_recipe(self.recipe)
+        read_recipe(self.recipe)
 
 
 OPTIONS: Dict[str, Type[Options]] = {"teacher": TeacherOptions, "kd": KDOptions, "distilled_lstm": LstmOptions,

@@ -288,8 +288,6 @@ class Recipe(Algorithm):
     task_settings = table({})
 
     def file(self, options: RecipeOptions) -> RecipeFile:
-        if options.recipe is None:
-            raise UsageError("--algorithm recipe needs --recipe FILE.toml (RECIPE); see recipes/")
         return read_recipe(options.recipe)
 
     def stages(self, run: RunConfig) -> List[Stage]:
@@ -311,7 +309,7 @@ class Recipe(Algorithm):
 
     def data_suffix(self, options: RecipeOptions) -> str:
         """A BiLSTM student reads <TASK>_lstm_<seq_length> (with the teacher's BERT view of each example)."""
-        if options.recipe is None or student_kind(read_recipe(options.recipe)) != "bilstm":
+        if student_kind(read_recipe(options.recipe)) != "bilstm":
             return ""
         return f"_lstm_{read_recipe(options.recipe).data['student'].get('seq_length', LSTM_DEFAULTS['seq_length'])}"
 
