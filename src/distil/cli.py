@@ -100,6 +100,31 @@ def _run_glue_process(args: argparse.Namespace) -> Dict:
     return summary
 
 
+def _add_pregenerate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pregenerate", help="pack raw text into OFRecord train/dev splits for general distillation "
+                                           "(original pregenerate_training_data.py)")
+    p.add_argument("--corpus", type=Path, required=True,
+                   help="UTF-8 text: one sentence per line, a blank line between documents")
+    p.add_argument("--vocab_file", type=Path, default=None,
+                   help="the teacher's WordPiece vocab (default: the bert-base-uncased vocab shipped with distil)")
+    p.add_argument("--output_dir", type=Path, default=Path("data/pretrain_ofrecord"), help="gets train/ and dev/")
+    p.add_argument("--max_seq_length", type=int, default=128, help="positions per sequence, [CLS] and [SEP] included")
+    p.add_argument("--do_lower_case", type=str2bool, default=True, help="lower-case and strip accents")
+    p.add_argument("--dev_fraction", type=float, default=0.01,
+                   help="share of the documents, the last ones, written to dev/ (at least one of two or more; "
+                        "0: no dev split)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --output_dir")
+    p.set_defaults(run=_run_pregenerate)
+
+
+def _run_pregenerate(args: argparse.Namespace) -> Dict:
+    from distil.data.convert import DEFAULT_VOCAB
+    from distil.data.pregenerate import pregenerate
+
+    return pregenerate(args.corpus, args.vocab_file or DEFAULT_VOCAB, args.output_dir, args.max_seq_length,
+                       args.do_lower_case, args.dev_fraction, overwrite=args.overwrite)
+
+
 def _add_settings(p: argparse.ArgumentParser) -> None:
     """One flag per TrainSettings field (typed from its default), plus the original's spellings."""
     from distil.train.settings import ALIASES, TrainSettings
@@ -458,7 +483,7 @@ def _run_init_bert(args: argparse.Namespace) -> Dict:
 COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
     _add_download, _add_glue_process, _add_make_demo_data, _add_convert_hf, _add_init_bert, _add_train,
     _add_pkd_student, _add_eval, _add_predict, _add_export_onnx, _add_serve, _add_serve_for_online, _add_report,
-    _add_augment]
+    _add_augment, _add_pregenerate]
 
 
 def build_parser() -> argparse.ArgumentParser:
