@@ -138,7 +138,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
         kind = str2bool if isinstance(field.default, bool) else type(field.default)
         group.add_argument(*flags, dest=field.name, type=kind, default=None if from_table else
                            field.default, help="default: the algorithm's per-task table" if from_table else
-                           f"default {field.default}")
+                           f"default {field.default}" if field.default != "" else "default: none")
 
 
 def _device(name: str, fp16: bool = False) -> str:
