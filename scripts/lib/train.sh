@@ -17,5 +17,5 @@ add_env_flags EPOCH:epochs LEARNING_RATE:learning_rate WEIGHT_DECAY:weight_decay
               NUM_NODES:nnodes NODE_RANK:node_rank NODE_IPS:node_ips MASTER_PORT:master_port USE_FP16:use_fp16 \
               TEACHER_CACHE:teacher_cache EXPORT_ONNX:export_onnx MAX_RESTARTS:max_restarts \
               CHECKPOINT_EVERY:checkpoint_every CHECKPOINT_MINUTES:checkpoint_minutes LENGTH_BUCKETS:length_buckets \
-              RECIPE:recipe TENSORBOARD_DIR:tensorboard
+              RECIPE:recipe TENSORBOARD_DIR:tensorboard LAYER_MAP:layer_map
 exec python -m distil train "${ARGS[@]}" "$@"

@@ -213,11 +213,11 @@ def _algorithm_options(algorithm, args: argparse.Namespace, task):
 
 def _run_train(args: argparse.Namespace) -> Dict:
     from distil.algorithms import get_algorithm
-    from distil.data.tasks import get_task
     from distil.train.run import RunConfig, train_algorithm
     from distil.train.settings import TrainSettings
 
-    algorithm, task = get_algorithm(args.algorithm), get_task(args.task)
+    algorithm = get_algorithm(args.algorithm)
+    task = algorithm.task(args.task)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     if any(values[k] is None for k in TABLE_SETTINGS):
         values.update({k: v for k, v in zip(TABLE_SETTINGS, algorithm.defaults(task)) if values[k] is None})

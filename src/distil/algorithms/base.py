@@ -6,12 +6,12 @@ the same way for all of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from distil.algorithms.options import Options
-from distil.data.tasks import TASKS, TaskSpec
+from distil.data.tasks import TASKS, TaskSpec, get_task
 from distil.errors import UsageError
-from distil.train.run import Built, RunConfig, Stage
+from distil.train.run import Built, RunConfig, Stage, data_dirs
 from distil.train.settings import TrainSettings
 
 __all__ = ["Algorithm", "Built", "RunConfig", "Stage", "format_lr", "format_number", "table"]
@@ -49,6 +49,18 @@ class Algorithm:
 
     def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
         raise NotImplementedError
+
+    def task(self, name: str) -> TaskSpec:
+        """The task trained: the GLUE task named (general distillation has its own)."""
+        return get_task(name)
+
+    def data(self, run: RunConfig, task: TaskSpec) -> Tuple[Path, Dict[str, Path]]:
+        """(train split, {eval split name: dir}): <data_root>/<TASK><data_suffix>/ by default."""
+        return data_dirs(run.data_root, task, self.data_suffix(run.options), self.train_split(run.options))
+
+    def evaluator(self, built: Built, split, settings: TrainSettings, placement) -> Optional[Any]:
+        """What scores a stage on its dev split each epoch; None: the task's metrics on the model's logits."""
+        return None
 
     def stages(self, run: RunConfig) -> List[Stage]:
         """One stage by default; TinyBERT two-stage and Theseus chain two, the first in a nested directory."""

@@ -46,9 +46,9 @@ def parse_layer_list(text: str, teacher_layers: int, flag: str = "--layer_list")
     return layers
 
 
-def parse_layer_map(text: str) -> Union[str, List[int]]:
+def parse_layer_map(text: str, flag: str = "--pkd_layer_map") -> Union[str, List[int]]:
     """'uniform', 'last', or a comma list of teacher indices (0 = embeddings) for student 0..L."""
-    return text if text in ("uniform", "last") else parse_layer_list(text, 10**6, "--pkd_layer_map")
+    return text if text in ("uniform", "last") else parse_layer_list(text, 10**6, flag)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +186,19 @@ class RecipeOptions(BertStudentOptions):
         read_recipe(self.recipe)
 
 
+@dataclasses.dataclass(frozen=True)
+class GeneralOptions(BertStudentOptions):
+    """General distillation: `teacher_model` is a pretrained (not fine-tuned) BERT, a model dir or an HF folder."""
+
+    layer_map: str = option("uniform", "general_tinybert: student layer i -> teacher layer: uniform (i·L_t/L_s, "
+                                       "the layer counts dividing), last, or L+1 comma-separated teacher indices, "
+                                       "0 = embeddings")
+
+    def check(self) -> None:
+        parse_layer_map(self.layer_map, "--layer_map")
+
+
 OPTIONS: Dict[str, Type[Options]] = {"teacher": TeacherOptions, "kd": KDOptions, "distilled_lstm": LstmOptions,
                                      "bert_pkd": PKDOptions, "tinybert": TinyBertOptions, "theseus": TheseusOptions,
-                                     "recipe": RecipeOptions}
+                                     "recipe": RecipeOptions, "general_tinybert": GeneralOptions,
+                                     "general_minilm": GeneralOptions}

@@ -54,6 +54,26 @@ def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any], 
     return TeacherEnsemble([teacher for teacher, _ in loaded], weights, paths), loaded[0][1]
 
 
+def load_pretrained_teacher(path: Path, meta: Dict[str, Any]) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+    """A pretrained (not fine-tuned) BERT teacher for general distillation, frozen and in eval mode: a model dir
+    or a Hugging Face folder whose vocabulary is the data's; its head, never read, stays as initialised."""
+    pretrained = io.read_pretrained(path)
+    check_vocab(pretrained.vocab_file, meta, f"the teacher {path}")
+    if pretrained.config.get("model_type", "bert") != "bert":
+        raise UsageError(f"--teacher_model {path} is not a BERT model")
+    config = {**pretrained.config, "num_labels": pretrained.config.get("num_labels") or 2}
+    rng = flow.get_rng_state()  # (its random head must not move the student's seed)
+    try:
+        teacher = io.build_model(config)
+    finally:
+        flow.set_rng_state(rng)
+    skip = io.absent_parts(pretrained.state, ("bert.pooler.", "classifier."))
+    io.load_state(teacher, pretrained.state, str(path), skip)
+    for parameter in teacher.parameters():
+        parameter.requires_grad = False
+    return teacher.eval(), config
+
+
 def _load_one_teacher(path: Path, task: TaskSpec, meta: Dict[str, Any], vocab_meta_key: str
                       ) -> Tuple[flow.nn.Module, Dict[str, Any]]:
     config = io.read_config(path)

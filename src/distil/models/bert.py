@@ -126,6 +126,13 @@ class BertSelfAttention(nn.Module):
         batch, seq = context.shape[0], context.shape[1]
         return context.reshape(batch, seq, self.num_heads * self.head_size), scores
 
+    def relations(self, hidden: flow.Tensor, additive_mask: flow.Tensor) -> Dict[str, flow.Tensor]:
+        """What MiniLM distils of this layer: its pre-softmax scores (B, h, S, S) and its queries, keys and
+        values (B, S, H), without computing the context."""
+        q, k, v = self.query(hidden), self.key(hidden), self.value(hidden)
+        scores = flow.matmul(self._heads(q), self._heads(k).permute(0, 1, 3, 2)) * (1.0 / math.sqrt(self.head_size))
+        return {"attention_scores": scores + additive_mask, "queries": q, "keys": k, "values": v}
+
 
 class BertSelfOutput(nn.Module):
     """dense -> dropout -> residual -> LayerNorm; also the FFN output block (`BertOutput`)."""
@@ -230,6 +237,16 @@ class BertModel(nn.Module):
             attention_scores.append(scores)
         return self.pooler(hidden), hidden_states, attention_scores
 
+    def last_attention(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor
+                       ) -> Dict[str, flow.Tensor]:
+        """The last layer's self-attention relations (`BertSelfAttention.relations`); its feed-forward never runs."""
+        additive_mask = additive_attention_mask(input_mask)
+        hidden = self.embeddings(input_ids, segment_ids)
+        layers = list(self.encoder.layer)
+        for layer in layers[:-1]:
+            hidden, _ = layer(hidden, additive_mask)
+        return layers[-1].attention.self.relations(hidden, additive_mask)
+
     def pooled(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor) -> flow.Tensor:
         """The pooled [CLS] state alone: the last layer computes only the [CLS] row after its keys and values,
         the one row the pooler reads (for 4 layers, about a fifth of the work)."""
@@ -270,6 +287,10 @@ class BertForSequenceClassification(nn.Module):
         pooled, hidden_states, attention_scores = self.bert(input_ids, segment_ids, input_mask)
         logits = self.classifier(self.dropout(pooled))
         return {"logits": logits, "hidden_states": hidden_states, "attention_scores": attention_scores}
+
+    def last_attention(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor
+                       ) -> Dict[str, flow.Tensor]:
+        return self.bert.last_attention(input_ids, segment_ids, input_mask)
 
     def logits(self, input_ids: flow.Tensor, segment_ids: flow.Tensor, input_mask: flow.Tensor) -> flow.Tensor:
         """forward's logits, computing only what they need (inference: evaluation, predict, ONNX)."""

@@ -225,8 +225,10 @@ def read_pretrained(path: PathLike) -> Pretrained:
         config = read_config(path)
         if not (path / WEIGHTS_DIR).is_dir():
             raise UsageError(f"{path}: no {WEIGHTS_DIR}/ folder (the model was never saved)")
-        return Pretrained(config["model"], flow.load(str(path / WEIGHTS_DIR)), path / VOCAB_FILE,
-                          (config.get("task") or {}).get("name"))
+        state = dict(flow.load(str(path / WEIGHTS_DIR)))
+        projection = {k[len(PROJECTION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PROJECTION_PREFIX)}
+        return Pretrained(config["model"], state, path / VOCAB_FILE, (config.get("task") or {}).get("name"),
+                          projection)
     model_config, state, _ = read_hf(path)
     projection = {k[len(PROJECTION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PROJECTION_PREFIX)}
     return Pretrained(model_config, state, path / VOCAB_FILE, projection=projection)

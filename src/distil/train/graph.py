@@ -331,3 +331,35 @@ class Evaluator:
                   "examples_per_second": timed_examples / timed_seconds if timed_examples and timed_seconds else
                   self.num_examples / (marks[-1] - start)}
         return compute_metrics(self.metrics, outputs["logits"], outputs["labels"]), outputs, timing
+
+
+class LossEvaluator:
+    """The step module's summed loss terms on a held-out split, for stages without labels to score (general
+    distillation): `dev_loss`, the mean over the split's examples of their batch's loss, computed eagerly without
+    dropout or gradients. Same interface as Evaluator."""
+
+    def __init__(self, step_module: flow.nn.Module, split: SplitLike, batch_size: int, placement: Placement):
+        self.step_module, self.placement = step_module, placement
+        self.model = step_module.student  # (the one module dropout is turned off for; a teacher is always off)
+        self.split, self.batch_size = as_split(split), batch_size
+
+    @property
+    def num_examples(self) -> int:
+        return self.split.num_examples
+
+    @staticmethod
+    def _losses(step_module: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        rows = batch["input_mask"].shape[0]
+        return {"loss": _sum_losses(step_module(batch)).reshape(1).repeat(rows)}
+
+    def run(self) -> Tuple[Dict[str, float], Dict[str, np.ndarray], Dict[str, float]]:
+        was_training = self.model.training
+        self.model.eval()
+        start = time.perf_counter()
+        data = OFRecordDataset(self.split, self.batch_size, features=MODEL_INPUTS, placement=self.placement)
+        outputs = SplitPass(self._losses, self.step_module, data, self.placement).run()  # the same batches each time
+        self.model.train(was_training)
+        seconds = time.perf_counter() - start
+        return ({"dev_loss": float(outputs["loss"].mean())}, outputs,
+                {"seconds": seconds, "examples_per_second": self.num_examples / max(seconds, 1e-9)})
+

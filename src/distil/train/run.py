@@ -152,7 +152,7 @@ def train_algorithm(algorithm, run: RunConfig) -> Dict[str, Any]:
 
 def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) -> Dict[str, Any]:
     """Train one stage. `clear`: remove the run's model directory once the inputs have been checked."""
-    task = get_task(run.task)
+    task = algorithm.task(run.task)
     model_dir, result_dir = stage.model_dir, run.result_dir if stage.final else None
     if result_dir is not None:
         result_dir.mkdir(parents=True, exist_ok=True)  # fail now, not after training
@@ -168,7 +168,7 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
                                   fp16=run.settings.use_fp16)
     placement = Placement(run.device, fp16=stage.settings.use_fp16)
     suffix = algorithm.data_suffix(run.options)
-    train_dir, eval_dirs = data_dirs(run.data_root, task, suffix, algorithm.train_split(run.options))
+    train_dir, eval_dirs = algorithm.data(run, task)
     train = open_split(train_dir)  # bad data must fail before anything is written
     eval_splits = {name: open_split(path) for name, path in eval_dirs.items()}
     train_meta = train.meta
@@ -196,8 +196,9 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
     crash.note_run(run.model_save_dir, model_dir)  # where crash.log goes, and the train_state/ a restart resumes
     # a resume must not change them (the options, a global batch, a data order)
     extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size}
+    evaluator = algorithm.evaluator(built, eval_splits["eval"], stage.settings, placement)
     trainer = Trainer(built.model, built.step_module, stage.settings, train, eval_splits, task.metrics,
-                      model_dir, placement, built.step_inputs, extra_state, built.eager)
+                      model_dir, placement, built.step_inputs, extra_state, built.eager, evaluator)
     state = trainer.fit()
     results = {"task": task.name, "algorithm": algorithm.name, "model_id": run.model_save_dir.name,
                "best_epoch": state.best_epoch, **trainer.evaluate_best()}

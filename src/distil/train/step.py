@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
-from distil.ops import att_distill, hard_label_loss, layer_distill, pkd_patient_loss, pred_distill, zoo
+from distil.ops import att_distill, general, hard_label_loss, layer_distill, pkd_patient_loss, pred_distill, zoo
 from distil.ops.distill import TEMPERATURE_SCHEDULES, LayerMap, dynamic_temperature
 from distil.runtime import import_oneflow
 from distil.train.schedules import WEIGHT_SCHEDULES, weight_factor
@@ -25,10 +25,12 @@ flow = import_oneflow()
 READS = {"hard_label": "logits", "pred_distill": "logits", "layer_distill": "hidden_states",
          "pkd_patient": "hidden_states", "hidden_cos": "hidden_states", "nst": "hidden_states",
          "mmd": "hidden_states", "gram": "hidden_states", "fsp": "hidden_states", "att_distill": "attention_scores",
-         "att_ce": "attention_scores"}
+         "att_ce": "attention_scores", "attention_transfer": "last_attention", "value_relation": "last_attention",
+         "query_relation": "last_attention", "key_relation": "last_attention"}
 OPERATORS = tuple(READS)
 MASKED_HIDDEN = {"layer_distill": layer_distill, "hidden_cos": zoo.hidden_cos, "nst": zoo.nst, "mmd": zoo.nst,
                  "gram": zoo.gram}  # (student reps, teacher reps, layer map, input mask)
+RELATIONS = {"query_relation": "queries", "key_relation": "keys", "value_relation": "values"}
 SCHEDULE_PREFIX = "schedule_"  # batch features holding a scheduled weight's factor for this step
 TEACHER_FREE = ("hard_label",)  # the operators that read no teacher output
 PER_EXAMPLE = {"pred_distill": "logits"}  # operators whose teacher input is one small vector per example
@@ -141,8 +143,15 @@ class DistillStep(flow.nn.Module):
         self.cached = tuple(outputs)
 
     def outputs(self, model: flow.nn.Module, inputs: Tuple[flow.Tensor, ...]) -> Dict[str, flow.Tensor]:
-        """What the terms read of a model: all of its outputs, or only its logits (computed alone)."""
-        return {"logits": model.logits(*inputs)} if self.logits_only else model(*inputs)
+        """What the terms read of a model: all of its outputs, or only its logits (computed alone), and the last
+        layer's attention relations when a MiniLM term reads them (computed alone when nothing else is read)."""
+        if self.logits_only:
+            return {"logits": model.logits(*inputs)}
+        reads = {READS[term.operator] for term in self.terms}
+        outputs = dict(model(*inputs)) if reads - {"last_attention"} else {}
+        if "last_attention" in reads:
+            outputs["last_attention"] = model.last_attention(*inputs)
+        return outputs
 
     def forward(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
         student = self.outputs(self.student, model_inputs(batch))
@@ -183,6 +192,13 @@ class DistillStep(flow.nn.Module):
             return att_distill(student["attention_scores"], teacher["attention_scores"], term.mapping, mask)
         if term.operator == "att_ce":
             return zoo.att_ce(student["attention_scores"], teacher["attention_scores"], term.mapping, mask)
+        if term.operator == "attention_transfer":
+            return general.attention_transfer(student["last_attention"]["attention_scores"],
+                                              teacher["last_attention"]["attention_scores"], mask)
+        if term.operator in RELATIONS:  # MiniLM(v2): relation heads = the student's attention heads
+            part = RELATIONS[term.operator]
+            return general.self_relation(student["last_attention"][part], teacher["last_attention"][part],
+                                         self.student.config.num_attention_heads, mask)
         reps = student["hidden_states"]
         if term.project and self.fit_dense is not None:
             reps = [self.fit_dense(h) for h in reps]

@@ -122,7 +122,7 @@ class Trainer:
     def __init__(self, model: flow.nn.Module, step_module: flow.nn.Module, settings: TrainSettings,
                  train_split: SplitLike, eval_splits: Dict[str, SplitLike], metrics: Tuple[str, ...], model_dir: Path,
                  device: Union[str, Placement] = "cpu", step_inputs: Optional[StepInputs] = None, extra_state: Optional[Dict] = None,
-                 eager: bool = False):
+                 eager: bool = False, evaluator=None):
         self.model, self.step_module, self.settings = model, step_module, settings
         self.train_split = as_split(train_split)
         self.eval_splits: Dict[str, Split] = {name: as_split(split) for name, split in eval_splits.items()}
@@ -133,7 +133,7 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.main_metric = metrics[0]
         self.eager = eager
-        self.evaluator: Optional[Evaluator] = None  # fit's, which evaluate_best reuses
+        self.evaluator = evaluator  # fit's (by default an Evaluator of the task's metrics), which evaluate_best reuses
 
     # ------------------------------------------------------------ the loop
 
@@ -162,9 +162,9 @@ class Trainer:
             log.info("resuming %s from step %d of %d (the data order goes on where it stopped: skipping the %d "
                      "batches read so far)", self.model_dir, state.step, total, state.step)
             batches.skip(state.step)
-        evaluator = self.evaluator = Evaluator(self.model, self.eval_splits["eval"], self.metrics,
-                                               self.settings.eval_batch_size, self.placement,
-                                               self.settings.length_buckets)
+        evaluator = self.evaluator = self.evaluator or Evaluator(self.model, self.eval_splits["eval"], self.metrics,
+                                                                 self.settings.eval_batch_size, self.placement,
+                                                                 self.settings.length_buckets)
         self.model.train()
         progress = tqdm(total=total, initial=state.step, desc=f"train {self.model_dir.name}", unit="step",
                         dynamic_ncols=True, disable=None if self.placement.writer else True)
