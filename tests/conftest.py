@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import pytest
@@ -17,6 +18,12 @@ from _exit_status import pytest_sessionfinish, pytest_unconfigure  # noqa: F401 
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# Every process the tests start with this PYTHONPATH (run() below, the bash scripts; tests that set PYTHONPATH
+# themselves add STARTUP) loads tests/startup/sitecustomize.py: the ranks of a multi-process job then reach
+# OneFlow's bootstrap after its master listens, not 10 s late (see there).
+STARTUP = Path(__file__).resolve().parent / "startup"
+if str(STARTUP) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(STARTUP), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +42,20 @@ def trained_sst2(tmp_path_factory, vocab_file) -> Path:
     root = tmp_path_factory.mktemp("trained_sst2")
     train_tiny_classifier(root, vocab_file, run, PYTHON)
     return root
+
+
+@pytest.fixture(scope="session")
+def script_teacher(tmp_path_factory, vocab_file) -> SimpleNamespace:
+    """A tiny BERT teacher fine-tuned once per session through run_train_teacher.sh on learnable SST-2 (640 train,
+    160 dev), served (SERVE_FOR_ONLINE=True): test_teacher checks that run, test_students distils from it.
+    root: its workspace (root/glue, root/data, root/models); model_dir, model_id; trained: the script's
+    CompletedProcess. Tests must not change model_dir."""
+    from glue_fixtures import SCRIPT_TEACHER_ID, train_teacher_by_script
+
+    root = tmp_path_factory.mktemp("script_teacher")
+    trained = train_teacher_by_script(root, vocab_file, run)
+    return SimpleNamespace(root=root, model_id=SCRIPT_TEACHER_ID, trained=trained,
+                           model_dir=root / "models" / "finetuned_teacher" / SCRIPT_TEACHER_ID)
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,30 @@ def train_tiny_classifier(root: Path, vocab_file: Path, run, python: str) -> Pat
     return root / "model"
 
 
+# The teacher that `script_teacher` (conftest.py) fine-tunes through run_train_teacher.sh, and the id it gets
+SCRIPT_TEACHER_ENV = {"EPOCH": "5", "LEARNING_RATE": "2e-3", "BATCH_SIZE": "16", "SERVE_FOR_ONLINE": "True"}
+SCRIPT_TEACHER_ID = "SST-2_epoch-5_lr-2e-3_wd-0.0001"
+
+
+def train_teacher_by_script(root: Path, vocab_file: Path, run):
+    """Learnable SST-2 (640 train, 160 dev) as BERT data (seq 32) and BiLSTM data (seq 12: its sentences have at
+    most 10 words) in `root`/data, a tiny random "pretrained" BERT in `root`/pretrained, and a teacher fine-tuned
+    from it by `bash scripts/run_train_teacher.sh SST-2 --log_every 10` with SCRIPT_TEACHER_ENV into
+    `root`/models/finetuned_teacher/SCRIPT_TEACHER_ID. Returns the script's CompletedProcess (`run` is
+    conftest's); whoever uses it checks it."""
+    from distil.data.convert import ConvertConfig, convert_task
+    from distil.models import io
+
+    write_learnable_sst2(root / "glue", 640, 160)
+    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
+                                        lstm_seq_length=12, workers=1))
+    io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
+    env = {**SCRIPT_TEACHER_ENV, "PRETRAINED_MODEL": str(root / "pretrained"), "DATA_ROOT": str(root / "data"),
+           "MODELS_ROOT": str(root / "models")}
+    return run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "run_train_teacher.sh"), "SST-2",
+                "--log_every", "10"], env=env)
+
+
 def write_random_classifier(model_dir: Path, task_name: str, vocab_file: Path, sizes: Dict[str, int]) -> Path:
     """A random BERT model directory for `task_name` at seq 32 whose outputs differ from example to example (its
     classifier weights scaled by 30), as predict and serve tests compare them."""

@@ -132,6 +132,7 @@ def test_two_nodes_of_one_process_each_train_what_one_node_of_two_processes_trai
 
     port, out, other = free_port(), tmp_path / "two_nodes", second_local_address()
     node_ips = {0: f"127.0.0.1,{other}", 1: f"{other},127.0.0.1"}  # the master first, as each node reaches it
+    # (without tests/startup: node 1 must get through OneFlow's own wait for a master that is not there yet)
     env = dict(os.environ, PYTHONPATH=str(conftest.ROOT / "src"))
     nodes = []
     for node in (1, 0):  # the master last: the other node must wait for it
@@ -202,7 +203,7 @@ def test_evaluation_on_length_buckets_gives_the_full_length_logits_in_file_order
 
     (tmp_path / "evaluate.py").write_text(EVALUATE_BOTH_WAYS)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(PYTHONPATH=str(conftest.ROOT / "src"), OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=f"{conftest.STARTUP}:{conftest.ROOT / 'src'}", OMP_NUM_THREADS="1")
     arguments = [str(tmp_path / "evaluate.py"), str(two_processes[0]), str(ws / "data" / "SST-2" / "eval")]
     for name, launcher in (("one", []), ("two", ["-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
                                                  "--master_port", str(free_port())])):
@@ -318,7 +319,7 @@ def test_dropout_draws_other_masks_on_each_rank_in_eager_and_graph(tmp_path):
 
     (tmp_path / "dropout_ranks.py").write_text(DROPOUT_ON_TWO_RANKS)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(PYTHONPATH=str(conftest.ROOT / "src"), OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=f"{conftest.STARTUP}:{conftest.ROOT / 'src'}", OMP_NUM_THREADS="1")
     import subprocess
 
     done = subprocess.run([PYTHON, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",

@@ -257,7 +257,7 @@ def test_two_processes_step_through_the_same_bucket_lengths_and_see_every_exampl
     split_dir = write_split(tmp_path / "train", lengths)
     (tmp_path / "two_ranks.py").write_text(TWO_RANKS)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(PYTHONPATH=str(conftest.ROOT / "src"), OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=f"{conftest.STARTUP}:{conftest.ROOT / 'src'}", OMP_NUM_THREADS="1")
     done = subprocess.run([PYTHON, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
                            str(free_port()), str(tmp_path / "two_ranks.py"), str(split_dir), "6",
                            str(tmp_path / "served")], capture_output=True, text=True, env=env, timeout=300)

@@ -19,7 +19,7 @@ from distil.train.graph import Evaluator
 from distil.train.placement import Placement
 from distil.train.run import RunConfig, train_algorithm
 from distil.train.settings import TrainSettings
-from glue_fixtures import write_learnable_sst2, write_task
+from glue_fixtures import write_task
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
         "max_position_embeddings": 64}
@@ -27,38 +27,34 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "in
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, vocab_file):
-    """A tiny random "pretrained" BERT and GLUE-shaped data: learnable SST-2, MNLI and STS-B (seq 32)."""
+    """A tiny random "pretrained" BERT and GLUE-shaped data: MNLI and STS-B (seq 32). (Learnable SST-2 and the
+    teacher the scripts fine-tune on it: the session's `script_teacher`.)"""
     root = tmp_path_factory.mktemp("teacher")
     io.init_bert(root / "pretrained", vocab_file, TINY, seed=0)
-    write_learnable_sst2(root / "glue", 640, 160)
     write_task(root / "glue", "MNLI", {"train.tsv": 40, "dev_matched.tsv": 12, "dev_mismatched.tsv": 9})
     write_task(root / "glue", "STS-B", {"train.tsv": 40, "dev.tsv": 11})
-    for task in ("SST-2", "MNLI", "STS-B"):
+    for task in ("MNLI", "STS-B"):
         convert_task(task, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
                                          lstm_seq_length=0, workers=1))
     return root
 
 
-def script_env(root: Path, **extra) -> dict:
-    return {"PRETRAINED_MODEL": str(root / "pretrained"), "DATA_ROOT": str(root / "data"),
-            "MODELS_ROOT": str(root / "models"), "BATCH_SIZE": "16", **extra}
-
-
-def test_tiny_teacher_learns_through_the_scripts_and_eval_reproduces_it(workspace):
-    env = script_env(workspace, EPOCH="4", LEARNING_RATE="1e-3")
-    trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2", "--log_every", "10"], env=env)
+def test_tiny_teacher_learns_through_the_scripts_and_eval_reproduces_it(script_teacher):
+    """The session's teacher: run_train_teacher.sh SST-2 --log_every 10 with EPOCH=5 LEARNING_RATE=2e-3
+    BATCH_SIZE=16 (and SERVE_FOR_ONLINE=True, which the next test checks) on learnable SST-2 (640 train, 160 dev)."""
+    trained, model_id, model_dir = script_teacher.trained, script_teacher.model_id, script_teacher.model_dir
     assert trained.returncode == 0, trained.stderr[-3000:]
-    model_id = "SST-2_epoch-4_lr-1e-3_wd-0.0001"
+    assert model_id == "SST-2_epoch-5_lr-2e-3_wd-0.0001"
     assert f"evaluate it with: bash scripts/run_eval_teacher.sh 0 SST-2 {model_id}" in trained.stderr
     results = json.loads(trained.stdout)
     assert results["accuracy"] >= 0.85, results  # chance is ~0.5 on this balanced dev set
-    model_dir = workspace / "models" / "finetuned_teacher" / model_id
     assert json.loads((model_dir / "results_eval.json").read_text()) == results
     history = json.loads((model_dir / "train_history.json").read_text())["epochs"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert "step 10/" in trained.stderr and "hard_label_loss" in trained.stderr and "examples/s" in trained.stderr
     assert max(h["metrics"]["accuracy"] for h in history) == results["accuracy"]
     assert results["best_epoch"] == max(h["epoch"] for h in history if h["metrics"]["accuracy"] == results["accuracy"])
+    env = {"DATA_ROOT": str(script_teacher.root / "data"), "MODELS_ROOT": str(script_teacher.root / "models")}
     evaluated = run(["bash", str(ROOT / "scripts" / "run_eval_teacher.sh"), "0", "SST-2", model_id], env=env)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
@@ -97,18 +93,16 @@ def test_sts_b_head_is_a_regression(workspace, tmp_path):
                                            rel=1e-5)
 
 
-def test_serve_for_online_keeps_a_loadable_model_with_the_same_metrics(workspace):
-    env = script_env(workspace, EPOCH="1", LEARNING_RATE="1e-3", SERVE_FOR_ONLINE="True",
-                     MODEL_SAVE_DIR=str(workspace / "served"))
-    trained = run(["bash", str(ROOT / "scripts" / "run_train_teacher.sh"), "SST-2"], env=env)
+def test_serve_for_online_keeps_a_loadable_model_with_the_same_metrics(script_teacher):
+    """The session's teacher was trained with SERVE_FOR_ONLINE=True (the previous test checks its training)."""
+    trained, served = script_teacher.trained, script_teacher.model_dir
     assert trained.returncode == 0, trained.stderr[-3000:]
-    served = workspace / "served"
     assert sorted(p.name for p in served.iterdir()) == ["config.json", "results_eval.json", "train_curve.png",
                                                         "train_history.json", "vocab.txt", "weights"]
     import distil
 
     assert distil.load_model(served).classifier.weight.shape == (2, 32)
-    evaluated = run([PYTHON, "-m", "distil", "eval", str(served), "--data_root", str(workspace / "data")])
+    evaluated = run([PYTHON, "-m", "distil", "eval", str(served), "--data_root", str(script_teacher.root / "data")])
     assert evaluated.returncode == 0
     assert json.loads(evaluated.stdout)["accuracy"] == json.loads(trained.stdout)["accuracy"]
 

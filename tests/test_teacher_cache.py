@@ -3,9 +3,11 @@ be wrong (another teacher, other data, another sequence length, damaged or half-
 
 from __future__ import annotations
 
+import io as io_module
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -63,14 +65,53 @@ CACHED = {"kd": {**STUDENT},  # the student's and the BiLSTM's teacher view
           "distilled_lstm": {"lstm_seq_length": 12, "lstm_embedding_size": 16, "lstm_hidden_size": 16, "lstm_fc_size": 16}}
 
 
+@pytest.fixture(scope="module")
+def from_the_cache(ws, tmp_path_factory):
+    """name -> a whole run of that algorithm with --teacher_cache auto, trained once for the module (the KD run
+    serves the equality test and the part-file test): its model directory, losses, weights, what
+    distil.train.teacher_cache logged, and how often each file was hashed (distil.data.dataset.file_sha256)."""
+    from collections import Counter
+
+    from distil.data import dataset
+
+    runs = {}
+
+    def run(name: str) -> SimpleNamespace:
+        if name not in runs:
+            hashed: Counter = Counter()
+            real_sha256 = dataset.file_sha256
+
+            def counting_sha256(path):
+                hashed[Path(path)] += 1
+                return real_sha256(path)
+
+            model_dir = tmp_path_factory.mktemp(f"cached_{name}") / "m"
+            log, logger = io_module.StringIO(), logging.getLogger("distil.train.teacher_cache")
+            handler, level = logging.StreamHandler(log), logger.level
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            try:
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(dataset, "file_sha256", counting_sha256)
+                    losses, weights = trained(ws, name, model_dir, "auto", **CACHED[name])
+            finally:
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+            runs[name] = SimpleNamespace(dir=model_dir, losses=losses, weights=weights, log=log.getvalue(),
+                                         hashed=hashed)
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.parametrize("name", sorted(CACHED))
-def test_training_from_the_cache_equals_training_with_the_teacher(ws, tmp_path, name, caplog):
-    caplog.set_level(logging.INFO, logger="distil.train.teacher_cache")
+def test_training_from_the_cache_equals_training_with_the_teacher(ws, tmp_path, name, from_the_cache):
     plain_losses, plain_weights = trained(ws, name, tmp_path / "plain", "off", **CACHED[name])
     assert not (tmp_path / "plain" / teacher_cache.CACHE_DIR).exists()
-    cached_losses, cached_weights = trained(ws, name, tmp_path / "cached", "auto", **CACHED[name])
-    assert (tmp_path / "cached" / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
-    assert "teacher cache: 100 examples x logits" in caplog.text
+    cached = from_the_cache(name)
+    cached_losses, cached_weights = cached.losses, cached.weights
+    assert (cached.dir / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
+    assert "teacher cache: 100 examples x logits" in cached.log
     assert len(cached_losses) == len(plain_losses) == 14  # (the final stage's)
     for plain, cached in zip(plain_losses, cached_losses):
         assert set(plain) == set(cached)
@@ -81,26 +122,17 @@ def test_training_from_the_cache_equals_training_with_the_teacher(ws, tmp_path, 
         np.testing.assert_allclose(cached_weights[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
-def test_a_run_checks_each_part_file_of_its_splits_once(ws, tmp_path, monkeypatch):
+def test_a_run_checks_each_part_file_of_its_splits_once(ws, from_the_cache):
     """The train and dev splits are opened (meta.json against parts, checksums) once and passed down to the
-    teacher's pass, the training reader and every evaluation; the cache it writes is checked as it is written."""
+    teacher's pass, the training reader and every evaluation; the cache it writes is checked as it is written.
+    (The module's KD run from the cache, which the equality test above compares with the teacher's.)"""
     from collections import Counter
 
-    from distil.data import dataset
-
-    hashed: Counter = Counter()
-
-    def counting_sha256(path):
-        hashed[Path(path)] += 1
-        return real_sha256(path)
-
-    real_sha256 = dataset.file_sha256
-    monkeypatch.setattr(dataset, "file_sha256", counting_sha256)
-    trained(ws, "kd", tmp_path / "m", "auto", **STUDENT)
-    assert (tmp_path / "m" / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
+    run = from_the_cache("kd")
+    assert (run.dir / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
     parts = {ws / "data32" / "SST-2" / split / part["name"]
              for split in ("train", "eval") for part in ofrecord.read_meta(ws / "data32" / "SST-2" / split)["parts"]}
-    assert hashed == Counter(parts)
+    assert run.hashed == Counter(parts)
 
 
 def test_tinybert_caches_only_its_prediction_stage(ws, tmp_path):

@@ -13,6 +13,7 @@ from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 
+import glue_fixtures
 from corpus import english_sentences
 from distil.data.tokenization import BasicTokenizer, FullTokenizer, WordpieceTokenizer, load_vocab
 from distil.errors import UsageError
@@ -111,7 +112,9 @@ def vocab_path() -> Path:
 
 @pytest.fixture(scope="session")
 def corpus() -> list[str]:
-    sentences = english_sentences()
+    # the session's copy (glue_fixtures computes it once for every test's GLUE-shaped rows); the determinism test
+    # below computes it afresh and compares
+    sentences = list(glue_fixtures.english_sentences())
     assert len(sentences) >= MIN_CORPUS_SENTENCES, (
         f"only {len(sentences)} English sentences found on this machine, "
         f"need {MIN_CORPUS_SENTENCES}"
