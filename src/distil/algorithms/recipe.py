@@ -309,9 +309,10 @@ class Recipe(Algorithm):
 
     def data_suffix(self, options: RecipeOptions) -> str:
         """A BiLSTM student reads <TASK>_lstm_<seq_length> (with the teacher's BERT view of each example)."""
-        if student_kind(read_recipe(options.recipe)) != "bilstm":
+        recipe = read_recipe(options.recipe)
+        if student_kind(recipe) != "bilstm":
             return ""
-        return f"_lstm_{read_recipe(options.recipe).data['student'].get('seq_length', LSTM_DEFAULTS['seq_length'])}"
+        return f"_lstm_{recipe.data['student'].get('seq_length', LSTM_DEFAULTS['seq_length'])}"
 
     def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
         from distil.train.step import READS

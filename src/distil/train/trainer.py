@@ -7,6 +7,7 @@ describe the saved best model, and `train_state/` lets an interrupted run contin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -171,7 +172,7 @@ class Trainer:
         self._last_log = (time.perf_counter(), state.step)
         self._last_save = time.perf_counter()
         self.events = EventLog(self.settings.tensorboard, self.model_dir.name, self.placement.writer)
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), contextlib.closing(self.events):  # (a diverged run's events are flushed too)
             while state.step < total:
                 batch = batches()
                 if scheduled:
@@ -186,7 +187,6 @@ class Trainer:
                 elif self._checkpoint_due(state.step):
                     self._save_train_state(graph, state)
         progress.close()
-        self.events.close()
         return state
 
     def _schedule_values(self, step: int, total: int) -> Dict[str, float]:
