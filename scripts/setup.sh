@@ -2,9 +2,10 @@
 # Usage: bash scripts/setup.sh [--test] [-q]
 #
 # Creates the project's virtual environment (.venv, or $DISTIL_VENV) from a Python 3.10
-# interpreter and installs requirements.txt into it; --test also installs the test
-# requirements. Idempotent: a second run with unchanged requirements does nothing.
-# PYTHON310=/path/to/python3.10 picks the interpreter explicitly.
+# interpreter, installs requirements.txt (and the onnx and serve extras' files) into it, then
+# the project itself in editable mode (the `distil` command, `import distil` without PYTHONPATH);
+# --test also installs the test requirements. Idempotent: a second run with unchanged
+# requirements and pyproject.toml does nothing. PYTHON310=/path/to/python3.10 picks the interpreter.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DISTIL_VENV:-$ROOT/.venv}
@@ -14,7 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --test) WITH_TEST=1 ;;
     -q|--quiet) QUIET=1 ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (expected --test, -q or -h)" >&2; exit 2 ;;
   esac
 done
@@ -34,9 +35,15 @@ find_python310() {
   return 1
 }
 
-REQ_FILES=("$ROOT/requirements.txt")
-[ "$WITH_TEST" = 1 ] && REQ_FILES+=("$ROOT/requirements-test.txt" "$ROOT/requirements-test-nodeps.txt")
-WANT=$(cat "${REQ_FILES[@]}" | sha256sum | cut -d' ' -f1)
+RUNTIME_REQS=("$ROOT/requirements.txt" "$ROOT/requirements-onnx.txt" "$ROOT/requirements-serve.txt")
+TEST_REQS=("$ROOT/requirements-test.txt" "$ROOT/requirements-test-nodeps.txt")
+REQ_FILES=("${RUNTIME_REQS[@]}")
+RUNTIME_ARGS=()
+for f in "${RUNTIME_REQS[@]}"; do RUNTIME_ARGS+=(-r "$f"); done
+[ "$WITH_TEST" = 1 ] && REQ_FILES+=("${TEST_REQS[@]}")
+# the stamp: the requirement files, pyproject.toml (the editable install) and the checkout it points at
+stamp_of() { { cat "$@" "$ROOT/pyproject.toml"; echo "$ROOT"; } | sha256sum | cut -d' ' -f1; }
+WANT=$(stamp_of "${REQ_FILES[@]}")
 STAMP="$VENV/.distil-requirements-$WITH_TEST"
 
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
@@ -66,12 +73,15 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 [ "$QUIET" = 1 ] && PIP+=(-q)
 say "installing ${REQ_FILES[*]##*/} (the OneFlow wheel and CUDA libraries are about 2 GB)"
-"${PIP[@]}" install -r "$ROOT/requirements.txt"
+"${PIP[@]}" install "${RUNTIME_ARGS[@]}"
 if [ "$WITH_TEST" = 1 ]; then
   "${PIP[@]}" install -r "$ROOT/requirements-test.txt"
   "${PIP[@]}" install --no-deps -r "$ROOT/requirements-test-nodeps.txt"
 fi
+# the project itself, editable: its dependencies are the files above (pyproject.toml reads them)
+say "installing the project (editable) from $ROOT"
+"${PIP[@]}" install --no-deps -e "$ROOT"
 echo "$WANT" > "$STAMP"
 # a test environment also satisfies the runtime-only requirements
-[ "$WITH_TEST" = 1 ] && sha256sum < "$ROOT/requirements.txt" | cut -d' ' -f1 > "$VENV/.distil-requirements-0"
+[ "$WITH_TEST" = 1 ] && stamp_of "${RUNTIME_REQS[@]}" > "$VENV/.distil-requirements-0"
 say "done: $VENV"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, run
 from distil.data import augment
-from distil.cli import main as cli_main
+from distil.cli import run_command as cli_main
 from distil.data.augment import Augmentor, GloveIndex, MaskedLMPredictor, STOP_WORDS, top_k
 from distil.data.tasks import get_task, read_examples
 from distil.data.tokenization import BasicTokenizer, FullTokenizer

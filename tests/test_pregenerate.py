@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, run
-from distil.cli import main as cli_main
+from distil.cli import run_command as cli_main
 from distil.data import pregenerate as pregen_module
 from distil.data.ofrecord import iter_frames, read_meta
 from distil.data.pregenerate import dev_documents, pack_document, pregenerate

@@ -43,9 +43,13 @@ def test_pytest_status_is_the_verdict_even_if_teardown_crashes(tmp_path, outcome
 
 @pytest.mark.parametrize("argv, status", [(["glue-process", "NOPE"], 2), (["download-glue", "--tasks", "x"], 2),
                                           (["glue-process", "--help"], 0)])
-def test_entry_point_exits_with_the_jobs_status_despite_a_teardown_crash(argv, status):
-    program = f"{CRASH_AT_EXIT}; import runpy, sys; sys.argv = ['distil'] + {argv!r}; " \
-              "runpy.run_module('distil', run_name='__main__')"
+@pytest.mark.parametrize("entry", ["python -m distil", "distil"])
+def test_entry_point_exits_with_the_jobs_status_despite_a_teardown_crash(argv, status, entry):
+    if entry == "distil":  # the console script pip wrote (setup.sh installs the project editable)
+        start = f"runpy.run_path({str(Path(PYTHON).parent / 'distil')!r}, run_name='__main__')"
+    else:
+        start = "runpy.run_module('distil', run_name='__main__')"
+    program = f"{CRASH_AT_EXIT}; import runpy, sys; sys.argv = ['distil'] + {argv!r}; {start}"
     result = run([PYTHON, "-c", program])
     assert result.returncode == status, result.stderr
 

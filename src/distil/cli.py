@@ -1,4 +1,5 @@
-"""The command line: `python -m distil <command> ...`. The only place that parses arguments."""
+"""The command line: `distil <command> ...` (the console script pip installs) or `python -m distil <command> ...`.
+The only place that parses arguments."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NoReturn, Optional
 
 from distil import crash, launch
 from distil.algorithms.options import OPTIONS, str2bool
 from distil.errors import UsageError
 
 log = logging.getLogger("distil")
+
+# Modules of the package's extras (pyproject.toml; requirements-<extra>.txt), imported only by the commands that need them
+EXTRA_OF_MODULE = {"onnx": "onnx", "onnxruntime": "onnx", "onnxsim": "onnx", "oneflow_onnx": "onnx",
+                   "uvicorn": "serve", "starlette": "serve", "prometheus_client": "serve"}
 
 
 def _key_value(text: str) -> tuple:
@@ -487,7 +493,8 @@ COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distil", description=__doc__)
+    prog = "distil" if os.path.basename(sys.argv[0]) == "distil" else "python -m distil"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
@@ -514,7 +521,7 @@ def _train_supervised(args: argparse.Namespace, argv: List[str]) -> int:
     return crash.supervise(attempt, args.max_restarts)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def run_command(argv: Optional[List[str]] = None) -> int:
     """Run one command; print its result (a table as text, anything else as JSON) on stdout; return the exit status."""
     try:
         args = build_parser().parse_args(argv)
@@ -537,9 +544,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     except launch.JobFailed as e:
         log.error("%s", e)
         return 1
+    except ModuleNotFoundError as e:
+        extra = EXTRA_OF_MODULE.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        log.error("%s: this command needs the '%s' extra: pip install 'distil[%s]'", e, extra, extra)
+        return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
     if rank == 0 and result is not None:
         print(result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False))
     return 0
+
+
+def main() -> NoReturn:
+    """The `distil` command and `python -m distil`: run the command line and leave with its status, never a teardown
+    crash's. Fatal signals print every Python thread's stack from here on (OneFlow is not imported yet)."""
+    crash.enable_fault_reports()
+    from distil.runtime import exit_now
+
+    try:
+        status = run_command()
+    except Exception:  # an unexpected error: its traceback, then out at once, because OneFlow's teardown in a
+        traceback.print_exc()  # multi-process job waits for the other ranks, which may never come
+        status = 1
+    crash.report_finished(status)
+    launch.finish_rank(status)
+    exit_now(status)
