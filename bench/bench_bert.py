@@ -12,7 +12,7 @@ import json
 import os
 import statistics
 import time
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def sync(tensor: flow.Tensor) -> None:
     flow._oneflow_internal.eager.Sync()
 
 
-def bench_ops(args) -> Dict:
+def bench_ops(args) -> dict:
     """LayerNorm (stock vs matmul form), GELU and softmax, forward + backward."""
     out = {}
     for hidden in (312, 768):
@@ -48,17 +48,20 @@ def bench_ops(args) -> Dict:
         stock = flow.nn.LayerNorm(hidden, eps=1e-12)
         ours = LayerNorm(hidden, 1e-12)
         for name, layer in (("stock_nn_LayerNorm", stock), ("matmul_LayerNorm", ours)):
-            out[f"{name}_{hidden}_ms"] = 1000 * median_seconds(lambda: (layer(x).sum().backward(), sync(x.grad)),
-                                                               args.warmup, args.repeats)
+            out[f"{name}_{hidden}_ms"] = 1000 * median_seconds(
+                lambda: (layer(x).sum().backward(), sync(x.grad)), args.warmup, args.repeats
+            )
         diff = np.abs(stock(x).numpy() - ours(x).numpy()).max()
         out[f"layernorm_{hidden}_max_abs_diff"] = float(diff)
     y = flow.randn(args.batch, args.seq, 1200, requires_grad=True)
     for name, fn in (("stock_gelu", flow.nn.functional.gelu), ("erf_formula_gelu", gelu)):
-        out[f"{name}_1200_ms"] = 1000 * median_seconds(lambda: (fn(y).sum().backward(), sync(y.grad)),
-                                                       args.warmup, args.repeats)
+        out[f"{name}_1200_ms"] = 1000 * median_seconds(
+            lambda: (fn(y).sum().backward(), sync(y.grad)), args.warmup, args.repeats
+        )
     s = flow.randn(args.batch, 12, args.seq, args.seq, requires_grad=True)
-    out["softmax_scores_ms"] = 1000 * median_seconds(lambda: (flow.softmax(s, dim=-1).sum().backward(),
-                                                              sync(s.grad)), args.warmup, args.repeats)
+    out["softmax_scores_ms"] = 1000 * median_seconds(
+        lambda: (flow.softmax(s, dim=-1).sum().backward(), sync(s.grad)), args.warmup, args.repeats
+    )
     return out
 
 
@@ -66,12 +69,16 @@ def inputs(batch: int, seq: int, vocab: int = 30522):
     rng = np.random.default_rng(0)
     ids = flow.tensor(rng.integers(0, vocab, (batch, seq)), dtype=flow.int32)
     mask = np.ones((batch, seq), np.int32)
-    mask[:, seq * 3 // 4:] = 0
-    return ids, flow.zeros(batch, seq, dtype=flow.int32), flow.tensor(mask), flow.tensor(rng.integers(0, 2, (batch, 1)),
-                                                                                        dtype=flow.int32)
+    mask[:, seq * 3 // 4 :] = 0
+    return (
+        ids,
+        flow.zeros(batch, seq, dtype=flow.int32),
+        flow.tensor(mask),
+        flow.tensor(rng.integers(0, 2, (batch, 1)), dtype=flow.int32),
+    )
 
 
-def bench_layer(args) -> Dict:
+def bench_layer(args) -> dict:
     """One encoder layer, forward + backward, eager."""
     out = {}
     mask = flow.zeros(args.batch, 1, 1, args.seq)
@@ -79,7 +86,8 @@ def bench_layer(args) -> Dict:
         layer = BertLayer(BertConfig(**sizes))
         x = flow.randn(args.batch, args.seq, sizes["hidden_size"], requires_grad=True)
         out[f"layer_{name}_fwd_bwd_s"] = median_seconds(
-            lambda: (layer(x, mask)[0].sum().backward(), sync(x.grad)), args.warmup, args.repeats)
+            lambda: (layer(x, mask)[0].sum().backward(), sync(x.grad)), args.warmup, args.repeats
+        )
     return out
 
 
@@ -105,7 +113,7 @@ class ForwardGraph(flow.nn.Graph):
         return self.model(ids, segments, mask)["logits"]
 
 
-def bench_step(args) -> Dict:
+def bench_step(args) -> dict:
     """A whole 4L-312 training step (AdamW, decay groups, clip 1.0), eager and in nn.Graph."""
     out = {}
     for batch in sorted({args.batch, 8}, reverse=True):
@@ -118,8 +126,9 @@ def bench_step(args) -> Dict:
         start = time.perf_counter()
         sync(graph(ids, segments, mask, labels))
         out[f"step_4L312_batch{batch}_graph_compile_s"] = time.perf_counter() - start
-        out[f"step_4L312_batch{batch}_graph_s"] = median_seconds(lambda: sync(graph(ids, segments, mask, labels)),
-                                                                 args.warmup, args.repeats)
+        out[f"step_4L312_batch{batch}_graph_s"] = median_seconds(
+            lambda: sync(graph(ids, segments, mask, labels)), args.warmup, args.repeats
+        )
 
         model = BertForSequenceClassification(BertConfig(num_hidden_layers=4, **SMALL)).train()
         optimizer, _ = build_optimizer(model.named_parameters(), 1e-4, 0.01, 1000)  # a graph owns the first one
@@ -137,7 +146,7 @@ def bench_step(args) -> Dict:
     return out
 
 
-def bench_forward(args) -> Dict:
+def bench_forward(args) -> dict:
     """Eval-mode inference throughput in nn.Graph: the 4L-312 student and BERT-base."""
     out = {}
     ids, segments, mask, _ = inputs(args.batch, args.seq)
@@ -157,8 +166,13 @@ def main() -> None:
     parser.add_argument("--only", default="ops,layer,step,forward")
     args = parser.parse_args()
     benches = {"ops": bench_ops, "layer": bench_layer, "step": bench_step, "forward": bench_forward}
-    results = {"framework": f"oneflow {flow.__version__}", "cpu_count": os.cpu_count(),
-               "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"), "batch": args.batch, "seq": args.seq}
+    results = {
+        "framework": f"oneflow {flow.__version__}",
+        "cpu_count": os.cpu_count(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "batch": args.batch,
+        "seq": args.seq,
+    }
     for name in args.only.split(","):
         results.update({k: round(v, 4) for k, v in benches[name](args).items()})
     print(json.dumps(results, indent=2))

@@ -28,14 +28,12 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
-
-from real_data import prepare_corpus  # noqa: E402
 
 from distil.data import buckets  # noqa: E402
 from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task  # noqa: E402
@@ -50,6 +48,7 @@ from distil.train.placement import Placement  # noqa: E402
 from distil.train.settings import TrainSettings  # noqa: E402
 from distil.train.step import DistillStep, hard_label, soft_labels  # noqa: E402
 from distil.train.trainer import build_step_runner, seed_everything  # noqa: E402
+from real_data import prepare_corpus  # noqa: E402
 
 flow = import_oneflow()
 MODES = ("off", "auto")
@@ -57,10 +56,18 @@ PARTS = ("train", "eval", "teacher", "predict", "onnx")
 TASK = {"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]}
 
 
-def bert_config(layers: int, hidden: int, ffn: int) -> Dict[str, object]:
+def bert_config(layers: int, hidden: int, ffn: int) -> dict[str, object]:
     vocab = len(DEFAULT_VOCAB.read_text(encoding="utf-8").splitlines())
-    return {**BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=12,
-                         intermediate_size=ffn).to_dict(), "num_labels": 2}
+    return {
+        **BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=12,
+            intermediate_size=ffn,
+        ).to_dict(),
+        "num_labels": 2,
+    }
 
 
 def bert(layers: int, hidden: int, ffn: int) -> flow.nn.Module:
@@ -68,11 +75,11 @@ def bert(layers: int, hidden: int, ffn: int) -> flow.nn.Module:
     return io.build_model(bert_config(layers, hidden, ffn))
 
 
-def side_by_side(rounds: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, object]:
+def side_by_side(rounds: dict[str, Callable[[], int]], repeats: int) -> dict[str, object]:
     """Each mode's round (it returns the examples it handled) alternately, a warm-up then `repeats` timed;
     examples/s of every timed round, medians, and the ratio of the medians."""
-    rates: Dict[str, List[float]] = {mode: [] for mode in rounds}
-    warmup: Dict[str, float] = {}
+    rates: dict[str, list[float]] = {mode: [] for mode in rounds}
+    warmup: dict[str, float] = {}
     for repeat in range(repeats + 1):
         for mode, run in rounds.items():
             start = time.perf_counter()
@@ -83,8 +90,12 @@ def side_by_side(rounds: Dict[str, Callable[[], int]], repeats: int) -> Dict[str
             else:
                 warmup[mode] = round(seconds, 1)
     medians = {mode: statistics.median(values) for mode, values in rates.items()}
-    figures = {"examples_per_s": rates, "median": medians, "warmup_seconds": warmup,
-               "speedup": round(medians["auto"] / medians["off"], 2)}
+    figures = {
+        "examples_per_s": rates,
+        "median": medians,
+        "warmup_seconds": warmup,
+        "speedup": round(medians["auto"] / medians["off"], 2),
+    }
     print(json.dumps(figures), file=sys.stderr, flush=True)  # a part's figures as soon as they are known
     return figures
 
@@ -94,7 +105,7 @@ def convert(glue: Path, out: Path, seq: int) -> Path:
     return out / "SST-2"
 
 
-def train_part(train_dir: Path, work: Path, args: argparse.Namespace) -> Dict[str, object]:
+def train_part(train_dir: Path, work: Path, args: argparse.Namespace) -> dict[str, object]:
     placement = Placement("cpu")
     small_teacher = bert(1, 96, 384).eval()
     rounds, runners = {}, {}
@@ -108,11 +119,18 @@ def train_part(train_dir: Path, work: Path, args: argparse.Namespace) -> Dict[st
         data = OFRecordDataset(cached, settings.batch_size, shuffle=True, seed=settings.seed, placement=placement)
         steps_per_epoch = math.ceil(data.num_examples / settings.batch_size)
         auto = mode == "auto"
-        stream = TrainStream(data, steps_per_epoch, settings.seed, placement, auto,
-                             buckets.boundaries_for(cached.meta, cached.seq_length()) if auto else None)
+        stream = TrainStream(
+            data,
+            steps_per_epoch,
+            settings.seed,
+            placement,
+            auto,
+            buckets.boundaries_for(cached.meta, cached.seq_length()) if auto else None,
+        )
         steps = (args.repeats + 1) * buckets.CHUNK_BATCHES
-        runner = runners[mode] = build_step_runner(step, data.names, settings, steps, placement,
-                                                   lengths=stream.boundaries or [cached.seq_length()])
+        runner = runners[mode] = build_step_runner(
+            step, data.names, settings, steps, placement, lengths=stream.boundaries or [cached.seq_length()]
+        )
         student.train()
         rounds[mode] = chunk_of_steps(runner, stream, settings.batch_size)
     figures = side_by_side(rounds, args.repeats)
@@ -122,15 +140,17 @@ def train_part(train_dir: Path, work: Path, args: argparse.Namespace) -> Dict[st
 
 def chunk_of_steps(runner, stream: TrainStream, batch_size: int) -> Callable[[], int]:
     """A round: one regrouping chunk of training steps, waited for to the end."""
+
     def run() -> int:
         for _ in range(buckets.CHUNK_BATCHES):
             outputs = runner.step(stream())
         outputs["loss"].numpy()
         return buckets.CHUNK_BATCHES * batch_size
+
     return run
 
 
-def eval_part(dev_dir: Path, args: argparse.Namespace) -> Dict[str, object]:
+def eval_part(dev_dir: Path, args: argparse.Namespace) -> dict[str, object]:
     flow.manual_seed(0)
     student = bert(4, 312, 1200)
 
@@ -141,7 +161,7 @@ def eval_part(dev_dir: Path, args: argparse.Namespace) -> Dict[str, object]:
     return side_by_side({mode: evaluation(mode) for mode in MODES}, args.repeats)
 
 
-def teacher_part(teacher_dir: Path, work: Path, args: argparse.Namespace) -> Dict[str, object]:
+def teacher_part(teacher_dir: Path, work: Path, args: argparse.Namespace) -> dict[str, object]:
     placement = Placement("cpu")
     flow.manual_seed(0)
     teacher = bert(12, 768, 3072).eval()
@@ -152,6 +172,7 @@ def teacher_part(teacher_dir: Path, work: Path, args: argparse.Namespace) -> Dic
         def run() -> int:
             teacher_cache.teacher_pass(step, split, ("logits",), placement, 32, work, cut=cut)
             return split.num_examples
+
         return run
 
     return side_by_side({"off": teacher_pass(False), "auto": teacher_pass(True)}, args.teacher_repeats)
@@ -162,27 +183,38 @@ def student_dir(work: Path, seq: int) -> Path:
     flow.manual_seed(0)
     config = bert_config(4, 312, 1200)
     target = work / "student"
-    io.write_new_model_dir(target, io.build_model(config), config, DEFAULT_VOCAB, {"name": "random-init"}, task=TASK,
-                           data={"format": "bert", "folder": "SST-2", "seq_length": seq, "do_lower_case": True})
+    io.write_new_model_dir(
+        target,
+        io.build_model(config),
+        config,
+        DEFAULT_VOCAB,
+        {"name": "random-init"},
+        task=TASK,
+        data={"format": "bert", "folder": "SST-2", "seq_length": seq, "do_lower_case": True},
+    )
     return target
 
 
-def predict_part(model_dir: Path, dev_tsv: Path, work: Path, engine: str, args: argparse.Namespace,
-                 onnx_file: Optional[Path] = None) -> Dict[str, object]:
+def predict_part(
+    model_dir: Path, dev_tsv: Path, work: Path, engine: str, args: argparse.Namespace, onnx_file: Path | None = None
+) -> dict[str, object]:
     examples = len(dev_tsv.read_text(encoding="utf-8").splitlines()) - 1
 
     def run(mode: str) -> Callable[[], int]:
-        return lambda: predict(model_dir, [str(dev_tsv)], work / f"predict-{mode}.jsonl", 32, "cpu", engine,
-                               onnx_file, mode)["examples"]
+        return lambda: predict(
+            model_dir, [str(dev_tsv)], work / f"predict-{mode}.jsonl", 32, "cpu", engine, onnx_file, mode
+        )["examples"]
 
     figures = side_by_side({mode: run(mode) for mode in MODES}, args.repeats)
-    same = [json.loads(a)["label"] == json.loads(b)["label"] for a, b in
-            zip(*((work / f"predict-{mode}.jsonl").read_text().splitlines() for mode in MODES))]
+    same = [
+        json.loads(a)["label"] == json.loads(b)["label"]
+        for a, b in zip(*((work / f"predict-{mode}.jsonl").read_text().splitlines() for mode in MODES))
+    ]
     figures["same_labels"] = f"{sum(same)}/{examples}"
     return figures
 
 
-def onnx_part(model_dir: Path, dev_tsv: Path, work: Path, args: argparse.Namespace) -> Dict[str, object]:
+def onnx_part(model_dir: Path, dev_tsv: Path, work: Path, args: argparse.Namespace) -> dict[str, object]:
     from distil.onnx_export import export_model
     from distil.predict import OnnxEngine
 
@@ -193,21 +225,33 @@ def onnx_part(model_dir: Path, dev_tsv: Path, work: Path, args: argparse.Namespa
     return predict_part(model_dir, dev_tsv, work, "onnxruntime", args, path)
 
 
-def describe(split_dir: Path, seq: int) -> Dict[str, object]:
+def describe(split_dir: Path, seq: int) -> dict[str, object]:
     split = open_split(split_dir)
     meta, lengths = split.meta, split.meta["lengths"]
-    return {"examples": split.num_examples,
-            "mean_length": lengths["mean"], "p90": lengths["p90"], "padding_share_full": lengths["padding_share"],
-            "buckets": buckets.describe(lengths["histogram"], buckets.boundaries_for(meta, seq))}
+    return {
+        "examples": split.num_examples,
+        "mean_length": lengths["mean"],
+        "p90": lengths["p90"],
+        "padding_share_full": lengths["padding_share"],
+        "buckets": buckets.describe(lengths["histogram"], buckets.boundaries_for(meta, seq)),
+    }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", type=Path, default=ROOT / "data" / "real_corpus",
-                   help="the corpus's folder (fetched there once, as bench/real_data.py does)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "data" / "real_corpus",
+        help="the corpus's folder (fetched there once, as bench/real_data.py does)",
+    )
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--train_size", type=int, default=3072,
-                   help="training rows for the train part (a multiple of 32 x 32 keeps rounds on chunk boundaries)")
+    p.add_argument(
+        "--train_size",
+        type=int,
+        default=3072,
+        help="training rows for the train part (a multiple of 32 x 32 keeps rounds on chunk boundaries)",
+    )
     p.add_argument("--dev_size", type=int, default=1000)
     p.add_argument("--teacher_size", type=int, default=384, help="training rows of the teacher's pass")
     p.add_argument("--repeats", type=int, default=3)
@@ -222,10 +266,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     teacher_glue = run_dir / "glue_teacher" / "SST-2"
     teacher_glue.mkdir(parents=True, exist_ok=True)
     lines = (glue / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
-    (teacher_glue / "train.tsv").write_text("".join(lines[:args.teacher_size + 1]), encoding="utf-8")
+    (teacher_glue / "train.tsv").write_text("".join(lines[: args.teacher_size + 1]), encoding="utf-8")
     (teacher_glue / "dev.tsv").write_text((glue / "SST-2" / "dev.tsv").read_text(encoding="utf-8"), encoding="utf-8")
     teacher_data = convert(teacher_glue.parent, run_dir / "data_teacher", args.seq)
-    figures: Dict[str, object] = {}
+    figures: dict[str, object] = {}
     if "train" in parts:
         figures["train"] = train_part(data / "train", run_dir, args)
     if "eval" in parts:
@@ -237,10 +281,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         figures["predict"] = predict_part(model_dir, glue / "SST-2" / "dev.tsv", run_dir, "oneflow", args)
     if "onnx" in parts:
         figures["onnx"] = onnx_part(model_dir, glue / "SST-2" / "dev.tsv", run_dir, args)
-    print(json.dumps({"benchmark": "bench/bench_buckets.py", "started": started, "flags": {
-        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "data": {"train": describe(data / "train", args.seq), "dev": describe(data / "eval", args.seq),
-                 "teacher_rows": describe(teacher_data / "train", args.seq)}, "figures": figures}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench/bench_buckets.py",
+                "started": started,
+                "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "data": {
+                    "train": describe(data / "train", args.seq),
+                    "dev": describe(data / "eval", args.seq),
+                    "teacher_rows": describe(teacher_data / "train", args.seq),
+                },
+                "figures": figures,
+            }
+        )
+    )
     return 0
 
 

@@ -22,15 +22,21 @@ from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task
 
 
 def write_sst2(root: Path, n_train: int, n_dev: int, n_test: int, seed: int = 0) -> None:
-    words = [w for w in DEFAULT_VOCAB.read_text(encoding="utf-8").split("\n")[1000:]
-             if w.isalpha() and not w.startswith("##")]
+    words = [
+        w
+        for w in DEFAULT_VOCAB.read_text(encoding="utf-8").split("\n")[1000:]
+        if w.isalpha() and not w.startswith("##")
+    ]
     rng = random.Random(seed)
     folder = root / "SST-2"
     folder.mkdir(parents=True)
     for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev), ("test.tsv", n_test)):
         sentences = [" ".join(rng.choices(words, k=max(1, int(rng.gammavariate(2.0, 5.0))))) for _ in range(n)]
-        lines = (["index\tsentence"] + [f"{i}\t{s}" for i, s in enumerate(sentences)] if name == "test.tsv" else
-                 ["sentence\tlabel"] + [f"{s} \t{rng.randint(0, 1)}" for s in sentences])
+        lines = (
+            ["index\tsentence"] + [f"{i}\t{s}" for i, s in enumerate(sentences)]
+            if name == "test.tsv"
+            else ["sentence\tlabel"] + [f"{s} \t{rng.randint(0, 1)}" for s in sentences]
+        )
         (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -41,9 +47,12 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1821)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    results = {"question": "GLUE -> OFRecord conversion time, SST-2 sized (BERT 128 + LSTM 32)",
-               "examples": {"train": args.train, "eval": args.dev, "test": args.test}, "cpu_count": os.cpu_count(),
-               "python": platform.python_version()}
+    results = {
+        "question": "GLUE -> OFRecord conversion time, SST-2 sized (BERT 128 + LSTM 32)",
+        "examples": {"train": args.train, "eval": args.dev, "test": args.test},
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         write_sst2(Path(tmp) / "glue", args.train, args.dev, args.test)
         for workers in sorted({1, os.cpu_count() or 1}):
@@ -54,9 +63,11 @@ def main() -> None:
                 convert_task("SST-2", config)
                 times.append(time.perf_counter() - start)
             seconds = statistics.median(times)
-            results[f"workers_{workers}"] = {"median_seconds": round(seconds, 2),
-                                             "examples_per_second": round((args.train + args.dev + args.test) / seconds),
-                                             "runs": [round(t, 2) for t in times]}
+            results[f"workers_{workers}"] = {
+                "median_seconds": round(seconds, 2),
+                "examples_per_second": round((args.train + args.dev + args.test) / seconds),
+                "runs": [round(t, 2) for t in times],
+            }
     print(json.dumps(results, indent=2))
 
 

@@ -39,7 +39,7 @@ import platform
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,8 +59,8 @@ def per_step_masks(sentences: flow.Tensor, ones_row: flow.Tensor) -> flow.Tensor
     """(B, S, T) -> (T, 2, B*S, H): the mask of time s (forward) and T-1-s (backward) for step s."""
     batch, count, steps = sentences.shape
     rows = sentences.reshape(batch * count, steps)
-    both = flow.stack([rows, flow.flip(rows, [1])])                        # (2, B*S, T)
-    return flow.matmul(both.permute(2, 0, 1).unsqueeze(-1), ones_row)     # (T, 2, B*S, 1) x (1, H)
+    both = flow.stack([rows, flow.flip(rows, [1])])  # (2, B*S, T)
+    return flow.matmul(both.permute(2, 0, 1).unsqueeze(-1), ones_row)  # (T, 2, B*S, 1) x (1, H)
 
 
 def shared(module: nn.Module, base: BiLstm) -> None:
@@ -73,8 +73,12 @@ def shared(module: nn.Module, base: BiLstm) -> None:
 def lstm_gates(gates: flow.Tensor, hidden: int):
     """i, f, g, o with flow.tanh; gate order as in distil.models.lstm.BiLstm."""
     sig = flow.sigmoid(gates)
-    return (sig[..., :hidden], sig[..., hidden:2 * hidden], flow.tanh(gates[..., 2 * hidden:3 * hidden]),
-            sig[..., 3 * hidden:])
+    return (
+        sig[..., :hidden],
+        sig[..., hidden : 2 * hidden],
+        flow.tanh(gates[..., 2 * hidden : 3 * hidden]),
+        sig[..., 3 * hidden :],
+    )
 
 
 class Stock(nn.Module):
@@ -93,8 +97,8 @@ class Stock(nn.Module):
 
     def forward(self, x: flow.Tensor, sentences: flow.Tensor) -> flow.Tensor:
         _, (h_n, _) = self.lstm(x)
-        state = flow.cat([h_n[0], h_n[1]], dim=-1)                             # (B, 2H)
-        return flow.stack([state] * sentences.shape[1], dim=1)                 # (B, S, 2H)
+        state = flow.cat([h_n[0], h_n[1]], dim=-1)  # (B, 2H)
+        return flow.stack([state] * sentences.shape[1], dim=1)  # (B, S, 2H)
 
 
 class NaiveCell(nn.Module):
@@ -107,8 +111,8 @@ class NaiveCell(nn.Module):
     def forward(self, x: flow.Tensor, sentences: flow.Tensor) -> flow.Tensor:
         batch, count, steps = sentences.shape
         hidden = self.hidden_size
-        rows = flow.stack([x] * count, dim=1).reshape(batch * count, steps, x.shape[2])   # (B*S, T, E)
-        masks = flow.matmul(sentences.reshape(batch * count, steps, 1), self._ones_row)   # (B*S, T, H)
+        rows = flow.stack([x] * count, dim=1).reshape(batch * count, steps, x.shape[2])  # (B*S, T, E)
+        masks = flow.matmul(sentences.reshape(batch * count, steps, 1), self._ones_row)  # (B*S, T, H)
         finals = []
         for d, order in ((0, range(steps)), (1, reversed(range(steps)))):
             h = c = None
@@ -135,17 +139,18 @@ class FusedMaskedCarry(nn.Module):
     def forward(self, x: flow.Tensor, sentences: flow.Tensor) -> flow.Tensor:
         batch, count, steps = sentences.shape
         hidden, size = self.hidden_size, x.shape[2]
-        projected = flow.matmul(x.reshape(batch * steps, size), self.weight_ih.reshape(8 * hidden, size),
-                                transpose_b=True) + self.bias.reshape(8 * hidden)          # (B*T, 8H)
+        projected = flow.matmul(
+            x.reshape(batch * steps, size), self.weight_ih.reshape(8 * hidden, size), transpose_b=True
+        ) + self.bias.reshape(8 * hidden)  # (B*T, 8H)
         projected = flow.stack([projected.reshape(batch, steps, 8 * hidden)] * count, dim=1)
         projected = projected.reshape(batch * count, steps, 2, 4 * hidden).permute(2, 1, 0, 3)  # (2, T, B*S, 4H)
-        gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)        # (T, 2, B*S, 4H)
-        masks = per_step_masks(sentences, self._ones_row)                                  # (T, 2, B*S, H)
+        gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)  # (T, 2, B*S, 4H)
+        masks = per_step_masks(sentences, self._ones_row)  # (T, 2, B*S, H)
         h = c = None
         for step in range(steps):
             gates = gates_in[step]
             if h is not None:
-                gates = gates + flow.matmul(h, self.weight_hh, transpose_b=True)            # (2, B*S, 4H)
+                gates = gates + flow.matmul(h, self.weight_hh, transpose_b=True)  # (2, B*S, 4H)
             i, f, g, o = lstm_gates(gates, hidden)
             c_new = i * g if c is None else f * c + i * g
             h_new = o * flow.tanh(c_new)
@@ -168,12 +173,13 @@ class FusedResetReadTanh(nn.Module):
         after = flow.nn.functional.pad(sentences, (0, 1))[:, :, 1:]
         first, last = sentences * (1.0 - before), sentences * (1.0 - after)
         keep = flow.stack([1.0 - first.sum(dim=1), flow.flip(1.0 - last.sum(dim=1), [1])])  # (2, B, T)
-        keep = flow.matmul(keep.permute(2, 0, 1).unsqueeze(-1), self._ones_row)              # (T, 2, B, H)
-        read = flow.stack([last, flow.flip(first, [2])])                                      # (2, B, S, T)
-        projected = flow.matmul(x.reshape(batch * steps, size), self.weight_ih.reshape(8 * hidden, size),
-                                transpose_b=True) + self.bias.reshape(8 * hidden)
-        projected = projected.reshape(batch, steps, 2, 4 * hidden).permute(2, 1, 0, 3)      # (2, T, B, 4H)
-        gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)          # (T, 2, B, 4H)
+        keep = flow.matmul(keep.permute(2, 0, 1).unsqueeze(-1), self._ones_row)  # (T, 2, B, H)
+        read = flow.stack([last, flow.flip(first, [2])])  # (2, B, S, T)
+        projected = flow.matmul(
+            x.reshape(batch * steps, size), self.weight_ih.reshape(8 * hidden, size), transpose_b=True
+        ) + self.bias.reshape(8 * hidden)
+        projected = projected.reshape(batch, steps, 2, 4 * hidden).permute(2, 1, 0, 3)  # (2, T, B, 4H)
+        gates_in = flow.stack([projected[0], flow.flip(projected[1], [0])], dim=1)  # (T, 2, B, 4H)
         weight_hh = self.recurrent_weight()
         states, h, c = [], None, None
         for step in range(steps):
@@ -185,14 +191,14 @@ class FusedResetReadTanh(nn.Module):
             c = i * g if c is None else f * c + i * g
             h = o * flow.tanh(c)
             states.append(h)
-        read_states = flow.matmul(read, flow.stack(states, dim=2))                            # (2, B, S, H)
+        read_states = flow.matmul(read, flow.stack(states, dim=2))  # (2, B, S, H)
         return read_states.permute(1, 2, 0, 3).reshape(batch, sentences.shape[1], 2 * hidden)
 
     def recurrent_weight(self) -> flow.Tensor:
-        return self.weight_hh                                                # (2, 4H, H)
+        return self.weight_hh  # (2, 4H, H)
 
     def recurrent(self, h: flow.Tensor, weight: flow.Tensor) -> flow.Tensor:
-        return flow.matmul(h, weight, transpose_b=True)                      # (2, B, H) x (2, H, 4H)
+        return flow.matmul(h, weight, transpose_b=True)  # (2, B, H) x (2, H, 4H)
 
 
 class FusedResetReadTanhTwoMatmuls(FusedResetReadTanh):
@@ -212,11 +218,14 @@ class FusedResetReadTanhPretransposed(FusedResetReadTanh):
         return flow.matmul(h, weight)
 
 
-CANDIDATES: Dict[str, Callable[[BiLstm], nn.Module]] = {
-    "stock": Stock, "naive_cell": NaiveCell, "fused_masked_carry": FusedMaskedCarry,
+CANDIDATES: dict[str, Callable[[BiLstm], nn.Module]] = {
+    "stock": Stock,
+    "naive_cell": NaiveCell,
+    "fused_masked_carry": FusedMaskedCarry,
     "fused_reset_read_tanh": FusedResetReadTanh,
     "fused_reset_read_tanh_two_matmuls": FusedResetReadTanhTwoMatmuls,
-    "fused_reset_read_tanh_pretransposed": FusedResetReadTanhPretransposed, "model": lambda base: base,
+    "fused_reset_read_tanh_pretransposed": FusedResetReadTanhPretransposed,
+    "model": lambda base: base,
 }
 
 
@@ -254,9 +263,9 @@ class TrainGraph(nn.Graph):
         return loss
 
 
-def round_robin_ms(runs: Dict[str, Callable[[], object]], warmup: int, repeats: int) -> Dict[str, List[float]]:
+def round_robin_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
     """[median, min] ms per run; the candidates take turns so that load from other processes hits all alike."""
-    times: Dict[str, List[float]] = {name: [] for name in runs}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(warmup + repeats):
         for name, run in runs.items():
             sync()
@@ -265,8 +274,9 @@ def round_robin_ms(runs: Dict[str, Callable[[], object]], warmup: int, repeats: 
             sync()
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: [round(statistics.median(values) * 1e3, 1), round(min(values) * 1e3, 1)]
-            for name, values in times.items()}
+    return {
+        name: [round(statistics.median(values) * 1e3, 1), round(min(values) * 1e3, 1)] for name, values in times.items()
+    }
 
 
 def timed_s(run: Callable[[], object]) -> float:
@@ -278,7 +288,7 @@ def timed_s(run: Callable[[], object]) -> float:
 
 
 def build(name: str, config: LstmConfig) -> nn.Module:
-    flow.manual_seed(0)   # the same initial weights for every candidate
+    flow.manual_seed(0)  # the same initial weights for every candidate
     model = BiLstmForSequenceClassification(config)
     model.lstm = CANDIDATES[name](model.lstm)
     return model
@@ -297,39 +307,47 @@ def eager_train_step(model: nn.Module, inputs, labels) -> Callable[[], object]:
     return step
 
 
-def measure(names: List[str], config: LstmConfig, inputs, labels, args) -> Dict[str, Dict[str, object]]:
+def measure(names: list[str], config: LstmConfig, inputs, labels, args) -> dict[str, dict[str, object]]:
     batch = labels.shape[0]
     models = {name: build(name, config) for name in names}
     reference_model = build("model", config)
     for model in (*models.values(), reference_model):
         model.eval()
-    results: Dict[str, Dict[str, object]] = {name: {} for name in names}
+    results: dict[str, dict[str, object]] = {name: {} for name in names}
     with flow.no_grad():
         reference = reference_model(*inputs)["logits"].numpy()
         for name, model in models.items():
             diff = float(np.abs(model(*inputs)["logits"].numpy() - reference).max())
             results[name].update(padding_correct=diff < 1e-4, max_abs_logit_diff=float(f"{diff:.2e}"))
-        eager_eval = round_robin_ms({name: (lambda m=m: m(*inputs)["logits"].numpy())
-                                     for name, m in models.items()}, args.warmup, args.repeats)
+        eager_eval = round_robin_ms(
+            {name: (lambda m=m: m(*inputs)["logits"].numpy()) for name, m in models.items()}, args.warmup, args.repeats
+        )
     eval_graphs = {name: EvalGraph(model) for name, model in models.items()}
     for name, graph in eval_graphs.items():
         results[name]["graph_eval_compile_s"] = round(timed_s(lambda: graph(*inputs).numpy()), 2)
-    graph_eval = round_robin_ms({name: (lambda g=g: g(*inputs).numpy()) for name, g in eval_graphs.items()},
-                                args.warmup, args.repeats)
+    graph_eval = round_robin_ms(
+        {name: (lambda g=g: g(*inputs).numpy()) for name, g in eval_graphs.items()}, args.warmup, args.repeats
+    )
     for model in models.values():
         model.train()
-    eager_train = round_robin_ms({name: eager_train_step(m, inputs, labels) for name, m in models.items()},
-                                 args.warmup, args.repeats)
+    eager_train = round_robin_ms(
+        {name: eager_train_step(m, inputs, labels) for name, m in models.items()}, args.warmup, args.repeats
+    )
     train_graphs = {name: TrainGraph(m, flow.optim.AdamW(m.parameters(), lr=1e-3)) for name, m in models.items()}
     for name, graph in train_graphs.items():
         results[name]["graph_train_compile_s"] = round(timed_s(lambda: graph(*inputs, labels).numpy()), 2)
-    graph_train = round_robin_ms({name: (lambda g=g: g(*inputs, labels).numpy())
-                                  for name, g in train_graphs.items()}, args.warmup, args.repeats)
+    graph_train = round_robin_ms(
+        {name: (lambda g=g: g(*inputs, labels).numpy()) for name, g in train_graphs.items()}, args.warmup, args.repeats
+    )
     for name in names:
-        results[name].update(graph_train_step_ms=graph_train[name], graph_eval_ms=graph_eval[name],
-                             graph_eval_examples_per_s=round(batch * 1e3 / graph_eval[name][0]),
-                             eager_train_step_ms=eager_train[name], eager_eval_ms=eager_eval[name],
-                             eager_eval_examples_per_s=round(batch * 1e3 / eager_eval[name][0]))
+        results[name].update(
+            graph_train_step_ms=graph_train[name],
+            graph_eval_ms=graph_eval[name],
+            graph_eval_examples_per_s=round(batch * 1e3 / graph_eval[name][0]),
+            eager_train_step_ms=eager_train[name],
+            eager_eval_ms=eager_eval[name],
+            eager_eval_examples_per_s=round(batch * 1e3 / eager_eval[name][0]),
+        )
     return results
 
 
@@ -344,22 +362,39 @@ def main() -> None:
     parser.add_argument("--pair-mode", default="separate", choices=("separate", "joint"))
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--candidates", default=",".join(CANDIDATES),
-                        help=f"comma list out of {', '.join(CANDIDATES)}")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"comma list out of {', '.join(CANDIDATES)}")
     args = parser.parse_args()
     names = [n for n in args.candidates.split(",") if n]
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown candidates: {', '.join(unknown)}")
-    config = LstmConfig(vocab_size=args.vocab, pad_token_id=args.vocab - 1, embedding_size=args.embedding,
-                        hidden_size=args.hidden, fc_size=args.fc, pair_mode=args.pair_mode)
+    config = LstmConfig(
+        vocab_size=args.vocab,
+        pad_token_id=args.vocab - 1,
+        embedding_size=args.embedding,
+        hidden_size=args.hidden,
+        fc_size=args.fc,
+        pair_mode=args.pair_mode,
+    )
     inputs, labels = make_batch(args.batch, args.seq, args.vocab, config.pad_token_id)
-    results = {"question": "BiLSTM implementations on OneFlow 0.9: graph compile s, step ms, eval examples/s",
-               "sizes": {"batch": args.batch, "seq": args.seq, "vocab": args.vocab, "embedding": args.embedding,
-                         "hidden": args.hidden, "fc": args.fc, "pair_mode": args.pair_mode},
-               "repeats": args.repeats, "warmup": args.warmup, "cpu_count": os.cpu_count(),
-               "python": platform.python_version(), "oneflow": flow.__version__,
-               "candidates": measure(names, config, inputs, labels, args)}
+    results = {
+        "question": "BiLSTM implementations on OneFlow 0.9: graph compile s, step ms, eval examples/s",
+        "sizes": {
+            "batch": args.batch,
+            "seq": args.seq,
+            "vocab": args.vocab,
+            "embedding": args.embedding,
+            "hidden": args.hidden,
+            "fc": args.fc,
+            "pair_mode": args.pair_mode,
+        },
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "oneflow": flow.__version__,
+        "candidates": measure(names, config, inputs, labels, args),
+    }
     print(json.dumps(results, indent=2))
 
 

@@ -32,8 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -43,24 +43,39 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_convert import write_sst2  # noqa: E402
 from bench_processes import free_port  # noqa: E402
-from real_data import export_hf, prepare_corpus  # noqa: E402
-
 from distil.data.convert import DEFAULT_VOCAB, ConvertConfig, convert_task  # noqa: E402
 from distil.fileio import write_json_atomic  # noqa: E402
+from real_data import export_hf, prepare_corpus  # noqa: E402
 
-STUDENT = {"hidden_size": 312, "num_hidden_layers": 4, "num_attention_heads": 12, "intermediate_size": 1200,
-           "max_position_embeddings": 512}
-QUICK = {"student": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 48,
-                     "max_position_embeddings": 64}, "seq": 32, "train_size": 64, "dev_size": 32, "requests": 40,
-         "concurrency": "1,4"}
+STUDENT = {
+    "hidden_size": 312,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 12,
+    "intermediate_size": 1200,
+    "max_position_embeddings": 512,
+}
+QUICK = {
+    "student": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 48,
+        "max_position_embeddings": 64,
+    },
+    "seq": 32,
+    "train_size": 64,
+    "dev_size": 32,
+    "requests": 40,
+    "concurrency": "1,4",
+}
 MODEL_ID = "student"
 
 
-def env() -> Dict[str, str]:
+def env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 
-def train_student(work: Path, args: argparse.Namespace) -> Tuple[Path, Dict[str, object]]:
+def train_student(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, object]]:
     """The fine-tuned student's model dir (work/student) with model.onnx and, unless refused, model.int8.onnx;
     the INT8 export's report (dev accuracy FP32 and INT8, sizes)."""
     from distil.models import io
@@ -71,28 +86,72 @@ def train_student(work: Path, args: argparse.Namespace) -> Tuple[Path, Dict[str,
         os.symlink(corpus, work / "glue" / "SST-2")
     else:
         write_sst2(work / "glue", args.train_size, args.dev_size, 0)
-    convert_task("SST-2", ConvertConfig(work / "glue", work / "data", DEFAULT_VOCAB, max_seq_length=args.seq,
-                                        lstm_seq_length=0, workers=1))
+    convert_task(
+        "SST-2",
+        ConvertConfig(
+            work / "glue", work / "data", DEFAULT_VOCAB, max_seq_length=args.seq, lstm_seq_length=0, workers=1
+        ),
+    )
     io.init_bert(work / "init", DEFAULT_VOCAB, args.student_sizes)
     student = work / MODEL_ID
-    subprocess.run([sys.executable, "-m", "distil", "train", "--algorithm", "teacher", "--task", "SST-2",
-                    "--pretrained_model", str(work / "init"), "--data_root", str(work / "data"), "--model_save_dir",
-                    str(student), "--epochs", "1", "--batch_size", "32", "--learning_rate", "1e-4", "--device", "cpu"],
-                   check=True, env=env(), stdout=subprocess.DEVNULL, stderr=open(work / "train.log", "w"))
-    export = subprocess.run([sys.executable, "-m", "distil", "export-onnx", str(student), "--quantize", "int8",
-                             "--data_root", str(work / "data")], env=env(), capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--task",
+            "SST-2",
+            "--pretrained_model",
+            str(work / "init"),
+            "--data_root",
+            str(work / "data"),
+            "--model_save_dir",
+            str(student),
+            "--epochs",
+            "1",
+            "--batch_size",
+            "32",
+            "--learning_rate",
+            "1e-4",
+            "--device",
+            "cpu",
+        ],
+        check=True,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "train.log", "w"),
+    )
+    export = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distil",
+            "export-onnx",
+            str(student),
+            "--quantize",
+            "int8",
+            "--data_root",
+            str(work / "data"),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     if export.returncode:  # the INT8 file was refused (or the export failed): FP32 only, said so
         print(f"export-onnx --quantize int8: {export.stderr.strip().splitlines()[-1]}", file=sys.stderr)
         return student, {"refused": export.stderr.strip().splitlines()[-1]}
     return student, json.loads(export.stdout)["int8"]
 
 
-def dev_texts(work: Path) -> List[str]:
+def dev_texts(work: Path) -> list[str]:
     lines = (work / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     return [line.split("\t")[0] for line in lines]
 
 
-def offline(student: Path, onnx_file: Path, texts: List[str], repeats: int) -> Dict[str, float]:
+def offline(student: Path, onnx_file: Path, texts: list[str], repeats: int) -> dict[str, float]:
     """onnxruntime in-process on the file: examples/s at batch 32 (the whole dev set sorted by length, batches
     cut), the same in arrival order (each batch of 32 dev examples cut to its longest, one call: what a server
     meets) and the p50 of bare one-example calls on the first 200 dev sentences, each at its own length."""
@@ -110,30 +169,39 @@ def offline(student: Path, onnx_file: Path, texts: List[str], repeats: int) -> D
     for _ in range(repeats + 1):
         start = time.perf_counter()
         for first in range(0, len(texts), 32):
-            logits_by_length(engine, {k: v[first:first + 32] for k, v in features.items()}, 32, engine.cuts,
-                             lambda n: None, call_cost=None)
+            logits_by_length(
+                engine,
+                {k: v[first : first + 32] for k, v in features.items()},
+                32,
+                engine.cuts,
+                lambda n: None,
+                call_cost=None,
+            )
         arrival.append(time.perf_counter() - start)
     calls = []  # one call per request the load sends: each dev sentence alone, at its own length
     for i in range(min(len(texts), 201)):
-        one = {k: v[i:i + 1, :int(features["input_mask"][i].sum())] for k, v in features.items()}
+        one = {k: v[i : i + 1, : int(features["input_mask"][i].sum())] for k, v in features.items()}
         start = time.perf_counter()
         engine(one)
         calls.append(time.perf_counter() - start)
-    return {"examples_per_s": len(texts) / statistics.median(passes[1:]),
-            "arrival_order_examples_per_s": len(texts) / statistics.median(arrival[1:]),
-            "bare_call_p50_ms": 1000 * statistics.median(calls[1:])}
+    return {
+        "examples_per_s": len(texts) / statistics.median(passes[1:]),
+        "arrival_order_examples_per_s": len(texts) / statistics.median(arrival[1:]),
+        "bare_call_p50_ms": 1000 * statistics.median(calls[1:]),
+    }
 
 
 class Server:
     """A server process on a free port of 127.0.0.1: started, waited for (bounded), always stopped."""
 
-    def __init__(self, command_for: Callable[[int], List[str]], log: Path):
+    def __init__(self, command_for: Callable[[int], list[str]], log: Path):
         self.port = free_port()
         self.log = open(log, "w")
-        self.process = subprocess.Popen(command_for(self.port), env=env(), stdout=self.log, stderr=self.log,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command_for(self.port), env=env(), stdout=self.log, stderr=self.log, start_new_session=True
+        )
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -160,12 +228,12 @@ class Server:
         self.log.close()
 
 
-def load(port: int, texts: List[str], concurrency: int, requests: int) -> Dict[str, float]:
+def load(port: int, texts: list[str], concurrency: int, requests: int) -> dict[str, float]:
     """`requests` JSON infer requests of one sentence each from `concurrency` client threads: requests/s and
     latency percentiles; an error or a wrong answer stops the benchmark."""
     per_client = max(1, requests // concurrency)
-    latencies: List[float] = []
-    failures: List[str] = []
+    latencies: list[float] = []
+    failures: list[str] = []
     lock = threading.Lock()
 
     def client(index: int) -> None:
@@ -173,8 +241,9 @@ def load(port: int, texts: List[str], concurrency: int, requests: int) -> Dict[s
         mine = []
         for k in range(per_client):
             text = texts[(index * per_client + k) % len(texts)]
-            body = json.dumps({"id": str(k), "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
-                                                         "data": [text]}]})
+            body = json.dumps(
+                {"id": str(k), "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+            )
             start = time.perf_counter()
             connection.request("POST", f"/v2/models/{MODEL_ID}/infer", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
@@ -196,11 +265,15 @@ def load(port: int, texts: List[str], concurrency: int, requests: int) -> Dict[s
     elapsed = time.perf_counter() - start
     if failures:
         raise SystemExit(f"{len(failures)} failed requests, e.g. {failures[0]}")
-    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "p99_ms": 1000 * float(np.percentile(latencies, 99)), "requests": len(latencies)}
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "requests": len(latencies),
+    }
 
 
-def run_levels(server: Server, texts: List[str], args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
+def run_levels(server: Server, texts: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     top = max(args.levels)
     load(server.port, texts, top, 4 * top)  # warm-up: onnxruntime's first calls at new shapes allocate
     return {str(c): load(server.port, texts, c, args.requests) for c in args.levels}
@@ -215,8 +288,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--repeats", type=int, default=5, help="offline passes over the dev set")
-    p.add_argument("--torch-python", dest="torch_python",
-                   default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python"))
+    p.add_argument(
+        "--torch-python", dest="torch_python", default=os.environ.get("TORCH_PYTHON", "/work/torchref/bin/python")
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes for CI: " + str(QUICK))
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results_serve.json")
     args = p.parse_args()
@@ -226,7 +300,7 @@ def main() -> None:
         for key in ("seq", "train_size", "dev_size", "requests", "concurrency"):
             setattr(args, key, QUICK[key])
     args.levels = [int(c) for c in args.concurrency.split(",")]
-    results: Dict[str, object] = {}
+    results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         work = Path(tmp)
         student, results["int8_export"] = train_student(work, args)
@@ -245,38 +319,53 @@ def main() -> None:
     report(results, args)
 
 
-def report(results: Dict[str, object], args: argparse.Namespace) -> None:
+def report(results: dict[str, object], args: argparse.Namespace) -> None:
     """Print the table and the targets' ratios; write --output."""
-    print(f"serving the student {args.student_sizes} at seq {args.seq}, {args.requests} requests per level, "
-          f"{os.cpu_count()} CPUs; INT8 export: {json.dumps(results['int8_export'])}")
+    print(
+        f"serving the student {args.student_sizes} at seq {args.seq}, {args.requests} requests per level, "
+        f"{os.cpu_count()} CPUs; INT8 export: {json.dumps(results['int8_export'])}"
+    )
     print(f"{'server':22s} {'concurrency':>11s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s}")
     for name, levels in results.items():
         if name.startswith(("served", "pytorch")):
             for level, figures in levels.items():
-                print(f"{name:22s} {level:>11s} {figures['requests_per_s']:8.1f} {figures['p50_ms']:8.1f} "
-                      f"{figures['p99_ms']:8.1f}")
+                print(
+                    f"{name:22s} {level:>11s} {figures['requests_per_s']:8.1f} {figures['p50_ms']:8.1f} "
+                    f"{figures['p99_ms']:8.1f}"
+                )
     top = str(max(args.levels))
     for precision in ("fp32", "int8"):
         if f"served-{precision}" in results:
             off, served = results[f"offline-{precision}"], results[f"served-{precision}"]
-            print(f"{precision}: offline onnxruntime {off['examples_per_s']:.1f} examples/s at batch 32 "
-                  f"({off['arrival_order_examples_per_s']:.1f} in arrival order), bare call p50 "
-                  f"{off['bare_call_p50_ms']:.2f} ms; served at concurrency {top} / offline "
-                  f"{served[top]['requests_per_s'] / off['examples_per_s']:.2f}x (target >= 0.8); p50 at concurrency "
-                  f"1 - bare call {served['1']['p50_ms'] - off['bare_call_p50_ms']:+.2f} ms (target <= +3)")
+            print(
+                f"{precision}: offline onnxruntime {off['examples_per_s']:.1f} examples/s at batch 32 "
+                f"({off['arrival_order_examples_per_s']:.1f} in arrival order), bare call p50 "
+                f"{off['bare_call_p50_ms']:.2f} ms; served at concurrency {top} / offline "
+                f"{served[top]['requests_per_s'] / off['examples_per_s']:.2f}x (target >= 0.8); p50 at concurrency "
+                f"1 - bare call {served['1']['p50_ms'] - off['bare_call_p50_ms']:+.2f} ms (target <= +3)"
+            )
     if "served-int8" in results:
         ratio = results["served-int8"][top]["requests_per_s"] / results["served-fp32"][top]["requests_per_s"]
         print(f"INT8 / FP32 served throughput at concurrency {top}: {ratio:.2f}x (target >= 1.5)")
     if "pytorch-served-fp32" in results:
         for level in map(str, args.levels):
             ours, theirs = results["served-fp32"][level], results["pytorch-served-fp32"][level]
-            print(f"concurrency {level}: ours / PyTorch served {ours['requests_per_s'] / theirs['requests_per_s']:.2f}x"
-                  f" throughput, p50 {ours['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms")
-    write_json_atomic(args.output, {"benchmark": "serve", "started": datetime.datetime.now().isoformat(),
-                                    "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                                    "quick": args.quick, "flags": {k: v for k, v in vars(args).items()
-                                                                   if isinstance(v, (int, str, bool, list))},
-                                    "figures": results})
+            print(
+                f"concurrency {level}: ours / PyTorch served {ours['requests_per_s'] / theirs['requests_per_s']:.2f}x"
+                f" throughput, p50 {ours['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms"
+            )
+    write_json_atomic(
+        args.output,
+        {
+            "benchmark": "serve",
+            "started": datetime.datetime.now().isoformat(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "quick": args.quick,
+            "flags": {k: v for k, v in vars(args).items() if isinstance(v, (int, str, bool, list))},
+            "figures": results,
+        },
+    )
     print(f"wrote {args.output}")
 
 

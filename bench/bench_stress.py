@@ -28,8 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -40,12 +40,25 @@ from distil.fileio import write_json_atomic  # noqa: E402
 from distil.models import io  # noqa: E402
 from glue_fixtures import write_learnable_sst2  # noqa: E402
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
-        "max_position_embeddings": 64}
-STUDENT = ["--student_num_hidden_layers", "1", "--student_hidden_size", "16", "--student_num_attention_heads", "4",
-           "--student_intermediate_size", "24"]
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
+STUDENT = [
+    "--student_num_hidden_layers",
+    "1",
+    "--student_hidden_size",
+    "16",
+    "--student_num_attention_heads",
+    "4",
+    "--student_intermediate_size",
+    "24",
+]
 DIED = re.compile(r"died from (SIG[A-Z]+)")
-GRAPH_LOOP = '''
+GRAPH_LOOP = """
 import json, sys
 from distil import native
 from distil.data.dataset import OFRecordDataset
@@ -62,40 +75,105 @@ graph, fix = Read(), native.fix_lazy_job_queue()
 for _ in range(int(sys.argv[2])):
     graph()["input_ids"].numpy()
 print(json.dumps({"early_pops": fix.distil_lazy_job_early_pops() if fix else None}))
-'''
+"""
 
 
 def prepare(work: Path) -> None:
     """A learnable SST-2 (640 train, 160 dev, seq 32) and a tiny teacher fine-tuned on it."""
     write_learnable_sst2(work / "glue", 640, 160)
-    convert_task("SST-2", ConvertConfig(work / "glue", work / "data", DEFAULT_VOCAB, max_seq_length=32,
-                                        lstm_seq_length=0, workers=1))
+    convert_task(
+        "SST-2",
+        ConvertConfig(work / "glue", work / "data", DEFAULT_VOCAB, max_seq_length=32, lstm_seq_length=0, workers=1),
+    )
     io.init_bert(work / "pretrained", DEFAULT_VOCAB, TINY, seed=0)
-    done = subprocess.run([sys.executable, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model",
-                           str(work / "pretrained"), "--data_root", str(work / "data"), "--model_save_dir",
-                           str(work / "teacher"), "--epochs", "3", "--learning_rate", "2e-3", "--batch_size", "16",
-                           "--device", "cpu"], capture_output=True, text=True, env=environment({}))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--pretrained_model",
+            str(work / "pretrained"),
+            "--data_root",
+            str(work / "data"),
+            "--model_save_dir",
+            str(work / "teacher"),
+            "--epochs",
+            "3",
+            "--learning_rate",
+            "2e-3",
+            "--batch_size",
+            "16",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment({}),
+    )
     if done.returncode:
         raise SystemExit(f"preparing the teacher failed:\n{done.stderr[-3000:]}")
 
 
-def environment(extra: Dict[str, str]) -> Dict[str, str]:
+def environment(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), **extra}
 
 
-def workloads(work: Path, graph_runs: int) -> Dict[str, Callable[[int], List[str]]]:
+def workloads(work: Path, graph_runs: int) -> dict[str, Callable[[int], list[str]]]:
     """The command of each workload's k-th run."""
     return {
-        "dataset": lambda k: [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                              str(ROOT / "tests" / "test_dataset.py")],
-        "tinybert": lambda k: [sys.executable, "-m", "distil", "train", "--algorithm", "tinybert", "--task", "SST-2",
-                               "--tinybert_mode", "two_stage", "--teacher_model", str(work / "teacher"),
-                               "--data_root", str(work / "data"), "--model_save_dir", str(work / f"tinybert-{k}"),
-                               "--epochs", "2", "--intermediate_epochs", "2", "--learning_rate", "2e-3",
-                               "--intermediate_learning_rate", "2e-3", "--batch_size", "16", "--device", "cpu",
-                               "--max_restarts", "0", *STUDENT],
-        "graph_loop": lambda k: [sys.executable, "-c", GRAPH_LOOP, str(work / "data" / "SST-2" / "train"),
-                                 str(graph_runs)],
+        "dataset": lambda k: [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            str(ROOT / "tests" / "test_dataset.py"),
+        ],
+        "tinybert": lambda k: [
+            sys.executable,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "tinybert",
+            "--task",
+            "SST-2",
+            "--tinybert_mode",
+            "two_stage",
+            "--teacher_model",
+            str(work / "teacher"),
+            "--data_root",
+            str(work / "data"),
+            "--model_save_dir",
+            str(work / f"tinybert-{k}"),
+            "--epochs",
+            "2",
+            "--intermediate_epochs",
+            "2",
+            "--learning_rate",
+            "2e-3",
+            "--intermediate_learning_rate",
+            "2e-3",
+            "--batch_size",
+            "16",
+            "--device",
+            "cpu",
+            "--max_restarts",
+            "0",
+            *STUDENT,
+        ],
+        "graph_loop": lambda k: [
+            sys.executable,
+            "-c",
+            GRAPH_LOOP,
+            str(work / "data" / "SST-2" / "train"),
+            str(graph_runs),
+        ],
     }
 
 
@@ -111,7 +189,7 @@ def classify(done: subprocess.CompletedProcess) -> str:
     return "ok" if done.returncode == 0 else "failed"
 
 
-def stress(name: str, command: Callable[[int], List[str]], runs: int, env: Dict[str, str], timeout: float) -> Dict:
+def stress(name: str, command: Callable[[int], list[str]], runs: int, env: dict[str, str], timeout: float) -> dict:
     outcomes: collections.Counter = collections.Counter()
     early_pops, seconds, failures = 0, [], []
     for k in range(runs):
@@ -131,9 +209,14 @@ def stress(name: str, command: Callable[[int], List[str]], runs: int, env: Dict[
         crashes = sum(v for o, v in outcomes.items() if o.startswith("SIG"))
         print(f"{name} {k + 1}/{runs}: {outcome} ({crashes} crashes so far)", file=sys.stderr, flush=True)
     crashes = sum(v for o, v in outcomes.items() if o.startswith("SIG"))
-    result = {"runs": runs, "crashes": crashes, "crashes_per_100": round(100 * crashes / runs, 2),
-              "outcomes": dict(outcomes), "median_seconds": round(sorted(seconds)[len(seconds) // 2], 1) if seconds
-              else None, "failures": failures[:5]}
+    result = {
+        "runs": runs,
+        "crashes": crashes,
+        "crashes_per_100": round(100 * crashes / runs, 2),
+        "outcomes": dict(outcomes),
+        "median_seconds": round(sorted(seconds)[len(seconds) // 2], 1) if seconds else None,
+        "failures": failures[:5],
+    }
     if name == "graph_loop":
         result["runs_that_ended_before_they_were_recorded"] = early_pops
     return result
@@ -144,15 +227,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="runs of each workload")
     parser.add_argument("--workloads", default="dataset,tinybert,graph_loop")
     parser.add_argument("--fix", choices=("on", "off"), default="on", help="the lazy-job queue fix (distil.native)")
-    parser.add_argument("--hogs", type=int, default=os.cpu_count() or 1,
-                        help="busy loops beside the runs (default: one per core)")
+    parser.add_argument(
+        "--hogs", type=int, default=os.cpu_count() or 1, help="busy loops beside the runs (default: one per core)"
+    )
     parser.add_argument("--graph-runs", type=int, default=2000, help="graph runs per graph_loop process")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a run counts as hung")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results_stress.json")
     args = parser.parse_args()
     env = environment({"DISTIL_LAZY_JOB_FIX": args.fix})
-    results: Dict = {"date": datetime.date.today().isoformat(), "fix": args.fix, "hogs": args.hogs,
-                     "cpus": os.cpu_count(), "workloads": {}}
+    results: dict = {
+        "date": datetime.date.today().isoformat(),
+        "fix": args.fix,
+        "hogs": args.hogs,
+        "cpus": os.cpu_count(),
+        "workloads": {},
+    }
     hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(args.hogs)]
     try:
         with tempfile.TemporaryDirectory(prefix="distil-stress-") as tmp:

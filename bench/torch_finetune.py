@@ -46,13 +46,17 @@ def read_tsv(path: Path) -> tuple[list[str], list[int]]:
 
 def encode(tokenizer: BertTokenizerFast, texts: list[str], labels: list[int], seq: int) -> dict[str, torch.Tensor]:
     enc = tokenizer(texts, max_length=seq, truncation=True, padding="max_length", return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"],
-            "attention_mask": enc["attention_mask"], "labels": torch.tensor(labels)}
+    return {
+        "input_ids": enc["input_ids"],
+        "token_type_ids": enc["token_type_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": torch.tensor(labels),
+    }
 
 
 def batches(data: dict[str, torch.Tensor], batch: int, order: list[int]):
     for start in range(0, len(order), batch):
-        index = torch.tensor(order[start:start + batch])
+        index = torch.tensor(order[start : start + batch])
         yield {k: v[index] for k, v in data.items()}
 
 
@@ -68,8 +72,10 @@ def accuracy(model: torch.nn.Module, data: dict[str, torch.Tensor], batch: int) 
 
 
 def optimizer_and_schedule(params: list[tuple[str, torch.nn.Parameter]], args, total: int):
-    groups = [{"params": [p for n, p in params if not any(s in n for s in NO_DECAY)], "weight_decay": args.wd},
-              {"params": [p for n, p in params if any(s in n for s in NO_DECAY)], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for n, p in params if not any(s in n for s in NO_DECAY)], "weight_decay": args.wd},
+        {"params": [p for n, p in params if any(s in n for s in NO_DECAY)], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-6)
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(total * 0.1), total)
 
@@ -119,30 +125,64 @@ def distill(args, train, dev) -> list[dict]:
     if args.command == "tinybert":
         width = (student.config.hidden_size, teacher.config.hidden_size)
         for i in range(student.config.num_hidden_layers + 1):
-            matches.append({"layer_T": i * ratio, "layer_S": i, "feature": "hidden", "loss": "hidden_mse",
-                            "weight": 1, **({"proj": ["linear", *width]} if width[0] != width[1] else {})})
+            matches.append(
+                {
+                    "layer_T": i * ratio,
+                    "layer_S": i,
+                    "feature": "hidden",
+                    "loss": "hidden_mse",
+                    "weight": 1,
+                    **({"proj": ["linear", *width]} if width[0] != width[1] else {}),
+                }
+            )
         for i in range(1, student.config.num_hidden_layers + 1):
-            matches.append({"layer_T": i * ratio - 1, "layer_S": i - 1, "feature": "attention",
-                            "loss": "attention_mse_tinybert", "weight": 1})
+            matches.append(
+                {
+                    "layer_T": i * ratio - 1,
+                    "layer_S": i - 1,
+                    "feature": "attention",
+                    "loss": "attention_mse_tinybert",
+                    "weight": 1,
+                }
+            )
     hard = args.alpha if args.command == "kd" else 0.0
-    distill_config = DistillationConfig(temperature=args.temperature, kd_loss_type="ce", kd_loss_weight=1.0 - hard,
-                                        hard_label_weight=hard, intermediate_matches=matches)
+    distill_config = DistillationConfig(
+        temperature=args.temperature,
+        kd_loss_type="ce",
+        kd_loss_weight=1.0 - hard,
+        hard_label_weight=hard,
+        intermediate_matches=matches,
+    )
     adaptors = [make_adaptor(model, with_attention=args.command == "tinybert") for model in (teacher, student)]
     total = args.epochs * -(-len(train["labels"]) // args.batch)
-    trainer_config = TrainingConfig(output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1,
-                                    log_dir=str(args.out / "textbrewer"))
-    distiller = GeneralDistiller(train_config=trainer_config, distill_config=distill_config, model_T=teacher,
-                                 model_S=student, adaptor_T=adaptors[0], adaptor_S=adaptors[1])
-    params = list(student.named_parameters()) + [(f"proj{i}.{n}", p) for i, proj in enumerate(distiller.projs)
-                                                 if proj is not None for n, p in proj.named_parameters()]
+    trainer_config = TrainingConfig(
+        output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1, log_dir=str(args.out / "textbrewer")
+    )
+    distiller = GeneralDistiller(
+        train_config=trainer_config,
+        distill_config=distill_config,
+        model_T=teacher,
+        model_S=student,
+        adaptor_T=adaptors[0],
+        adaptor_S=adaptors[1],
+    )
+    params = list(student.named_parameters()) + [
+        (f"proj{i}.{n}", p)
+        for i, proj in enumerate(distiller.projs)
+        if proj is not None
+        for n, p in proj.named_parameters()
+    ]
     optimizer, schedule = optimizer_and_schedule(params, args, total)
     history = []
     for epoch, order in enumerate(epoch_orders(len(train["labels"]), args.epochs, args.seed), 1):
         start = time.time()
         with distiller:
-            distiller.train(optimizer, list(batches(train, args.batch, order)), num_epochs=1, scheduler=schedule,
-                            max_grad_norm=1.0)
-        history.append({"epoch": epoch, "accuracy": accuracy(student, dev, 64), "seconds": round(time.time() - start, 1)})
+            distiller.train(
+                optimizer, list(batches(train, args.batch, order)), num_epochs=1, scheduler=schedule, max_grad_norm=1.0
+            )
+        history.append(
+            {"epoch": epoch, "accuracy": accuracy(student, dev, 64), "seconds": round(time.time() - start, 1)}
+        )
         print(json.dumps(history[-1]), flush=True)
     return history
 
@@ -153,8 +193,11 @@ def length_grouped(data: dict[str, torch.Tensor], batch: int, seed: int) -> list
     lengths = data["attention_mask"].sum(-1).tolist()
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
     mega = 50 * batch
-    order = [i for start in range(0, len(order), mega)
-             for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
+    order = [
+        i
+        for start in range(0, len(order), mega)
+        for i in sorted(order[start : start + mega], key=lambda i: -lengths[i])
+    ]
     return [padded_to_longest(b) for b in batches(data, batch, order)]
 
 
@@ -184,30 +227,47 @@ def distill_dynamic(args, train, dev) -> list[dict]:
     from textbrewer import BasicDistiller, DistillationConfig, TrainingConfig
 
     teacher, student = load(args.teacher).eval(), load(args.model)
-    distill_config = DistillationConfig(temperature=args.temperature, kd_loss_type="ce",
-                                        kd_loss_weight=1.0 - args.alpha, hard_label_weight=args.alpha,
-                                        is_caching_logits=True)
+    distill_config = DistillationConfig(
+        temperature=args.temperature,
+        kd_loss_type="ce",
+        kd_loss_weight=1.0 - args.alpha,
+        hard_label_weight=args.alpha,
+        is_caching_logits=True,
+    )
     adaptors = [make_adaptor(model, with_attention=False) for model in (teacher, student)]
     train_batches = length_grouped(train, args.batch, args.seed)
     total = args.epochs * len(train_batches)
-    trainer_config = TrainingConfig(output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1,
-                                    log_dir=str(args.out / "textbrewer"))
-    distiller = BasicDistiller(train_config=trainer_config, distill_config=distill_config, model_T=teacher,
-                               model_S=student, adaptor_T=adaptors[0], adaptor_S=adaptors[1])
+    trainer_config = TrainingConfig(
+        output_dir=str(args.out / "textbrewer"), device="cpu", ckpt_frequency=1, log_dir=str(args.out / "textbrewer")
+    )
+    distiller = BasicDistiller(
+        train_config=trainer_config,
+        distill_config=distill_config,
+        model_T=teacher,
+        model_S=student,
+        adaptor_T=adaptors[0],
+        adaptor_S=adaptors[1],
+    )
     optimizer, schedule = optimizer_and_schedule(list(student.named_parameters()), args, total)
     history: list[dict] = []
     mark = [time.time()]
 
     def evaluate(model, step):
-        history.append({"epoch": len(history) + 1, "accuracy": dynamic_accuracy(model, dev, 64),
-                        "seconds": round(time.time() - mark[0], 1)})
+        history.append(
+            {
+                "epoch": len(history) + 1,
+                "accuracy": dynamic_accuracy(model, dev, 64),
+                "seconds": round(time.time() - mark[0], 1),
+            }
+        )
         print(json.dumps(history[-1]), flush=True)
         mark[0] = time.time()
 
     random.seed(args.seed)  # the cache's batch order, shuffled each epoch
     with distiller:
-        distiller.train(optimizer, train_batches, num_epochs=args.epochs, scheduler=schedule, max_grad_norm=1.0,
-                        callback=evaluate)
+        distiller.train(
+            optimizer, train_batches, num_epochs=args.epochs, scheduler=schedule, max_grad_norm=1.0, callback=evaluate
+        )
     return history
 
 
@@ -225,12 +285,16 @@ def distill_plain(args, train, dev) -> list[dict]:
             with torch.no_grad():
                 soft = F.softmax(teacher(**inputs).logits / t, dim=-1)
             logits = student(**inputs).logits
-            loss = args.alpha * F.cross_entropy(logits, b["labels"]) + \
-                (1 - args.alpha) * -(soft * F.log_softmax(logits / t, dim=-1)).sum(-1).mean()
+            loss = (
+                args.alpha * F.cross_entropy(logits, b["labels"])
+                + (1 - args.alpha) * -(soft * F.log_softmax(logits / t, dim=-1)).sum(-1).mean()
+            )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step(), schedule.step(), optimizer.zero_grad()
-        history.append({"epoch": epoch, "accuracy": accuracy(student, dev, 64), "seconds": round(time.time() - start, 1)})
+        history.append(
+            {"epoch": epoch, "accuracy": accuracy(student, dev, 64), "seconds": round(time.time() - start, 1)}
+        )
         print(json.dumps(history[-1]), flush=True)
     return history
 
@@ -238,8 +302,9 @@ def distill_plain(args, train, dev) -> list[dict]:
 def tinybert_attention_mse(scores_s: torch.Tensor, scores_t: torch.Tensor, mask=None) -> torch.Tensor:
     """TinyBERT's attention loss on pre-softmax scores: padding keys (-10000 added) count as 0, as the project's."""
     zero = torch.zeros_like(scores_s)
-    return F.mse_loss(torch.where(scores_s <= -100, zero, scores_s),
-                      torch.where(scores_t <= -100, zero.detach(), scores_t))
+    return F.mse_loss(
+        torch.where(scores_s <= -100, zero, scores_s), torch.where(scores_t <= -100, zero.detach(), scores_t)
+    )
 
 
 def make_adaptor(model: BertForSequenceClassification, with_attention: bool):
@@ -265,8 +330,12 @@ def make_adaptor(model: BertForSequenceClassification, with_attention: bool):
         padding = (1.0 - batch["attention_mask"][:, None, None, :].float()) * -10000.0
         scores = [s + padding for s in captured]
         captured.clear()
-        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": scores,
-                "losses": [outputs.loss]}
+        return {
+            "logits": outputs.logits,
+            "hidden": outputs.hidden_states,
+            "attention": scores,
+            "losses": [outputs.loss],
+        }
 
     return adaptor
 
@@ -295,8 +364,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     run = {"finetune": finetune, "kd_plain": distill_plain, "kd_dynamic": distill_dynamic}.get(args.command, distill)
     history = run(args, train, dev)
-    (args.out / "result.json").write_text(json.dumps({"command": args.command, "seed": args.seed,
-                                                      "history": history, "settings": vars(args)}, default=str))
+    (args.out / "result.json").write_text(
+        json.dumps(
+            {"command": args.command, "seed": args.seed, "history": history, "settings": vars(args)}, default=str
+        )
+    )
 
 
 if __name__ == "__main__":

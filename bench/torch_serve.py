@@ -35,15 +35,27 @@ def build_app(folder: str, model_id: str, seq: int) -> Starlette:
         body = await request.json()
         texts = next(i["data"] for i in body["inputs"] if i["name"] == "text")
         values = await asyncio.get_running_loop().run_in_executor(None, probabilities, texts)
-        return JSONResponse({"model_name": model_id, "id": body.get("id", ""), "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": list(values.shape),
-             "data": values.reshape(-1).tolist()}]})
+        return JSONResponse(
+            {
+                "model_name": model_id,
+                "id": body.get("id", ""),
+                "outputs": [
+                    {
+                        "name": "probabilities",
+                        "datatype": "FP32",
+                        "shape": list(values.shape),
+                        "data": values.reshape(-1).tolist(),
+                    }
+                ],
+            }
+        )
 
     async def ready(request: Request) -> JSONResponse:
         return JSONResponse({})
 
-    return Starlette(routes=[Route(f"/v2/models/{model_id}/infer", infer, methods=["POST"]),
-                             Route("/v2/health/ready", ready)])
+    return Starlette(
+        routes=[Route(f"/v2/models/{model_id}/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)]
+    )
 
 
 if __name__ == "__main__":

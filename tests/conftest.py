@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
 
 import pytest
 
@@ -54,8 +53,12 @@ def script_teacher(tmp_path_factory, vocab_file) -> SimpleNamespace:
 
     root = tmp_path_factory.mktemp("script_teacher")
     trained = train_teacher_by_script(root, vocab_file, run)
-    return SimpleNamespace(root=root, model_id=SCRIPT_TEACHER_ID, trained=trained,
-                           model_dir=root / "models" / "finetuned_teacher" / SCRIPT_TEACHER_ID)
+    return SimpleNamespace(
+        root=root,
+        model_id=SCRIPT_TEACHER_ID,
+        trained=trained,
+        model_dir=root / "models" / "finetuned_teacher" / SCRIPT_TEACHER_ID,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +95,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(cmd, timeout: float = 600, env: Optional[dict] = None, input: Optional[str] = None,
-        **kwargs) -> subprocess.CompletedProcess:
+def run(
+    cmd, timeout: float = 600, env: dict | None = None, input: str | None = None, **kwargs
+) -> subprocess.CompletedProcess:
     """Run a command with the project on PYTHONPATH; capture text output; never raise on failure.
 
     On timeout the command's whole process group gets SIGTERM (a multi-process job then stops its
@@ -101,9 +105,16 @@ def run(cmd, timeout: float = 600, env: Optional[dict] = None, input: Optional[s
     """
     full_env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     full_env.update(env or {})
-    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
-                               start_new_session=True, **kwargs)
+    process = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+        **kwargs,
+    )
     try:
         out, err = process.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

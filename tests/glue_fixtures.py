@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from tokenizers import BertWordPieceTokenizer
 
@@ -18,60 +18,134 @@ from distil.data import ofrecord
 
 english_sentences = functools.lru_cache(maxsize=1)(corpus.english_sentences)
 
-MNLI_COLS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
-SNLI_COLS = ["index", "captionID", "pairID", "sentence1_binary_parse", "sentence2_binary_parse",
-             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+MNLI_COLS = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+]
+SNLI_COLS = [
+    "index",
+    "captionID",
+    "pairID",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+]
 FIVE = ["label1", "label2", "label3", "label4", "label5"]
 NLI = ["contradiction", "entailment", "neutral"]
 ENT = ["entailment", "not_entailment"]
 BIN = ["0", "1"]
 
 # task -> folder file -> (header columns or None, first text column, second text column, label column, labels)
-LAYOUTS: Dict[str, Dict[str, Tuple]] = {
-    "CoLA": {"train.tsv": (None, 3, None, 1, BIN), "dev.tsv": (None, 3, None, 1, BIN),
-             "test.tsv": (["index", "sentence"], "sentence", None, None, None)},
-    "SST-2": {"train.tsv": (["sentence", "label"], "sentence", None, "label", BIN),
-              "dev.tsv": (["sentence", "label"], "sentence", None, "label", BIN),
-              "test.tsv": (["index", "sentence"], "sentence", None, None, None)},
-    "MRPC": {f: (["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"], "#1 String", "#2 String",
-                 "\ufeffQuality", BIN) for f in ("train.tsv", "dev.tsv")} | {
-             "test.tsv": (["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], "#1 String", "#2 String",
-                          None, None)},
-    "QQP": {f: (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], "question1", "question2",
-                "is_duplicate", BIN) for f in ("train.tsv", "dev.tsv")} | {
-            "test.tsv": (["id", "question1", "question2"], "question1", "question2", None, None)},
-    "STS-B": {f: (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
-                   "sentence2", "score"], "sentence1", "sentence2", "score", "float")
-              for f in ("train.tsv", "dev.tsv")} | {
-              "test.tsv": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
-                            "sentence2"], "sentence1", "sentence2", None, None)},
-    "MNLI": {"train.tsv": (MNLI_COLS + ["label1", "gold_label"], "sentence1", "sentence2", "gold_label", NLI),
-             "dev_matched.tsv": (MNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
-             "dev_mismatched.tsv": (MNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
-             "test_matched.tsv": (MNLI_COLS, "sentence1", "sentence2", None, None),
-             "test_mismatched.tsv": (MNLI_COLS, "sentence1", "sentence2", None, None)},
-    "QNLI": {f: (["index", "question", "sentence", "label"], "question", "sentence", "label", ENT)
-             for f in ("train.tsv", "dev.tsv")} | {
-             "test.tsv": (["index", "question", "sentence"], "question", "sentence", None, None)},
-    "RTE": {f: (["index", "sentence1", "sentence2", "label"], "sentence1", "sentence2", "label", ENT)
-            for f in ("train.tsv", "dev.tsv")} | {
-            "test.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
-    "WNLI": {f: (["index", "sentence1", "sentence2", "label"], "sentence1", "sentence2", "label", BIN)
-             for f in ("train.tsv", "dev.tsv")} | {
-             "test.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
-    "SNLI": {"train.tsv": (SNLI_COLS + ["label1", "gold_label"], "sentence1", "sentence2", "gold_label", NLI),
-             "dev.tsv": (SNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
-             "test.tsv": (SNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI)},
+LAYOUTS: dict[str, dict[str, tuple]] = {
+    "CoLA": {
+        "train.tsv": (None, 3, None, 1, BIN),
+        "dev.tsv": (None, 3, None, 1, BIN),
+        "test.tsv": (["index", "sentence"], "sentence", None, None, None),
+    },
+    "SST-2": {
+        "train.tsv": (["sentence", "label"], "sentence", None, "label", BIN),
+        "dev.tsv": (["sentence", "label"], "sentence", None, "label", BIN),
+        "test.tsv": (["index", "sentence"], "sentence", None, None, None),
+    },
+    "MRPC": {
+        f: (
+            ["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            "#1 String",
+            "#2 String",
+            "\ufeffQuality",
+            BIN,
+        )
+        for f in ("train.tsv", "dev.tsv")
+    }
+    | {"test.tsv": (["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], "#1 String", "#2 String", None, None)},
+    "QQP": {
+        f: (
+            ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            "question1",
+            "question2",
+            "is_duplicate",
+            BIN,
+        )
+        for f in ("train.tsv", "dev.tsv")
+    }
+    | {"test.tsv": (["id", "question1", "question2"], "question1", "question2", None, None)},
+    "STS-B": {
+        f: (
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            "sentence1",
+            "sentence2",
+            "score",
+            "float",
+        )
+        for f in ("train.tsv", "dev.tsv")
+    }
+    | {
+        "test.tsv": (
+            ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"],
+            "sentence1",
+            "sentence2",
+            None,
+            None,
+        )
+    },
+    "MNLI": {
+        "train.tsv": (MNLI_COLS + ["label1", "gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+        "dev_matched.tsv": (MNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+        "dev_mismatched.tsv": (MNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+        "test_matched.tsv": (MNLI_COLS, "sentence1", "sentence2", None, None),
+        "test_mismatched.tsv": (MNLI_COLS, "sentence1", "sentence2", None, None),
+    },
+    "QNLI": {
+        f: (["index", "question", "sentence", "label"], "question", "sentence", "label", ENT)
+        for f in ("train.tsv", "dev.tsv")
+    }
+    | {"test.tsv": (["index", "question", "sentence"], "question", "sentence", None, None)},
+    "RTE": {
+        f: (["index", "sentence1", "sentence2", "label"], "sentence1", "sentence2", "label", ENT)
+        for f in ("train.tsv", "dev.tsv")
+    }
+    | {"test.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
+    "WNLI": {
+        f: (["index", "sentence1", "sentence2", "label"], "sentence1", "sentence2", "label", BIN)
+        for f in ("train.tsv", "dev.tsv")
+    }
+    | {"test.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
+    "SNLI": {
+        "train.tsv": (SNLI_COLS + ["label1", "gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+        "dev.tsv": (SNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+        "test.tsv": (SNLI_COLS + FIVE + ["gold_label"], "sentence1", "sentence2", "gold_label", NLI),
+    },
     "diagnostic": {"diagnostic.tsv": (["index", "sentence1", "sentence2"], "sentence1", "sentence2", None, None)},
 }
 
 
-def _col(header: Optional[List[str]], column) -> int:
+def _col(header: list[str] | None, column) -> int:
     return column if isinstance(column, int) else header.index(column)
 
 
-def make_rows(task: str, file: str, n: int, seed: int = 0) -> List[Dict]:
+def make_rows(task: str, file: str, n: int, seed: int = 0) -> list[dict]:
     """n rows for one file: {'a', 'b', 'label', 'fields'}; texts are real English sentences."""
     header, a_col, b_col, label_col, labels = LAYOUTS[task][file]
     width = len(header) if header else 4
@@ -96,8 +170,9 @@ def make_rows(task: str, file: str, n: int, seed: int = 0) -> List[Dict]:
     return rows
 
 
-def write_task(root: Path, task: str, sizes: Optional[Dict[str, int]] = None, seed: int = 0,
-               skip: Sequence[str] = ()) -> Dict[str, List[Dict]]:
+def write_task(
+    root: Path, task: str, sizes: dict[str, int] | None = None, seed: int = 0, skip: Sequence[str] = ()
+) -> dict[str, list[dict]]:
     """Write every file of a task under root/<task>/ and return the rows written per file."""
     folder = root / task
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +187,7 @@ def write_task(root: Path, task: str, sizes: Optional[Dict[str, int]] = None, se
     return written
 
 
-def decode_split(split_dir: Path, record_pb2) -> List[Dict[str, list]]:
+def decode_split(split_dir: Path, record_pb2) -> list[dict[str, list]]:
     """Every record of a split, in order, decoded by OneFlow's protobuf classes."""
     meta = ofrecord.read_meta(split_dir)
     out = []
@@ -133,8 +208,28 @@ def expected_bert(tok: BertWordPieceTokenizer, a: str, b, length: int):
 
 POSITIVE = ["good", "great", "wonderful", "excellent", "charming", "delightful", "brilliant", "moving"]
 NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "tedious", "painful", "weak"]
-FILLER = ["the", "movie", "story", "film", "actors", "plot", "was", "is", "a", "quite", "really", "and",
-          "its", "director", "ending", "music", "very", "this", "script", "scenes"]
+FILLER = [
+    "the",
+    "movie",
+    "story",
+    "film",
+    "actors",
+    "plot",
+    "was",
+    "is",
+    "a",
+    "quite",
+    "really",
+    "and",
+    "its",
+    "director",
+    "ending",
+    "music",
+    "very",
+    "this",
+    "script",
+    "scenes",
+]
 
 
 def write_learnable_sst2(root: Path, n_train: int, n_dev: int, seed: int = 0) -> None:
@@ -152,8 +247,13 @@ def write_learnable_sst2(root: Path, n_train: int, n_dev: int, seed: int = 0) ->
         (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
-             "max_position_embeddings": 64}
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
 
 
 def write_tiny_teacher_workspace(root: Path, vocab_file: Path) -> Path:
@@ -165,8 +265,10 @@ def write_tiny_teacher_workspace(root: Path, vocab_file: Path) -> Path:
     from distil.models import io
 
     write_learnable_sst2(root / "glue", 64, 19)
-    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0,
-                                        workers=1))
+    convert_task(
+        "SST-2",
+        ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0, workers=1),
+    )
     io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
     config = json.loads((root / "pretrained" / "config.json").read_text())
     config["model"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
@@ -181,12 +283,37 @@ def train_tiny_classifier(root: Path, vocab_file: Path, run, python: str) -> Pat
     from distil.models import io
 
     write_learnable_sst2(root / "glue", 512, 64)
-    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0,
-                                        workers=1))
+    convert_task(
+        "SST-2",
+        ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0, workers=1),
+    )
     io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
-    done = run([python, "-m", "distil", "train", "--algorithm", "teacher", "--task", "SST-2", "--pretrained_model",
-                str(root / "pretrained"), "--data_root", str(root / "data"), "--model_save_dir", str(root / "model"),
-                "--epochs", "4", "--batch_size", "16", "--learning_rate", "1e-3", "--device", "cpu"])
+    done = run(
+        [
+            python,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--task",
+            "SST-2",
+            "--pretrained_model",
+            str(root / "pretrained"),
+            "--data_root",
+            str(root / "data"),
+            "--model_save_dir",
+            str(root / "model"),
+            "--epochs",
+            "4",
+            "--batch_size",
+            "16",
+            "--learning_rate",
+            "1e-3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return root / "model"
 
@@ -206,16 +333,30 @@ def train_teacher_by_script(root: Path, vocab_file: Path, run):
     from distil.models import io
 
     write_learnable_sst2(root / "glue", 640, 160)
-    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
-                                        lstm_seq_length=12, workers=1))
+    convert_task(
+        "SST-2",
+        ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=12, workers=1),
+    )
     io.init_bert(root / "pretrained", vocab_file, TINY_BERT, seed=0)
-    env = {**SCRIPT_TEACHER_ENV, "PRETRAINED_MODEL": str(root / "pretrained"), "DATA_ROOT": str(root / "data"),
-           "MODELS_ROOT": str(root / "models")}
-    return run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "run_train_teacher.sh"), "SST-2",
-                "--log_every", "10"], env=env)
+    env = {
+        **SCRIPT_TEACHER_ENV,
+        "PRETRAINED_MODEL": str(root / "pretrained"),
+        "DATA_ROOT": str(root / "data"),
+        "MODELS_ROOT": str(root / "models"),
+    }
+    return run(
+        [
+            "bash",
+            str(Path(__file__).resolve().parents[1] / "scripts" / "run_train_teacher.sh"),
+            "SST-2",
+            "--log_every",
+            "10",
+        ],
+        env=env,
+    )
 
 
-def write_random_classifier(model_dir: Path, task_name: str, vocab_file: Path, sizes: Dict[str, int]) -> Path:
+def write_random_classifier(model_dir: Path, task_name: str, vocab_file: Path, sizes: dict[str, int]) -> Path:
     """A random BERT model directory for `task_name` at seq 32 whose outputs differ from example to example (its
     classifier weights scaled by 30), as predict and serve tests compare them."""
     from distil.data.tasks import get_task
@@ -231,8 +372,18 @@ def write_random_classifier(model_dir: Path, task_name: str, vocab_file: Path, s
     model = io.build_model(config)
     with flow.no_grad():
         model.classifier.weight.mul_(30.0)
-    io.write_new_model_dir(model_dir, model, config, vocab_file, {"name": "teacher"},
-                           task={"name": task.name, "labels": list(task.labels or []), "num_labels": task.num_labels,
-                                 "metrics": list(task.metrics)},
-                           data={"format": "bert", "folder": task.name, "seq_length": 32, "do_lower_case": True})
+    io.write_new_model_dir(
+        model_dir,
+        model,
+        config,
+        vocab_file,
+        {"name": "teacher"},
+        task={
+            "name": task.name,
+            "labels": list(task.labels or []),
+            "num_labels": task.num_labels,
+            "metrics": list(task.metrics),
+        },
+        data={"format": "bert", "folder": task.name, "seq_length": 32, "do_lower_case": True},
+    )
     return model_dir

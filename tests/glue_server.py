@@ -6,8 +6,8 @@ import io
 import re
 import threading
 import zipfile
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Mapping
 from urllib.parse import urlsplit
 
 # --- server ----------------------------------------------------------------------------------------
@@ -30,11 +30,9 @@ class GlueServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def start(self) -> "GlueServer":
+    def start(self) -> GlueServer:
         self._thread.start()
         return self
 
@@ -43,7 +41,7 @@ class GlueServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "GlueServer":
+    def __enter__(self) -> GlueServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -227,33 +225,41 @@ def bad_crc_zip(files: Mapping[str, str]) -> bytes:
 def ax_tsv() -> bytes:
     """AX.tsv, the diagnostic set: ``index\\tsentence1\\tsentence2`` without labels."""
     return (
-        "index\tsentence1\tsentence2\n"
-        "0\tThe cat sat on the mat.\tThe cat did not sit on the mat.\n"
-        "1\tThe cat did not sit on the mat.\tThe cat sat on the mat.\n"
-        "2\tWhen you've got no snow, it's really hard to learn a snow sport.\tWhen you've got snow, it's hard.\n"
-    ).encode("utf-8")
+        b"index\tsentence1\tsentence2\n"
+        b"0\tThe cat sat on the mat.\tThe cat did not sit on the mat.\n"
+        b"1\tThe cat did not sit on the mat.\tThe cat sat on the mat.\n"
+        b"2\tWhen you've got no snow, it's really hard to learn a snow sport.\tWhen you've got snow, it's hard.\n"
+    )
 
 
 MRPC_HEADER = BOM + "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
 
 MRPC_TRAIN_ROWS = [
     (
-        "1", "702876", "702977",
+        "1",
+        "702876",
+        "702977",
         'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',
         'Referring to him as only " the witness " , Amrozi accused his brother of distorting his evidence .',
     ),
     (
-        "0", "2108705", "2108831",
+        "0",
+        "2108705",
+        "2108831",
         "Yucaipa owned Dominick 's before selling the chain to Safeway in 1998 for $ 2.5 billion .",
         "Yucaipa bought Dominick 's in 1995 for $ 693 million and sold it to Safeway for $ 1.8 billion in 1998 .",
     ),
     (
-        "1", "1330381", "1330521",
+        "1",
+        "1330381",
+        "1330521",
         "They had published an advertisement on the Internet on June 10 , offering the cargo for sale , he added .",
         "On June 10 , the ship 's owners had published an advertisement on the Internet , offering the explosives .",
     ),
     (
-        "0", "3344667", "3344648",
+        "0",
+        "3344667",
+        "3344648",
         "Around 0335 GMT , Tab shares were up 19 cents , or 4.4 % , at A $ 4.56 , having earlier set a record .",
         "Tab shares jumped 20 cents , or 4.6 % , to set a record closing high at A $ 4.57 .",
     ),
@@ -261,12 +267,16 @@ MRPC_TRAIN_ROWS = [
 
 MRPC_TEST_ROWS = [
     (
-        "1", "1089874", "1089925",
+        "1",
+        "1089874",
+        "1089925",
         "PCCW 's chief operating officer , Mike Butcher , and Alex Arena , the chief financial officer , will report .",
         "Current Chief Operating Officer Mike Butcher and Group Chief Financial Officer Alex Arena will report to So .",
     ),
     (
-        "1", "3019446", "3019327",
+        "1",
+        "3019446",
+        "3019327",
         "The world 's two largest automakers said their U.S. sales declined more than predicted last month .",
         "Domestic sales at both GM and No. 2 Ford Motor Co. declined more than predicted .",
     ),

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run
-from distil.data import augment
 from distil.cli import run_command as cli_main
-from distil.data.augment import Augmentor, GloveIndex, MaskedLMPredictor, STOP_WORDS, top_k
+from distil.data import augment
+from distil.data.augment import STOP_WORDS, Augmentor, GloveIndex, MaskedLMPredictor, top_k
 from distil.data.tasks import get_task, read_examples
 from distil.data.tokenization import BasicTokenizer, FullTokenizer
 from distil.errors import UsageError
@@ -34,9 +34,15 @@ CONTINUATIONS = {"large": "##s", "next": "##ing"}
 
 # A tiny GloVe: "films" and "schools" have neighbours, "filming" and "states" have none; "<unk>" is all zeros.
 GLOVE = {
-    "films": [1.0, 0.2, 0.0, 0.0], "movies": [0.9, 0.3, 0.0, 0.0], "pictures": [0.8, 0.5, 0.1, 0.0],
-    "games": [0.1, 1.0, 0.0, 0.0], "schools": [0.0, 0.0, 1.0, 0.1], "colleges": [0.0, 0.1, 0.9, 0.2],
-    "academies": [0.1, 0.0, 0.8, 0.3], "cities": [0.3, 0.3, 0.3, 0.3], "<unk>": [0.0, 0.0, 0.0, 0.0],
+    "films": [1.0, 0.2, 0.0, 0.0],
+    "movies": [0.9, 0.3, 0.0, 0.0],
+    "pictures": [0.8, 0.5, 0.1, 0.0],
+    "games": [0.1, 1.0, 0.0, 0.0],
+    "schools": [0.0, 0.0, 1.0, 0.1],
+    "colleges": [0.0, 0.1, 0.9, 0.2],
+    "academies": [0.1, 0.0, 0.8, 0.3],
+    "cities": [0.3, 0.3, 0.3, 0.3],
+    "<unk>": [0.0, 0.0, 0.0, 0.0],
 }
 
 SST2_ROWS = [
@@ -110,8 +116,10 @@ def test_mlm_reproduces_hf_prediction_logits():
     np.testing.assert_allclose(logits, ref["prediction_logits"], atol=1e-4, rtol=0)
     positions = np.array([2, 1, 5])
     with flow.no_grad():
-        at = model.logits_at(*(flow.tensor(ref[k].astype(np.int64)) for k in
-                               ("input_ids", "token_type_ids", "attention_mask")), flow.tensor(positions)).numpy()
+        at = model.logits_at(
+            *(flow.tensor(ref[k].astype(np.int64)) for k in ("input_ids", "token_type_ids", "attention_mask")),
+            flow.tensor(positions),
+        ).numpy()
     np.testing.assert_allclose(at, ref["prediction_logits"][np.arange(3), positions], atol=1e-4, rtol=0)
 
 
@@ -128,30 +136,36 @@ def variant_checkpoint(tmp_path: Path, edit) -> Path:
 
 def test_masked_lm_layout_with_old_names_and_a_stored_tied_decoder_loads(tmp_path):
     """BertForMaskedLM (no pooler), gamma/beta names, decoder.weight stored, bias as decoder.bias."""
+
     def edit(t):
         for name in [n for n in t if n.startswith(("bert.pooler.", "cls.seq_relationship."))]:
             del t[name]
         for name in [n for n in t if ".LayerNorm." in n]:
-            t[name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")] = \
-                t.pop(name)
+            t[name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")] = t.pop(
+                name
+            )
         t["cls.predictions.decoder.weight"] = t["bert.embeddings.word_embeddings.weight"].copy()
         t["cls.predictions.decoder.bias"] = t.pop("cls.predictions.bias")
 
     ref = np.load(FIXTURE / "reference.npz")
-    logits = forward(load_mlm(variant_checkpoint(tmp_path, edit)), ref["input_ids"], ref["token_type_ids"],
-                     ref["attention_mask"])
+    logits = forward(
+        load_mlm(variant_checkpoint(tmp_path, edit)), ref["input_ids"], ref["token_type_ids"], ref["attention_mask"]
+    )
     np.testing.assert_allclose(logits, ref["prediction_logits"], atol=1e-4, rtol=0)
 
 
 def test_checkpoints_without_a_usable_head_are_refused(tmp_path):
     with pytest.raises(UsageError, match="needs a BERT with its masked-LM head"):
         load_mlm(ROOT / "tests" / "fixtures" / "hf_tiny_cls_safetensors")
-    untied = variant_checkpoint(tmp_path / "a", lambda t: t.update(
-        {"cls.predictions.decoder.weight": t["bert.embeddings.word_embeddings.weight"] + 1.0}))
+    untied = variant_checkpoint(
+        tmp_path / "a",
+        lambda t: t.update({"cls.predictions.decoder.weight": t["bert.embeddings.word_embeddings.weight"] + 1.0}),
+    )
     with pytest.raises(UsageError, match="differs from the word embeddings"):
         load_mlm(untied)
-    misshapen = variant_checkpoint(tmp_path / "b", lambda t: t.update(
-        {"cls.predictions.transform.dense.weight": np.zeros((32, 31), np.float32)}))
+    misshapen = variant_checkpoint(
+        tmp_path / "b", lambda t: t.update({"cls.predictions.transform.dense.weight": np.zeros((32, 31), np.float32)})
+    )
     with pytest.raises(UsageError, match=r"cls.predictions.transform.dense.weight' has shape \(32, 31\)"):
         load_mlm(misshapen)
     with pytest.raises(UsageError, match="does not exist"):
@@ -179,8 +193,9 @@ def glove_reference(word: str, m: int):
     vectors = np.array([GLOVE[w] for w in words], dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=1)
     target = vectors[words.index(word)] / norms[words.index(word)]
-    scored = [(-float(vectors[i] @ target / norms[i]), i) for i in range(len(words))
-              if norms[i] > 0 and words[i] != word]
+    scored = [
+        (-float(vectors[i] @ target / norms[i]), i) for i in range(len(words)) if norms[i] > 0 and words[i] != word
+    ]
     return [words[i] for _, i in sorted(scored)[:m]]
 
 
@@ -193,7 +208,7 @@ def test_glove_neighbours_are_cosine_nearest_and_the_file_is_read_up_to_the_limi
     assert len(glove.neighbours("cities", 20)) == 7 and glove.neighbours("filming", 5) == []
     np.testing.assert_allclose(np.linalg.norm(glove.vectors[:8], axis=1), 1.0, rtol=1e-6)
     assert GloveIndex.load(glove_file, limit=3).words == ["films", "movies", "pictures"]
-    spaced = tmp_path / "spaced.txt"                 # glove.840B has words with spaces in them
+    spaced = tmp_path / "spaced.txt"  # glove.840B has words with spaces in them
     spaced.write_text("at . com 1 0.5\nfilms 2 1.5\nmovies 0.1 5\n", encoding="utf-8")
     glove = GloveIndex.load(spaced)
     assert glove.words == ["at . com", "films", "movies"] and glove.neighbours("films", 1) == ["at . com"]
@@ -206,11 +221,16 @@ def test_glove_neighbours_are_cosine_nearest_and_the_file_is_read_up_to_the_limi
 
 
 def test_stop_words_are_nltks_english_list():
-    assert len(STOP_WORDS) == 173                      # the original script's list (NLTK's, plus 's and 're)
-    assert {"the", "and", "was", "more", "most", "other", "some", "all", "own", "can", "first"} - STOP_WORDS == \
-        {"first"}
-    assert not augment.is_replaceable("the") and not augment.is_replaceable("3") \
-        and not augment.is_replaceable("café") and not augment.is_replaceable("Film")
+    assert len(STOP_WORDS) == 173  # the original script's list (NLTK's, plus 's and 're)
+    assert {"the", "and", "was", "more", "most", "other", "some", "all", "own", "can", "first"} - STOP_WORDS == {
+        "first"
+    }
+    assert (
+        not augment.is_replaceable("the")
+        and not augment.is_replaceable("3")
+        and not augment.is_replaceable("café")
+        and not augment.is_replaceable("Film")
+    )
     assert augment.is_replaceable("film") and augment.is_replaceable("first")
 
 
@@ -218,7 +238,7 @@ def reference_candidates(model, tokenizer, sentence: str, m: int, max_len: int =
     """What the original script computes, one masked sequence at a time without padding."""
     words = tokenizer.basic_tokenizer.tokenize(sentence)
     pieces = tokenizer.tokenize(sentence)
-    spans = []                                 # the original's alignment: a piece without '##' starts a word
+    spans = []  # the original's alignment: a piece without '##' starts a word
     for i, piece in enumerate(pieces):
         if not piece.startswith("##"):
             spans.append([i])
@@ -250,8 +270,15 @@ def reference_candidates(model, tokenizer, sentence: str, m: int, max_len: int =
 @pytest.fixture(scope="module")
 def augmentor(model, tokenizer, glove_file):
     # batches of 5 mix sequences of different lengths (padding) and of different sentences
-    return Augmentor(MaskedLMPredictor(model, batch_size=5), tokenizer, GloveIndex.load(glove_file), M=M, N=10,
-                     p=0.5, max_seq_length=64)
+    return Augmentor(
+        MaskedLMPredictor(model, batch_size=5),
+        tokenizer,
+        GloveIndex.load(glove_file),
+        M=M,
+        N=10,
+        p=0.5,
+        max_seq_length=64,
+    )
 
 
 def test_candidates_equal_a_direct_unbatched_computation(augmentor, model, tokenizer):
@@ -259,23 +286,24 @@ def test_candidates_equal_a_direct_unbatched_computation(augmentor, model, token
     found = augmentor.candidates(sentences)
     for sentence, cands in zip(sentences, found):
         assert cands == reference_candidates(model, tokenizer, sentence, M), sentence
-    words = tokenizer.basic_tokenizer.tokenize(SST2_ROWS[1][0])       # two films in the city of the world .
+    words = tokenizer.basic_tokenizer.tokenize(SST2_ROWS[1][0])  # two films in the city of the world .
     assert found[1][words.index("films")][:2] == ["movies", "pictures"]
     filming = found[3][tokenizer.basic_tokenizer.tokenize(SST2_ROWS[3][0]).index("filming")]
-    assert filming == ["filming"]                                     # several pieces, not in GloVe
-    assert found[6] == {}                                             # "It is, and was." has no candidate word
+    assert filming == ["filming"]  # several pieces, not in GloVe
+    assert found[6] == {}  # "It is, and was." has no candidate word
     mlm_lists = [c for cands in found for w, c in cands.items() if c]
     assert any(len(c) > 1 for c in mlm_lists)
 
 
 def test_a_mask_truncated_away_leaves_the_word_itself(model, tokenizer, glove_file):
-    short = Augmentor(MaskedLMPredictor(model), tokenizer, GloveIndex.load(glove_file), M=M, N=1, p=1.0,
-                      max_seq_length=8)
+    short = Augmentor(
+        MaskedLMPredictor(model), tokenizer, GloveIndex.load(glove_file), M=M, N=1, p=1.0, max_seq_length=8
+    )
     sentence = "good film day game city world time year"
     cands = short.candidates([sentence])[0]
     assert cands == reference_candidates(model, tokenizer, sentence, M, max_len=8)
-    assert cands[7] == ["year"] and len(cands) == 8                   # position 8 is cut away
-    assert reference_candidates(model, tokenizer, sentence, M)[7] != ["year"]    # untruncated, it has some
+    assert cands[7] == ["year"] and len(cands) == 8  # position 8 is cut away
+    assert reference_candidates(model, tokenizer, sentence, M)[7] != ["year"]  # untruncated, it has some
 
 
 def test_long_sequences_come_in_smaller_batches(model):
@@ -285,7 +313,7 @@ def test_long_sequences_come_in_smaller_batches(model):
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     widths = [max(lengths[i] for i in b) for b in batches]
     assert len(batches[0]) == 64 and widths[0] == 10
-    assert all(len(b) * max(w, 128) ** 2 <= 64 * 128 ** 2 for b, w in zip(batches, widths))
+    assert all(len(b) * max(w, 128) ** 2 <= 64 * 128**2 for b, w in zip(batches, widths))
     assert [len(b) for b, w in zip(batches, widths) if w == 512] == [4, 1]
     assert [lengths[i] for b in batches for i in b] == sorted(lengths)
 
@@ -309,9 +337,26 @@ def test_continuation_pieces_and_special_tokens_are_no_candidates(tokenizer, glo
     assert cands == {1: ["game", "city"], 4: glove_reference("films", 6)} and len(cands[4]) == 6
     assert len(predictor.seen) == 1
     ids, segments, position = predictor.seen[0]
-    unk = "[UNK]"                                      # the tiny vocab has no punctuation
-    assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "the", "[MASK]", unk, "the", "film", "##s", unk,
-                                                    "[SEP]", "the", "film", unk, "the", "film", "##s", unk, "[SEP]"]
+    unk = "[UNK]"  # the tiny vocab has no punctuation
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "[CLS]",
+        "the",
+        "[MASK]",
+        unk,
+        "the",
+        "film",
+        "##s",
+        unk,
+        "[SEP]",
+        "the",
+        "film",
+        unk,
+        "the",
+        "film",
+        "##s",
+        unk,
+        "[SEP]",
+    ]
     assert segments == [0] * 9 + [1] * 8 and position == 2
     only_pieces = FixedPredictor(tokenizer, ["##s", "[SEP]", "##ing"])
     assert Augmentor(only_pieces, tokenizer, glove, M=3, N=1).candidates(["Film"])[0] == {0: ["film"]}
@@ -376,12 +421,30 @@ def sst2_dir(tmp_path: Path) -> Path:
     return tmp_path / "glue"
 
 
-def test_sst2_train_aug_has_trains_layout_and_replaces_only_candidate_words(tmp_path, mlm_dir, glove_file,
-                                                                             model, tokenizer, capsys):
+def test_sst2_train_aug_has_trains_layout_and_replaces_only_candidate_words(
+    tmp_path, mlm_dir, glove_file, model, tokenizer, capsys
+):
     glue = sst2_dir(tmp_path)
     n = 30
-    status, summary = run_main(["--pretrained_model", mlm_dir, "--glove_embs", glove_file, "--glue_dir", glue,
-                                "--task_name", "SST-2", "--M", M, "--N", n, "--seed", 7], capsys)
+    status, summary = run_main(
+        [
+            "--pretrained_model",
+            mlm_dir,
+            "--glove_embs",
+            glove_file,
+            "--glue_dir",
+            glue,
+            "--task_name",
+            "SST-2",
+            "--M",
+            M,
+            "--N",
+            n,
+            "--seed",
+            7,
+        ],
+        capsys,
+    )
     assert status == 0
     output = glue / "SST-2" / "train_aug.tsv"
     rows = read_tsv(output)
@@ -399,7 +462,7 @@ def test_sst2_train_aug_has_trains_layout_and_replaces_only_candidate_words(tmp_
         for text in texts:
             assert text != " ".join(words)
             assert assert_valid_variant(original[0], text, candidates) >= 1
-            for w, (old, now) in enumerate(zip(words, text.split(" "))):
+            for old, now in zip(words, text.split(" ")):
                 if old != now:
                     kind = "glove" if len(tokenizer.wordpiece_tokenizer.tokenize_words([old])) > 1 else "mlm"
                     changed_by_kind[kind] += 1
@@ -408,7 +471,7 @@ def test_sst2_train_aug_has_trains_layout_and_replaces_only_candidate_words(tmp_
         if original[0] == "It is, and was.":
             assert group == [original]
         if "Filming" in original[0]:
-            assert not any(t.split(" ")[0] != "filming" for t in texts)     # no GloVe entry: never replaced
+            assert not any(t.split(" ")[0] != "filming" for t in texts)  # no GloVe entry: never replaced
     assert changed_by_kind["mlm"] > 10 and changed_by_kind["glove"] > 3
     # the two identical rows draw from their own RNGs
     first, second = (g for g, o in zip(groups(SST2_ROWS, rows[1:]), SST2_ROWS) if o == SST2_ROWS[0])
@@ -425,12 +488,23 @@ def test_sst2_train_aug_has_trains_layout_and_replaces_only_candidate_words(tmp_
         assert [e.text_a for e in read_examples(task, "train_aug", glue)] == [r[0] for r in rows[1:]]
 
 
-def test_same_seed_same_file_other_seed_other_file_and_p0_gives_the_training_set(tmp_path, mlm_dir, glove_file,
-                                                                                  capsys):
+def test_same_seed_same_file_other_seed_other_file_and_p0_gives_the_training_set(tmp_path, mlm_dir, glove_file, capsys):
     glue = sst2_dir(tmp_path)
     output = glue / "SST-2" / "train_aug.tsv"
-    base = ["--pretrained_model", mlm_dir, "--glove_embs", glove_file, "--glue_dir", glue, "--task_name", "SST-2",
-            "--M", M, "--N", 8]
+    base = [
+        "--pretrained_model",
+        mlm_dir,
+        "--glove_embs",
+        glove_file,
+        "--glue_dir",
+        glue,
+        "--task_name",
+        "SST-2",
+        "--M",
+        M,
+        "--N",
+        8,
+    ]
     contents = []
     for seed in (1, 1, 2):
         assert run_main(base + ["--seed", seed], capsys)[0] == 0
@@ -445,8 +519,23 @@ def test_pair_task_augments_each_text_column_on_its_own(tmp_path, mlm_dir, glove
     header = ["index", "sentence1", "sentence2", "label"]
     write_tsv(tmp_path / "glue" / "RTE" / "train.tsv", header, RTE_ROWS)
     n = 12
-    status, summary = run_main(["--pretrained_model", mlm_dir, "--glove_embs", glove_file, "--glue_dir",
-                                tmp_path / "glue", "--task_name", "rte", "--M", M, "--N", n], capsys)
+    status, summary = run_main(
+        [
+            "--pretrained_model",
+            mlm_dir,
+            "--glove_embs",
+            glove_file,
+            "--glue_dir",
+            tmp_path / "glue",
+            "--task_name",
+            "rte",
+            "--M",
+            M,
+            "--N",
+            n,
+        ],
+        capsys,
+    )
     assert status == 0 and summary["task"] == "RTE"
     rows = read_tsv(tmp_path / "glue" / "RTE" / "train_aug.tsv")
     assert rows[0] == header and all(len(r) == 4 for r in rows)
@@ -459,15 +548,19 @@ def test_pair_task_augments_each_text_column_on_its_own(tmp_path, mlm_dir, glove
             assert len(changed) == 1
             c = changed[0]
             per_column[c] += 1
-            assert assert_valid_variant(original[c], row[c],
-                                        reference_candidates(model, tokenizer, original[c], M)) >= 1
+            assert (
+                assert_valid_variant(original[c], row[c], reference_candidates(model, tokenizer, original[c], M)) >= 1
+            )
         assert per_column[1] <= n and per_column[2] <= n
         if original[0] == "2":
-            assert group == [original]                                  # stop words only
+            assert group == [original]  # stop words only
         else:
             assert per_column[1] > 0 and per_column[2] > 0
-    examples = list(read_examples(get_task("RTE"), "train_aug", tmp_path / "glue")) \
-        if "train_aug" in get_task("RTE").splits else None
+    examples = (
+        list(read_examples(get_task("RTE"), "train_aug", tmp_path / "glue"))
+        if "train_aug" in get_task("RTE").splits
+        else None
+    )
     copy = tmp_path / "copy" / "RTE"
     copy.mkdir(parents=True)
     shutil.copy(tmp_path / "glue" / "RTE" / "train_aug.tsv", copy / "train.tsv")
@@ -479,9 +572,22 @@ def test_pair_task_augments_each_text_column_on_its_own(tmp_path, mlm_dir, glove
 def test_headerless_cola_keeps_its_layout(tmp_path, mlm_dir, glove_file, capsys):
     cola = [["gj04", "1", "", "The film was good."], ["gj04", "0", "*", "Game the city big world."]]
     write_tsv(tmp_path / "glue" / "CoLA" / "train.tsv", None, cola)
-    status, summary = run_main(["--pretrained_model", mlm_dir, "--glove_embs", glove_file, "--glue_dir",
-                                tmp_path / "glue", "--task_name", "CoLA", "--M", M], capsys)
-    assert status == 0 and summary["N"] == 30 and summary["rows_in"] == 2   # CoLA's default N
+    status, summary = run_main(
+        [
+            "--pretrained_model",
+            mlm_dir,
+            "--glove_embs",
+            glove_file,
+            "--glue_dir",
+            tmp_path / "glue",
+            "--task_name",
+            "CoLA",
+            "--M",
+            M,
+        ],
+        capsys,
+    )
+    assert status == 0 and summary["N"] == 30 and summary["rows_in"] == 2  # CoLA's default N
     rows = read_tsv(tmp_path / "glue" / "CoLA" / "train_aug.tsv")
     assert all(len(r) == 4 for r in rows)
     for original, group in zip(cola, groups(cola, rows)):
@@ -495,18 +601,20 @@ def test_headerless_cola_keeps_its_layout(tmp_path, mlm_dir, glove_file, capsys)
 def test_missing_inputs_are_named_with_exit_status_2(tmp_path, mlm_dir, glove_file, capsys, caplog):
     glue = sst2_dir(tmp_path)
     base = {"--pretrained_model": mlm_dir, "--glove_embs": glove_file, "--glue_dir": glue, "--task_name": "SST-2"}
-    cases = [("--glove_embs", tmp_path / "no_glove.txt", "no_glove.txt does not exist"),
-             ("--pretrained_model", tmp_path / "no_model", "no_model does not exist"),
-             ("--glue_dir", tmp_path / "no_glue", str(tmp_path / "no_glue" / "SST-2" / "train.tsv")),
-             ("--pretrained_model", ROOT / "tests" / "fixtures" / "hf_tiny_cls_safetensors", "masked-LM head"),
-             ("--task_name", "SST3", "unknown task 'SST3'")]
+    cases = [
+        ("--glove_embs", tmp_path / "no_glove.txt", "no_glove.txt does not exist"),
+        ("--pretrained_model", tmp_path / "no_model", "no_model does not exist"),
+        ("--glue_dir", tmp_path / "no_glue", str(tmp_path / "no_glue" / "SST-2" / "train.tsv")),
+        ("--pretrained_model", ROOT / "tests" / "fixtures" / "hf_tiny_cls_safetensors", "masked-LM head"),
+        ("--task_name", "SST3", "unknown task 'SST3'"),
+    ]
     for flag, value, message in cases:
         caplog.clear()
         argv = [str(x) for k, v in {**base, flag: value}.items() for x in (k, v)]
         assert cli_main(["augment", *argv]) == 2, flag
         assert message in caplog.text, (flag, caplog.text)
     assert not (glue / "SST-2" / "train_aug.tsv").exists()
-    assert cli_main(["augment", "--task_name", "SST-2"]) == 2                    # argparse: required flags
+    assert cli_main(["augment", "--task_name", "SST-2"]) == 2  # argparse: required flags
     assert cli_main(["augment", *[str(x) for k, v in base.items() for x in (k, v)], "--p", "1.5"]) == 2
 
 
@@ -529,8 +637,7 @@ def test_script_names_a_missing_glove_file_and_exits_2(tmp_path, mlm_dir):
 
 def test_script_writes_train_aug(tmp_path, mlm_dir, glove_file):
     glue = sst2_dir(tmp_path)
-    env = {"GLUE_DIR": str(glue), "PRETRAINED_MODEL": str(mlm_dir), "GLOVE_EMB": str(glove_file), "N": "4",
-           "M": str(M)}
+    env = {"GLUE_DIR": str(glue), "PRETRAINED_MODEL": str(mlm_dir), "GLOVE_EMB": str(glove_file), "N": "4", "M": str(M)}
     result = run(["bash", str(SCRIPT), "SST-2", "--seed", "3"], env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

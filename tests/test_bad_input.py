@@ -12,7 +12,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 import pytest
 
@@ -30,12 +29,17 @@ from glue_fixtures import FILLER, LAYOUTS, write_learnable_sst2
 
 SCRIPTS = ROOT / "scripts"
 # 3 layers, so that 2-layer students (TinyBERT) and two teacher layers (BERT-PKD) cannot be mapped uniformly
-TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 48,
-        "max_position_embeddings": 64}
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
 N_TRAIN, N_DEV, BATCH = 64, 24, 8
 STEPS_PER_EPOCH = N_TRAIN // BATCH
-TEACHER_ID = "SST-2_epoch-1_lr-1e-3_wd-0.01"         # the fixture's fine-tuned teacher
-TRAINED_ID = "SST-2_epoch-1_lr-1e-3_wd-0.0001"       # what run_train_teacher.sh would save with train_env()
+TEACHER_ID = "SST-2_epoch-1_lr-1e-3_wd-0.01"  # the fixture's fine-tuned teacher
+TRAINED_ID = "SST-2_epoch-1_lr-1e-3_wd-0.0001"  # what run_train_teacher.sh would save with train_env()
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +47,22 @@ def ws(tmp_path_factory, vocab_file):
     """Learnable SST-2 (seq 32, no LSTM data), a random 3-layer "pretrained" BERT and a teacher fine-tuned from it."""
     root = tmp_path_factory.mktemp("bad_input")
     write_learnable_sst2(root / "glue", N_TRAIN, N_DEV)
-    convert_task("SST-2", ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
-                                        lstm_seq_length=0, workers=1))
+    convert_task(
+        "SST-2",
+        ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0, workers=1),
+    )
     io.init_bert(root / "pretrained", vocab_file, TINY, seed=0)
     settings = TrainSettings(epochs=1, learning_rate=1e-3, weight_decay=0.01, batch_size=16, eval_batch_size=16)
-    train_algorithm(Teacher(), RunConfig(task="SST-2", data_root=root / "data", settings=settings,
-                                         model_save_dir=root / "models" / "finetuned_teacher" / TEACHER_ID,
-                                         options=TeacherOptions(pretrained_model=root / "pretrained")))
+    train_algorithm(
+        Teacher(),
+        RunConfig(
+            task="SST-2",
+            data_root=root / "data",
+            settings=settings,
+            model_save_dir=root / "models" / "finetuned_teacher" / TEACHER_ID,
+            options=TeacherOptions(pretrained_model=root / "pretrained"),
+        ),
+    )
     return root
 
 
@@ -60,14 +73,16 @@ def teacher_dir(ws: Path) -> Path:
     return ws / "models" / "finetuned_teacher" / TEACHER_ID
 
 
-def snapshot(path: Path) -> Optional[Dict[str, Optional[str]]]:
+def snapshot(path: Path) -> dict[str, str | None] | None:
     """The SHA-256 of every file's bytes and every folder (hidden ones included) under `path`; None if absent."""
     if not path.exists():
         return None
     if path.is_file():
         return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(path.rglob("*"))}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        for p in sorted(path.rglob("*"))
+    }
 
 
 def failed_cleanly(result: subprocess.CompletedProcess, *names) -> str:
@@ -92,11 +107,18 @@ def glue_env(glue: Path, data: Path, **extra) -> dict:
 
 
 def train_env(ws: Path, data: Path, models: Path, **extra) -> dict:
-    return {"PRETRAINED_MODEL": str(ws / "pretrained"), "DATA_ROOT": str(data), "MODELS_ROOT": str(models),
-            "EPOCH": "1", "LEARNING_RATE": "1e-3", "BATCH_SIZE": str(BATCH), **extra}
+    return {
+        "PRETRAINED_MODEL": str(ws / "pretrained"),
+        "DATA_ROOT": str(data),
+        "MODELS_ROOT": str(models),
+        "EPOCH": "1",
+        "LEARNING_RATE": "1e-3",
+        "BATCH_SIZE": str(BATCH),
+        **extra,
+    }
 
 
-def write_small_stsb(root: Path, sizes: Dict[str, int]) -> Path:
+def write_small_stsb(root: Path, sizes: dict[str, int]) -> Path:
     """An STS-B folder with GLUE's header lines (scores 0-5; no test.tsv unless sized)."""
     folder = root / "STS-B"
     folder.mkdir(parents=True)
@@ -105,8 +127,8 @@ def write_small_stsb(root: Path, sizes: Dict[str, int]) -> Path:
         rows = []
         for i in range(n):
             fields = [f"x{i}"] * len(header)
-            fields[header.index("sentence1")] = " ".join(FILLER[i % 7:i % 7 + 5])
-            fields[header.index("sentence2")] = " ".join(FILLER[i % 5 + 3:i % 5 + 9])
+            fields[header.index("sentence1")] = " ".join(FILLER[i % 7 : i % 7 + 5])
+            fields[header.index("sentence2")] = " ".join(FILLER[i % 5 + 3 : i % 5 + 9])
             if "score" in header:
                 fields[header.index("score")] = f"{(i * 0.37) % 5:.3f}"
             rows.append("\t".join(fields))
@@ -189,8 +211,9 @@ def test_a_line_that_is_not_utf8_is_named_and_the_earlier_conversion_kept(ws, tm
 def test_missing_split_message_lists_only_the_files_that_are_required(ws, tmp_path):
     folder = copy_glue(ws, tmp_path / "glue")
     (folder / "dev.tsv").unlink()
-    error = failed_cleanly(script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", tmp_path / "out")),
-                           folder / "dev.tsv")
+    error = failed_cleanly(
+        script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", tmp_path / "out")), folder / "dev.tsv"
+    )
     assert "train_aug.tsv" not in error, error
 
 
@@ -201,8 +224,10 @@ def test_malformed_training_row_is_skipped_with_file_line_and_counted(ws, tmp_pa
     data = tmp_path / "ofrecord"
     result = script("glue_process.sh", "SST-2", env=glue_env(tmp_path / "glue", data))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"skipped a malformed row: {folder / 'train.tsv'}:5: expected 2 tab-separated columns, found 3" \
-        in result.stderr and sentence in result.stderr
+    assert (
+        f"skipped a malformed row: {folder / 'train.tsv'}:5: expected 2 tab-separated columns, found 3" in result.stderr
+        and sentence in result.stderr
+    )
     summary = json.loads(result.stdout)
     assert summary["SST-2_skipped_rows"] == {"train": 1} and summary["SST-2"]["train"] == rows - 1
     meta = json.loads((data / "SST-2" / "train" / "meta.json").read_text())
@@ -217,8 +242,9 @@ def test_row_with_a_wrong_column_count_is_an_error_with_strict(ws, tmp_path):
     data = good_data(ws, tmp_path / "ofrecord")
     before = snapshot(data)
     result = script("glue_process.sh", "SST-2", "--strict", env=glue_env(tmp_path / "glue", data))
-    error = failed_cleanly(result, f"{folder / 'train.tsv'}:5:", "expected 2 tab-separated columns, found 3",
-                           sentence, "extra")
+    error = failed_cleanly(
+        result, f"{folder / 'train.tsv'}:5:", "expected 2 tab-separated columns, found 3", sentence, "extra"
+    )
     assert error.count(":5:") == 1
     assert snapshot(data) == before
 
@@ -292,10 +318,22 @@ def damaged_data_runs(ws, tmp_path_factory):
         shutil.copytree(teacher_dir(ws), models / "finetuned_teacher" / TEACHER_ID)
         before = {"data": snapshot(data), "models": snapshot(models), "teacher": snapshot(teacher_dir(ws))}
         trained = script("run_train_teacher.sh", "SST-2", env=train_env(ws, data, models))
-        evaluated = script("run_eval_teacher.sh", "0", "SST-2", TEACHER_ID,
-                           env={"DATA_ROOT": str(data), "MODELS_ROOT": str(ws / "models")})
-        runs[kind] = {"data": data, "models": models, "split": split, "before": before, "train": trained,
-                      "eval": evaluated, "cut_at": cut_at}
+        evaluated = script(
+            "run_eval_teacher.sh",
+            "0",
+            "SST-2",
+            TEACHER_ID,
+            env={"DATA_ROOT": str(data), "MODELS_ROOT": str(ws / "models")},
+        )
+        runs[kind] = {
+            "data": data,
+            "models": models,
+            "split": split,
+            "before": before,
+            "train": trained,
+            "eval": evaluated,
+            "cut_at": cut_at,
+        }
     return runs
 
 
@@ -306,16 +344,21 @@ def test_truncated_part_file_stops_training_and_eval_naming_the_file(damaged_dat
     failed_cleanly(case["eval"], eval_part, "truncated")
     assert snapshot(case["data"]) == case["before"]["data"]
     assert snapshot(teacher_dir(ws)) == case["before"]["teacher"]  # no results_eval.json rewritten
-    assert snapshot(case["models"] / "finetuned_teacher" / TEACHER_ID) == \
-        {k[len(f"finetuned_teacher/{TEACHER_ID}/"):]: v for k, v in case["before"]["models"].items()
-         if k.startswith(f"finetuned_teacher/{TEACHER_ID}/")}
+    assert snapshot(case["models"] / "finetuned_teacher" / TEACHER_ID) == {
+        k[len(f"finetuned_teacher/{TEACHER_ID}/") :]: v
+        for k, v in case["before"]["models"].items()
+        if k.startswith(f"finetuned_teacher/{TEACHER_ID}/")
+    }
 
 
 def test_truncation_is_found_by_the_record_framing_when_meta_json_agrees(damaged_data_runs, ws):
     case = damaged_data_runs["rehashed"]
     for name in ("train", "eval"):
-        failed_cleanly(case[name], case["split"][name] / "part-00000",
-                       f"truncated or corrupt record at byte {case['cut_at'][name]}")
+        failed_cleanly(
+            case[name],
+            case["split"][name] / "part-00000",
+            f"truncated or corrupt record at byte {case['cut_at'][name]}",
+        )
     assert case["cut_at"]["train"] > 0 and case["cut_at"]["eval"] > 0
     assert snapshot(case["data"]) == case["before"]["data"]
     assert snapshot(teacher_dir(ws)) == case["before"]["teacher"]
@@ -323,10 +366,10 @@ def test_truncation_is_found_by_the_record_framing_when_meta_json_agrees(damaged
 
 def test_meta_json_disagreeing_with_the_records_stops_training_and_eval(damaged_data_runs, ws):
     case = damaged_data_runs["meta"]
-    failed_cleanly(case["train"], case["split"]["train"] / "meta.json", f"num_examples {N_TRAIN + 1}",
-                   f"({N_TRAIN} records)")
-    failed_cleanly(case["eval"], case["split"]["eval"] / "meta.json", f"num_examples {N_DEV - 1}",
-                   f"({N_DEV} records)")
+    failed_cleanly(
+        case["train"], case["split"]["train"] / "meta.json", f"num_examples {N_TRAIN + 1}", f"({N_TRAIN} records)"
+    )
+    failed_cleanly(case["eval"], case["split"]["eval"] / "meta.json", f"num_examples {N_DEV - 1}", f"({N_DEV} records)")
     assert snapshot(case["data"]) == case["before"]["data"]
     assert snapshot(teacher_dir(ws)) == case["before"]["teacher"]
 
@@ -335,8 +378,9 @@ def test_meta_json_disagreeing_with_the_records_stops_training_and_eval(damaged_
 def test_training_on_damaged_data_leaves_no_model_dir(damaged_data_runs, kind):
     case = damaged_data_runs[kind]
     assert case["train"].returncode == 2
-    assert not (case["models"] / "finetuned_teacher" / TRAINED_ID).exists(), \
-        sorted(p.name for p in (case["models"] / "finetuned_teacher" / TRAINED_ID).iterdir())
+    assert not (case["models"] / "finetuned_teacher" / TRAINED_ID).exists(), sorted(
+        p.name for p in (case["models"] / "finetuned_teacher" / TRAINED_ID).iterdir()
+    )
     assert snapshot(case["models"]) == case["before"]["models"]
 
 
@@ -345,8 +389,9 @@ def test_overwrite_with_damaged_data_keeps_the_earlier_model(damaged_data_runs, 
     model = tmp_path / "models" / "finetuned_teacher" / TRAINED_ID
     shutil.copytree(teacher_dir(ws), model)
     before = snapshot(model)
-    result = script("run_train_teacher.sh", "SST-2", "--overwrite",
-                    env=train_env(ws, case["data"], tmp_path / "models"))
+    result = script(
+        "run_train_teacher.sh", "SST-2", "--overwrite", env=train_env(ws, case["data"], tmp_path / "models")
+    )
     failed_cleanly(result, case["split"]["train"] / "part-00000")
     assert snapshot(model) == before
 
@@ -359,8 +404,9 @@ def test_model_dir_without_config_json_is_named_by_script_and_cli(ws, tmp_path):
     shutil.copytree(teacher_dir(ws), model)
     (model / "config.json").unlink()
     before = snapshot(model)
-    by_script = script("run_eval_teacher.sh", "0", "SST-2", "ignored",
-                       env={"MODEL_DIR": str(model), "DATA_ROOT": str(ws / "data")})
+    by_script = script(
+        "run_eval_teacher.sh", "0", "SST-2", "ignored", env={"MODEL_DIR": str(model), "DATA_ROOT": str(ws / "data")}
+    )
     failed_cleanly(by_script, f"{model} is not a model directory", "config.json")
     by_cli = run([PYTHON, "-m", "distil", "eval", str(model), "--data_root", str(ws / "data")])
     failed_cleanly(by_cli, f"{model} is not a model directory", "config.json")
@@ -375,10 +421,15 @@ def test_checkpoint_with_a_mismatched_tensor_shape_names_tensor_and_shapes(ws, t
     config["model"]["intermediate_size"] = 50
     (model / "config.json").write_text(json.dumps(config, indent=2))
     before = snapshot(model)
-    result = script("run_eval_teacher.sh", "0", "SST-2", TEACHER_ID,
-                    env={"MODELS_ROOT": str(models), "DATA_ROOT": str(ws / "data")})
-    failed_cleanly(result, model / "weights", "tensor 'bert.encoder.layer.0.intermediate.dense.weight'",
-                   "shape (48, 32) in the checkpoint but (50, 32) in the model")
+    result = script(
+        "run_eval_teacher.sh", "0", "SST-2", TEACHER_ID, env={"MODELS_ROOT": str(models), "DATA_ROOT": str(ws / "data")}
+    )
+    failed_cleanly(
+        result,
+        model / "weights",
+        "tensor 'bert.encoder.layer.0.intermediate.dense.weight'",
+        "shape (48, 32) in the checkpoint but (50, 32) in the model",
+    )
     assert snapshot(model) == before  # results_eval.json untouched
 
 
@@ -389,12 +440,28 @@ def test_checkpoint_with_a_mismatched_tensor_shape_names_tensor_and_shapes(ws, t
 def indivisible_runs(ws, tmp_path_factory):
     """TinyBERT with a 2-layer student and BERT-PKD from teacher layers 0,2, both against the 3-layer teacher."""
     base = tmp_path_factory.mktemp("indivisible")
-    env = {"FT_BERT_BASE_DIR": str(teacher_dir(ws)), "DATA_ROOT": str(ws / "data"), "MODELS_ROOT": str(base / "models"),
-           "EPOCH": "1", "LEARNING_RATE": "1e-3", "BATCH_SIZE": str(BATCH)}
+    env = {
+        "FT_BERT_BASE_DIR": str(teacher_dir(ws)),
+        "DATA_ROOT": str(ws / "data"),
+        "MODELS_ROOT": str(base / "models"),
+        "EPOCH": "1",
+        "LEARNING_RATE": "1e-3",
+        "BATCH_SIZE": str(BATCH),
+    }
     teacher_before = snapshot(teacher_dir(ws))
-    tinybert = script("run_train_student_tinybert.sh", "SST-2", "--student_num_hidden_layers", "2",
-                      "--student_hidden_size", "16", "--student_num_attention_heads", "4",
-                      "--student_intermediate_size", "24", env=env)
+    tinybert = script(
+        "run_train_student_tinybert.sh",
+        "SST-2",
+        "--student_num_hidden_layers",
+        "2",
+        "--student_hidden_size",
+        "16",
+        "--student_num_attention_heads",
+        "4",
+        "--student_intermediate_size",
+        "24",
+        env=env,
+    )
     pkd = script("run_train_student_bert_pkd.sh", "SST-2", env={**env, "LAYER_LIST": "0,2"})
     return {"tinybert": tinybert, "bert_pkd": pkd, "models": base / "models", "teacher_before": teacher_before}
 
@@ -421,25 +488,34 @@ def unknown_id_runs(ws, tmp_path_factory):
     """A models root with SST-2 and MNLI teachers and SST-2 and MRPC students; both eval scripts asked for 'nope'."""
     models = tmp_path_factory.mktemp("unknown_id") / "models"
     mnli = models / "finetuned_teacher" / "MNLI_epoch-1_lr-1e-3_wd-0.01"
-    for target in (models / "finetuned_teacher" / TEACHER_ID, mnli,
-                   models / "student_model" / "SST-2" / "bert-kd-distl_sst", models / "student_model" / "MRPC" /
-                   "bert-kd-distl_mrpc"):
+    for target in (
+        models / "finetuned_teacher" / TEACHER_ID,
+        mnli,
+        models / "student_model" / "SST-2" / "bert-kd-distl_sst",
+        models / "student_model" / "MRPC" / "bert-kd-distl_mrpc",
+    ):
         shutil.copytree(teacher_dir(ws), target)
     config = json.loads((mnli / "config.json").read_text())
     config["task"] = {**config["task"], "name": "MNLI"}
     (mnli / "config.json").write_text(json.dumps(config, indent=2))
     before = snapshot(models)
     env = {"MODELS_ROOT": str(models), "DATA_ROOT": str(ws / "data")}
-    return {"teacher": script("run_eval_teacher.sh", "0", "SST-2", "nope", env=env),
-            "student": script("run_eval_student_kd.sh", "0", "SST-2", "nope", env=env),
-            "models": models, "before": before}
+    return {
+        "teacher": script("run_eval_teacher.sh", "0", "SST-2", "nope", env=env),
+        "student": script("run_eval_student_kd.sh", "0", "SST-2", "nope", env=env),
+        "models": models,
+        "before": before,
+    }
 
 
 def test_unknown_model_id_lists_the_ids_that_exist(unknown_id_runs):
     models = unknown_id_runs["models"]
     failed_cleanly(unknown_id_runs["teacher"], f"no model nope in {models / 'finetuned_teacher'}", TEACHER_ID)
-    error = failed_cleanly(unknown_id_runs["student"], f"no model nope in {models / 'student_model' / 'SST-2'}",
-                           "models there: bert-kd-distl_sst")
+    error = failed_cleanly(
+        unknown_id_runs["student"],
+        f"no model nope in {models / 'student_model' / 'SST-2'}",
+        "models there: bert-kd-distl_sst",
+    )
     assert "bert-kd-distl_mrpc" not in error
     assert snapshot(models) == unknown_id_runs["before"]
 
@@ -494,8 +570,9 @@ def killed_run(ws, tmp_path_factory):
     command = ["bash", str(SCRIPTS / "run_train_teacher.sh"), "SST-2", "--checkpoint_every", "2"]
     state_file = model_dir / "train_state" / "state.json"
     with open(base / "killed.stderr", "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env))
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env)
+        )
     killed_at, mid_save, deadline = None, False, time.time() + 240
     while process.poll() is None and time.time() < deadline:
         try:
@@ -505,8 +582,7 @@ def killed_run(ws, tmp_path_factory):
             continue
         step = state["step"]
         # after epoch 1, and the next checkpoint is a mid-epoch one (not the epoch-end save of weights)
-        if step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH and (step + 2) % STEPS_PER_EPOCH \
-                and not state["finished"]:
+        if step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH and (step + 2) % STEPS_PER_EPOCH and not state["finished"]:
             trainer = _children(process.pid)  # the training process under the script's supervisor
             if len(trainer) != 1:
                 continue
@@ -521,8 +597,9 @@ def killed_run(ws, tmp_path_factory):
     if process.poll() is None:
         process.kill()
     process.wait()
-    assert killed_at is not None, "the run ended before it could be killed mid-epoch: " + \
-        (base / "killed.stderr").read_text()[-2000:]
+    assert killed_at is not None, (
+        "the run ended before it could be killed mid-epoch: " + (base / "killed.stderr").read_text()[-2000:]
+    )
     gone = time.time() + 10
     while _alive(trainer_pid) and time.time() < gone:  # the trainer dies with its supervisor (no orphan)
         time.sleep(0.01)
@@ -533,13 +610,22 @@ def killed_run(ws, tmp_path_factory):
     # what the weights on disk score on dev, right after the kill (before anything else touches them)
     from distil.train.trainer import evaluate
 
-    scored = evaluate(io.load_model(model_dir), {"eval": ws / "data" / "SST-2" / "eval"}, ("accuracy",), 32, "cpu",
-                      model_dir)["accuracy"]
+    scored = evaluate(
+        io.load_model(model_dir), {"eval": ws / "data" / "SST-2" / "eval"}, ("accuracy",), 32, "cpu", model_dir
+    )["accuracy"]
     resumed = run(command, env=env)
-    return {"model_dir": model_dir, "killed_state": killed_state, "weights": weights, "scored": scored,
-            "mid_save": mid_save, "hidden_after_kill": hidden_after_kill, "resumed": resumed,
-            "final_state": json.loads(state_file.read_text()), "final_weights": snapshot(model_dir / "weights"),
-            "hidden_after_restart": _hidden(model_dir)}
+    return {
+        "model_dir": model_dir,
+        "killed_state": killed_state,
+        "weights": weights,
+        "scored": scored,
+        "mid_save": mid_save,
+        "hidden_after_kill": hidden_after_kill,
+        "resumed": resumed,
+        "final_state": json.loads(state_file.read_text()),
+        "final_weights": snapshot(model_dir / "weights"),
+        "hidden_after_restart": _hidden(model_dir),
+    }
 
 
 def test_killed_run_resumes_finishes_and_keeps_the_best_weights(killed_run):
@@ -555,7 +641,7 @@ def test_killed_run_resumes_finishes_and_keeps_the_best_weights(killed_run):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {killed_run['model_dir']} from step {killed['step']} of {total}" in resumed.stderr
     assert final["finished"] and final["step"] == total and [h["epoch"] for h in final["history"]] == [1, 2, 3]
-    assert final["history"][:len(killed["history"])] == killed["history"]
+    assert final["history"][: len(killed["history"])] == killed["history"]
     results = json.loads(resumed.stdout)
     assert results["best_epoch"] == final["best_epoch"] and results["accuracy"] == final["best_value"]
     graph_state = import_oneflow().load(str(killed_run["model_dir"] / "train_state" / "graph"))
@@ -590,8 +676,9 @@ def test_output_dir_that_cannot_be_created_is_named(ws, tmp_path):
     converted = script("glue_process.sh", "SST-2", env=glue_env(ws / "glue", blocker / "ofrecord"))
     failed_cleanly(converted, blocker / "ofrecord")
     target = blocker / "models" / "teacher"
-    trained = script("run_train_teacher.sh", "SST-2",
-                     env=train_env(ws, ws / "data", tmp_path / "models", MODEL_SAVE_DIR=str(target)))
+    trained = script(
+        "run_train_teacher.sh", "SST-2", env=train_env(ws, ws / "data", tmp_path / "models", MODEL_SAVE_DIR=str(target))
+    )
     failed_cleanly(trained, target)
     under_models_root = script("run_train_teacher.sh", "SST-2", env=train_env(ws, ws / "data", blocker / "models"))
     failed_cleanly(under_models_root, blocker / "models" / "finetuned_teacher")
@@ -603,9 +690,15 @@ def test_result_dir_that_cannot_be_created_fails_before_training(ws, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")
     model = tmp_path / "teacher"
-    result = script("run_train_teacher.sh", "SST-2", "--max_steps", "2",
-                    env=train_env(ws, ws / "data", tmp_path / "models", MODEL_SAVE_DIR=str(model),
-                                  RESULT_DIR=str(blocker / "results")))
+    result = script(
+        "run_train_teacher.sh",
+        "SST-2",
+        "--max_steps",
+        "2",
+        env=train_env(
+            ws, ws / "data", tmp_path / "models", MODEL_SAVE_DIR=str(model), RESULT_DIR=str(blocker / "results")
+        ),
+    )
     failed_cleanly(result, blocker / "results")
     assert "epoch 1" not in result.stderr  # it did not train first
     assert not model.exists()
@@ -616,18 +709,27 @@ def test_result_dir_that_cannot_be_created_fails_before_training(ws, tmp_path):
 
 def test_non_finite_loss_is_one_error_line(ws, tmp_path, vocab_file, record_pb2):
     write_small_stsb(tmp_path / "glue", {"train.tsv": 16, "dev.tsv": 6})
-    convert_task("STS-B", ConvertConfig(tmp_path / "glue", tmp_path / "data", vocab_file, max_seq_length=32,
-                                        lstm_seq_length=0, workers=1))
-    split = tmp_path / "data" / "STS-B" / "train"   # give the first record a NaN score, keeping meta.json true
+    convert_task(
+        "STS-B",
+        ConvertConfig(
+            tmp_path / "glue", tmp_path / "data", vocab_file, max_seq_length=32, lstm_seq_length=0, workers=1
+        ),
+    )
+    split = tmp_path / "data" / "STS-B" / "train"  # give the first record a NaN score, keeping meta.json true
     meta = json.loads((split / "meta.json").read_text())
     part = split / meta["parts"][0]["name"]
     body = next(ofrecord.iter_frames(part))
     record = record_pb2.OFRecord()
     record.ParseFromString(body)
     record.feature["label_ids"].float_list.value[0] = float("nan")
-    part.write_bytes(ofrecord.frame(record.SerializeToString()) + part.read_bytes()[8 + len(body):])
+    part.write_bytes(ofrecord.frame(record.SerializeToString()) + part.read_bytes()[8 + len(body) :])
     meta["parts"][0].update(bytes=part.stat().st_size, sha256=file_sha256(part))
     (split / "meta.json").write_text(json.dumps(meta, indent=2))
-    result = script("run_train_teacher.sh", "STS-B", "--log_every", "1",
-                    env=train_env(ws, tmp_path / "data", tmp_path / "models", BATCH_SIZE="16"))
+    result = script(
+        "run_train_teacher.sh",
+        "STS-B",
+        "--log_every",
+        "1",
+        env=train_env(ws, tmp_path / "data", tmp_path / "models", BATCH_SIZE="16"),
+    )
     failed_cleanly(result, "non-finite loss")

@@ -12,14 +12,28 @@ import math
 from conftest import ROOT, run
 
 FIGURES = {
-    "convert_examples_per_s", "reader_eager_examples_per_s", "reader_graph_examples_per_s",
-    "train_consumption_examples_per_s", "reader_headroom",
-    "train_teacher_eager_step_s", "train_teacher_graph_step_s", "train_student_eager_step_s",
+    "convert_examples_per_s",
+    "reader_eager_examples_per_s",
+    "reader_graph_examples_per_s",
+    "train_consumption_examples_per_s",
+    "reader_headroom",
+    "train_teacher_eager_step_s",
+    "train_teacher_graph_step_s",
+    "train_student_eager_step_s",
     "train_student_graph_step_s",
-    "infer_teacher_examples_per_s", "infer_kd_tinybert_examples_per_s", "infer_pkd_theseus_examples_per_s",
-    "infer_bilstm_examples_per_s", "speedup_kd_tinybert", "speedup_pkd_theseus", "speedup_bilstm",
-    "peak_rss_data_mb", "peak_rss_student_train_mb", "peak_rss_teacher_train_mb", "peak_rss_teacher_inference_mb",
-    "peak_rss_student_inference_mb", "peak_rss_mb",
+    "infer_teacher_examples_per_s",
+    "infer_kd_tinybert_examples_per_s",
+    "infer_pkd_theseus_examples_per_s",
+    "infer_bilstm_examples_per_s",
+    "speedup_kd_tinybert",
+    "speedup_pkd_theseus",
+    "speedup_bilstm",
+    "peak_rss_data_mb",
+    "peak_rss_student_train_mb",
+    "peak_rss_teacher_train_mb",
+    "peak_rss_teacher_inference_mb",
+    "peak_rss_student_inference_mb",
+    "peak_rss_mb",
 }
 SCRIPT = str(ROOT / "scripts" / "run_bench.sh")
 
@@ -78,8 +92,11 @@ def test_quick_kd_run_times_every_epoch_and_shows_the_cache_at_work(tmp_path):
 
 def test_quick_inference_run_measures_oneflow_and_onnxruntime(tmp_path):
     output = tmp_path / "inference.json"
-    result = run(["bash", SCRIPT, "inference", "--quick", "--models", "student", "--output", str(output)],
-                 cwd=tmp_path, timeout=600)
+    result = run(
+        ["bash", SCRIPT, "inference", "--quick", "--models", "student", "--output", str(output)],
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     figures = json.loads(output.read_text(encoding="utf-8"))["figures"]
     assert set(figures) == {"student"}

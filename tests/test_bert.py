@@ -7,8 +7,14 @@ import pytest
 
 from distil.models.bert import BertConfig, BertForSequenceClassification, LayerNorm, flow
 
-CONFIG = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-              max_position_embeddings=64)
+CONFIG = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
 
 
 def batch(b=13, s=7, seed=0):
@@ -48,9 +54,13 @@ def test_logits_alone_equal_the_full_forwards(layers):
 
 
 def test_config_errors_name_the_numbers():
-    with pytest.raises(ValueError, match=r"hidden size \(30\) is not a multiple of the number of attention heads \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"hidden size \(30\) is not a multiple of the number of attention heads \(4\)"
+    ):
         BertConfig(**{**CONFIG, "hidden_size": 30})
-    assert BertConfig.from_dict({**CONFIG, "architectures": ["x"], "classifier_dropout": None}).classifier_dropout == 0.1
+    assert (
+        BertConfig.from_dict({**CONFIG, "architectures": ["x"], "classifier_dropout": None}).classifier_dropout == 0.1
+    )
 
 
 def test_matmul_layernorm_equals_the_formula_and_the_stock_op():
@@ -71,8 +81,9 @@ def test_padding_does_not_change_real_tokens():
     ids, segments, mask = batch(b=1, s=5)
     mask[:] = 1
     short = model(*tensors(ids, segments, mask))
-    padded = model(*tensors(np.pad(ids, ((0, 0), (0, 3))), np.pad(segments, ((0, 0), (0, 3))),
-                            np.pad(mask, ((0, 0), (0, 3)))))
+    padded = model(
+        *tensors(np.pad(ids, ((0, 0), (0, 3))), np.pad(segments, ((0, 0), (0, 3))), np.pad(mask, ((0, 0), (0, 3))))
+    )
     for a, b in zip(short["hidden_states"], padded["hidden_states"]):
         np.testing.assert_allclose(a.numpy(), b.numpy()[:, :5], atol=1e-5)
     np.testing.assert_allclose(short["logits"].numpy(), padded["logits"].numpy(), atol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import PYTHON, run
 
-PRODUCTS = '''
+PRODUCTS = """
 import json
 import numpy as np
 from distil import blas
@@ -28,7 +28,7 @@ products = {
 }
 print(json.dumps({"blas": blas.use_numpy_sgemm(),
                   "diff": {k: float(np.abs(ours.numpy() - ref).max()) for k, (ours, ref) in products.items()}}))
-'''
+"""
 
 
 def products(env: dict) -> dict:

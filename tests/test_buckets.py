@@ -14,8 +14,11 @@ from distil.errors import UsageError
 def brute_force(histogram, last, max_buckets, multiple):
     """The fewest positions over every set of at most `max_buckets` candidate lengths ending at `last`."""
     candidates = list(range(multiple, last, multiple))
-    return min(padded_positions(histogram, [*chosen, last])
-               for k in range(max_buckets) for chosen in itertools.combinations(candidates, k))
+    return min(
+        padded_positions(histogram, [*chosen, last])
+        for k in range(max_buckets)
+        for chosen in itertools.combinations(candidates, k)
+    )
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from distil.data import ofrecord
-from distil.data.convert import (ConvertConfig, bert_inputs, build_lstm_vocab, convert_task, lstm_inputs,
-                                 truncate_pair)
+from distil.data.convert import ConvertConfig, bert_inputs, build_lstm_vocab, convert_task, lstm_inputs, truncate_pair
 from distil.data.tasks import get_task
 from distil.data.tokenization import BasicTokenizer, FullTokenizer
 from distil.errors import UsageError
@@ -19,11 +18,10 @@ from distil.fileio import file_sha256
 from glue_fixtures import decode_split, expected_bert, write_task
 
 
-
-
 def config_for(tmp_path: Path, vocab_file: Path, **kw) -> ConvertConfig:
-    return ConvertConfig(glue_dir=tmp_path / "glue", output_dir=tmp_path / "out", vocab_file=vocab_file,
-                         workers=1, **kw)
+    return ConvertConfig(
+        glue_dir=tmp_path / "glue", output_dir=tmp_path / "out", vocab_file=vocab_file, workers=1, **kw
+    )
 
 
 def test_truncate_pair_pops_from_the_longer_list_then_b_on_ties():
@@ -60,8 +58,7 @@ def test_pair_task_features_match_hf_tokenizer_and_keep_row_order(tmp_path, voca
     written = write_task(tmp_path / "glue", "MRPC", {"train.tsv": 30, "dev.tsv": 9, "test.tsv": 5})
     summary = convert_task("MRPC", config_for(tmp_path, vocab_file))
     padding = {name: summary.pop(f"{name}_padding") for name in ("MRPC", "MRPC_lstm_32")}
-    assert summary == {"MRPC": {"train": 30, "eval": 9, "test": 5}, "MRPC_lstm_32": {"train": 30, "eval": 9,
-                                                                                      "test": 5}}
+    assert summary == {"MRPC": {"train": 30, "eval": 9, "test": 5}, "MRPC_lstm_32": {"train": 30, "eval": 9, "test": 5}}
     assert set(padding["MRPC"]) == set(padding["MRPC_lstm_32"]) == {"train", "eval", "test"}
     for split, file in (("train", "train.tsv"), ("eval", "dev.tsv"), ("test", "test.tsv")):
         records = decode_split(tmp_path / "out" / "MRPC" / split, record_pb2)
@@ -78,7 +75,9 @@ def test_pair_task_features_match_hf_tokenizer_and_keep_row_order(tmp_path, voca
         histogram = {length: lengths.count(length) for length in lengths}
         assert meta["lengths"]["histogram"] == [[n, histogram[n]] for n in sorted(histogram)]
         assert meta["lengths"]["max"] == max(lengths) and meta["lengths"]["mean"] == round(np.mean(lengths), 2)
-        assert meta["lengths"]["padding_share"] == padding["MRPC"][split] == round(1 - sum(lengths) / (128 * len(rows)), 4)
+        assert (
+            meta["lengths"]["padding_share"] == padding["MRPC"][split] == round(1 - sum(lengths) / (128 * len(rows)), 4)
+        )
         assert meta["lengths"]["p90"] == sorted(lengths)[int(np.ceil(0.9 * len(lengths))) - 1]
     meta = json.loads((tmp_path / "out" / "MRPC" / "test" / "meta.json").read_text())
     assert meta["labeled"] is False and meta["num_examples"] == 5 and meta["seq_length"] == 128
@@ -93,18 +92,28 @@ def test_lstm_records_carry_both_views_of_the_same_example(tmp_path, vocab_file,
     assert len(words) == 52 and words[-2:] == ["<UNK>", "<PAD>"]
     basic = BasicTokenizer(do_lower_case=True)
     from collections import Counter
+
     counts = Counter(w for r in written["train.tsv"] for t in (r["a"], r["b"]) for w in basic.tokenize(t))
     assert words[:50] == sorted(counts, key=lambda w: (-counts[w], w))[:50]
     vocab = {w: i for i, w in enumerate(words)}
     meta = json.loads((lstm_dir / "eval" / "meta.json").read_text())
-    assert meta["vocab"] == {"file": "../vocab.txt", "sha256": file_sha256(lstm_dir / "vocab.txt"), "size": 52,
-                             "unk_id": 50, "pad_id": 51, "do_lower_case": True}
+    assert meta["vocab"] == {
+        "file": "../vocab.txt",
+        "sha256": file_sha256(lstm_dir / "vocab.txt"),
+        "size": 52,
+        "unk_id": 50,
+        "pad_id": 51,
+        "do_lower_case": True,
+    }
     for rec, row in zip(decode_split(lstm_dir / "eval", record_pb2), written["dev.tsv"]):
         ids, mask, seg = lstm_inputs(basic.tokenize(row["a"]), basic.tokenize(row["b"]), vocab, 32)
         assert (rec["input_ids"], rec["input_mask"], rec["segment_ids"]) == (ids, mask, seg)
         t_ids, t_mask, t_seg = expected_bert(hf_tokenizer, row["a"], row["b"], 128)
         assert (rec["teacher_input_ids"], rec["teacher_input_mask"], rec["teacher_segment_ids"]) == (
-            t_ids, t_mask, t_seg)
+            t_ids,
+            t_mask,
+            t_seg,
+        )
         assert rec["label_ids"] == [["entailment", "not_entailment"].index(row["label"])]
     words_per_example = [len(basic.tokenize(r["a"])) + len(basic.tokenize(r["b"])) for r in written["dev.tsv"]]
     assert meta["lengths"]["max"] == min(32, max(words_per_example))
@@ -116,8 +125,10 @@ def test_regression_labels_are_float32_and_mnli_has_both_dev_sets(tmp_path, voca
     convert_task("STS-B", config_for(tmp_path, vocab_file, lstm_seq_length=0))
     records = decode_split(tmp_path / "out" / "STS-B" / "train", record_pb2)
     assert [r["label_ids"] for r in records] == [[float(np.float32(r["label"]))] for r in written["train.tsv"]]
-    assert json.loads((tmp_path / "out" / "STS-B" / "train" / "meta.json").read_text())["features"][
-        "label_ids"] == {"dtype": "float32", "shape": [1]}
+    assert json.loads((tmp_path / "out" / "STS-B" / "train" / "meta.json").read_text())["features"]["label_ids"] == {
+        "dtype": "float32",
+        "shape": [1],
+    }
     assert not (tmp_path / "out" / "STS-B_lstm_32").exists()
     write_task(tmp_path / "glue", "MNLI")
     summary = convert_task("MNLI", config_for(tmp_path, vocab_file, lstm_seq_length=0))
@@ -173,8 +184,11 @@ def test_test_split_is_optional_and_skipped_with_a_warning(tmp_path, vocab_file,
     summary = convert_task("WNLI", config_for(tmp_path, vocab_file, lstm_seq_length=0))
     assert summary["WNLI"] == {"train": 7, "eval": 7} and set(summary["WNLI_padding"]) == {"train", "eval"}
     assert "no " in caplog.text and "test.tsv, skipping the test split" in caplog.text
-    assert re.search(r"WNLI train: 7 examples in .* s; \d+ % of the 128 positions are padding \(real length: mean "
-                     r"\d+, p90 \d+, max \d+\), \d+ % in batches cut to length buckets [\d/]+", caplog.text)
+    assert re.search(
+        r"WNLI train: 7 examples in .* s; \d+ % of the 128 positions are padding \(real length: mean "
+        r"\d+, p90 \d+, max \d+\), \d+ % in batches cut to length buckets [\d/]+",
+        caplog.text,
+    )
 
 
 @pytest.mark.slow
@@ -182,8 +196,16 @@ def test_worker_processes_write_the_same_bytes(tmp_path, vocab_file):
     write_task(tmp_path / "glue", "SST-2", {"train.tsv": 4500, "dev.tsv": 5})
     one = convert_task("SST-2", config_for(tmp_path, vocab_file, records_per_part=2000))
     (tmp_path / "out").rename(tmp_path / "out1")
-    two = convert_task("SST-2", ConvertConfig(glue_dir=tmp_path / "glue", output_dir=tmp_path / "out",
-                                              vocab_file=vocab_file, workers=2, records_per_part=2000))
+    two = convert_task(
+        "SST-2",
+        ConvertConfig(
+            glue_dir=tmp_path / "glue",
+            output_dir=tmp_path / "out",
+            vocab_file=vocab_file,
+            workers=2,
+            records_per_part=2000,
+        ),
+    )
     assert one == two
     for name in ("SST-2", "SST-2_lstm_32"):
         for split in ("train", "eval"):

@@ -35,11 +35,39 @@ def ws(tmp_path_factory, vocab_file) -> Path:
 def train(ws: Path, model_dir: Path, fault: str = "", *extra: str):
     """The teacher fine-tuned for 2 shuffled epochs, train_state/ saved every 2 steps; `fault` injected."""
     env = {"PYTHONPATH": f"{FAULTS}:{conftest.ROOT / 'src'}", "DISTIL_TEST_FAULT": fault}
-    return conftest.run([PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model",
-                         str(ws / "pretrained"), "--data_root", str(ws / "data"), "--model_save_dir", str(model_dir),
-                         "--epochs", str(EPOCHS), "--batch_size", "8", "--eval_batch_size", "8", "--learning_rate",
-                         "1e-3", "--checkpoint_every", "2", "--log_every", "1", "--device", "cpu", *extra],
-                        env=env, timeout=600)
+    return conftest.run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--pretrained_model",
+            str(ws / "pretrained"),
+            "--data_root",
+            str(ws / "data"),
+            "--model_save_dir",
+            str(model_dir),
+            "--epochs",
+            str(EPOCHS),
+            "--batch_size",
+            "8",
+            "--eval_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-3",
+            "--checkpoint_every",
+            "2",
+            "--log_every",
+            "1",
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +86,30 @@ def weights_difference(a: Path, b: Path) -> float:
 
 # SIGSEGV's run starts with --overwrite, which a restart must not repeat; SIGKILL's saves train_state/ by the clock
 # alone (--checkpoint_minutes): a tiny interval saves at every logged step
-@pytest.mark.parametrize("sig, saving", [("SIGSEGV", ["--overwrite"]),
-                                         ("SIGKILL", ["--checkpoint_every", "0", "--checkpoint_minutes", "1e-6"])])
-def test_a_process_that_dies_mid_epoch_restarts_and_ends_with_the_uninterrupted_weights(ws, tmp_path, uninterrupted,
-                                                                                      sig, saving):
+@pytest.mark.parametrize(
+    "sig, saving",
+    [("SIGSEGV", ["--overwrite"]), ("SIGKILL", ["--checkpoint_every", "0", "--checkpoint_minutes", "1e-6"])],
+)
+def test_a_process_that_dies_mid_epoch_restarts_and_ends_with_the_uninterrupted_weights(
+    ws, tmp_path, uninterrupted, sig, saving
+):
     model_dir = tmp_path / "model"
     done = train(ws, model_dir, f"{sig}@step=5", *saving)  # epoch 1 of 8 steps; the last save was step 4
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"restart 1 of 3: the training process died from {sig}; the job starts again and resumes from step 4" \
-           in done.stderr, done.stderr[-3000:]
+    assert (
+        f"restart 1 of 3: the training process died from {sig}; the job starts again and resumes from step 4"
+        in done.stderr
+    ), done.stderr[-3000:]
     assert f"resuming {model_dir} from step 4 of {EPOCHS * STEPS_PER_EPOCH}" in done.stderr
     assert f"error: the training process died from {sig}" in done.stderr
     report = (model_dir / "crash.log").read_text()
     assert "the training process (pid" in report and f"died from {sig} (attempt 1)" in report
     if sig == "SIGSEGV":  # every Python thread's stack, the training loop's among them
-        assert "Fatal Python error: Segmentation fault" in report and "in fit" in report and "in _failing_log_losses" in report
+        assert (
+            "Fatal Python error: Segmentation fault" in report
+            and "in fit" in report
+            and "in _failing_log_losses" in report
+        )
         assert "in fit" in done.stderr  # also on stderr
     else:
         assert "(no Python stack: SIGKILL cannot be caught)" in report
@@ -81,8 +118,9 @@ def test_a_process_that_dies_mid_epoch_restarts_and_ends_with_the_uninterrupted_
     assert final["finished"] and final["step"] == EPOCHS * STEPS_PER_EPOCH
     assert [h["metrics"] for h in final["history"]] == [h["metrics"] for h in reference["history"]]
     assert [e["loss"] for e in final["losses"]] == pytest.approx([e["loss"] for e in reference["losses"]], abs=1e-5)
-    assert json.loads(done.stdout)["accuracy"] == json.loads(
-        (uninterrupted / "results_eval.json").read_text())["accuracy"]
+    assert (
+        json.loads(done.stdout)["accuracy"] == json.loads((uninterrupted / "results_eval.json").read_text())["accuracy"]
+    )
 
 
 def test_with_max_restarts_0_the_first_crash_fails_naming_the_signal(ws, tmp_path):
@@ -102,10 +140,13 @@ def test_a_python_exception_is_not_retried(ws, tmp_path):
     assert not (tmp_path / "model" / "crash.log").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--max_restarts", "-1"], "--max_restarts (MAX_RESTARTS) must be >= 0, got -1"),
-    (["--learning_rate", "-1"], "--learning_rate must be > 0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_restarts", "-1"], "--max_restarts (MAX_RESTARTS) must be >= 0, got -1"),
+        (["--learning_rate", "-1"], "--learning_rate must be > 0"),
+    ],
+)
 def test_a_bad_flag_is_not_retried(ws, tmp_path, flags, message):
     done = train(ws, tmp_path / "model", "", *flags)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
@@ -118,4 +159,3 @@ def test_a_stop_request_is_not_a_crash(ws, tmp_path):
     assert done.returncode == 128 + signal.SIGTERM and "restart" not in done.stderr, done.stderr[-3000:]
     assert "the training process (pid" in done.stderr and "was stopped by SIGTERM" in done.stderr
     assert not (tmp_path / "model" / "crash.log").exists()
-

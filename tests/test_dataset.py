@@ -34,8 +34,10 @@ def to_numpy(batch):
 def converted(tmp_path_factory, vocab_file):
     """MRPC (pairs, 23 train / 11 dev) and STS-B (float labels) converted with small part files."""
     root = tmp_path_factory.mktemp("data")
-    rows = {"MRPC": write_task(root / "glue", "MRPC", {"train.tsv": 23, "dev.tsv": 11, "test.tsv": 4}),
-            "STS-B": write_task(root / "glue", "STS-B", {"train.tsv": 9, "dev.tsv": 5, "test.tsv": 3})}
+    rows = {
+        "MRPC": write_task(root / "glue", "MRPC", {"train.tsv": 23, "dev.tsv": 11, "test.tsv": 4}),
+        "STS-B": write_task(root / "glue", "STS-B", {"train.tsv": 9, "dev.tsv": 5, "test.tsv": 3}),
+    }
     for task in rows:
         convert_task(task, ConvertConfig(root / "glue", root / "out", vocab_file, workers=1, records_per_part=10))
     return root / "out", rows
@@ -54,8 +56,9 @@ def test_round_trip_is_byte_exact(converted, hf_tokenizer, mode):
             np.testing.assert_array_equal(got[name], np.array([e[i] for e in expected], dtype=np.int32))
         if task == "STS-B":
             assert got["label_ids"].dtype == np.float32
-            np.testing.assert_array_equal(got["label_ids"][:, 0],
-                                          np.float32([float(r["label"]) for r in rows[task][file]]))
+            np.testing.assert_array_equal(
+                got["label_ids"][:, 0], np.float32([float(r["label"]) for r in rows[task][file]])
+            )
         else:
             np.testing.assert_array_equal(got["label_ids"][:, 0], [int(r["label"]) for r in rows[task][file]])
         np.testing.assert_array_equal(got["is_real_example"], np.ones((batch, 1), np.int32))
@@ -116,8 +119,9 @@ def test_shards_deal_records_round_robin_and_are_reused(converted, tmp_path):
     target = write_shards(split, 3)
     meta = open_split(target).meta  # sizes, byte counts and checksums all consistent
     assert [p["records"] for p in meta["parts"]] == [8, 8, 7] and meta["num_examples"] == 23
-    from distil.data import ofrecord
     from oneflow.core.record import record_pb2
+
+    from distil.data import ofrecord
 
     for r in range(3):
         ids = []
@@ -182,12 +186,21 @@ def test_records_cut_mid_frame_are_found_even_without_sizes(converted, tmp_path)
         OFRecordDataset(split, batch_size=4)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(num_examples=24), r"num_examples 24 does not match its parts \(23 records\)"),
-    (lambda m: m["parts"][0].update(records=9) or m.update(num_examples=22), r"holds 10 records but meta.json says 9"),
-    (lambda m: m["features"]["input_ids"].update(shape=[64]), r"'input_ids' has 128 values but meta.json says shape"),
-    (lambda m: m["features"].update(extra={"dtype": "int32", "shape": [1]}), r"no feature 'extra' that meta.json"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(num_examples=24), r"num_examples 24 does not match its parts \(23 records\)"),
+        (
+            lambda m: m["parts"][0].update(records=9) or m.update(num_examples=22),
+            r"holds 10 records but meta.json says 9",
+        ),
+        (
+            lambda m: m["features"]["input_ids"].update(shape=[64]),
+            r"'input_ids' has 128 values but meta.json says shape",
+        ),
+        (lambda m: m["features"].update(extra={"dtype": "int32", "shape": [1]}), r"no feature 'extra' that meta.json"),
+    ],
+)
 def test_meta_disagreeing_with_records_is_a_clear_error(converted, tmp_path, edit, message):
     split = _copy_split(converted, tmp_path)
     meta = json.loads((split / "meta.json").read_text())

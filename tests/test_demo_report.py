@@ -35,12 +35,13 @@ def test_demo_labels_follow_negation_and_the_main_clause():
             continue
         i = last[-1]
         polarity = words[i] in positive
-        negated = "not" in words[max(0, i - 2):i] or "never" in words[max(0, i - 2):i]
+        negated = "not" in words[max(0, i - 2) : i] or "never" in words[max(0, i - 2) : i]
         checked += 1
         agree += int(label == int(polarity != negated))
     assert checked > 500 and abs(agree / checked - (1 - LABEL_NOISE)) < 0.03
     labels = [label for _, label in examples]
     assert 0.4 < sum(labels) / len(labels) < 0.6
+
     # no keyword shortcut: the polarity of the first adjective, negation ignored, is a poor predictor
     def first_adjective(sentence):
         return next(w for w in sentence.split() if w in POSITIVE or w in NEGATIVE)
@@ -63,20 +64,80 @@ def test_report_compares_students_with_the_teacher(tmp_path, monkeypatch):
     from distil.models import io
 
     data = write_demo_task(tmp_path / "demo", train=200, dev=60)
-    convert_task("SST-2", ConvertConfig(tmp_path / "demo" / "glue_data", tmp_path / "data",
-                                        tmp_path / "demo" / "vocab.txt", max_seq_length=32, workers=1))
-    io.init_bert(tmp_path / "pre", data["vocab_file"], {"hidden_size": 32, "num_hidden_layers": 2,
-                                                        "num_attention_heads": 4, "intermediate_size": 48,
-                                                        "max_position_embeddings": 64})
-    common = ["--task", "SST-2", "--data_root", str(tmp_path / "data"), "--epochs", "1", "--learning_rate", "1e-3",
-              "--max_steps", "3", "--batch_size", "16"]
-    teacher = run([PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model",
-                   str(tmp_path / "pre"), "--model_save_dir", str(tmp_path / "models" / "teacher"), *common])
+    convert_task(
+        "SST-2",
+        ConvertConfig(
+            tmp_path / "demo" / "glue_data",
+            tmp_path / "data",
+            tmp_path / "demo" / "vocab.txt",
+            max_seq_length=32,
+            workers=1,
+        ),
+    )
+    io.init_bert(
+        tmp_path / "pre",
+        data["vocab_file"],
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 48,
+            "max_position_embeddings": 64,
+        },
+    )
+    common = [
+        "--task",
+        "SST-2",
+        "--data_root",
+        str(tmp_path / "data"),
+        "--epochs",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--max_steps",
+        "3",
+        "--batch_size",
+        "16",
+    ]
+    teacher = run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--pretrained_model",
+            str(tmp_path / "pre"),
+            "--model_save_dir",
+            str(tmp_path / "models" / "teacher"),
+            *common,
+        ]
+    )
     assert teacher.returncode == 0, teacher.stderr[-2000:]
-    student = run([PYTHON, "-m", "distil", "train", "--algorithm", "kd", "--teacher_model",
-                   str(tmp_path / "models" / "teacher"), "--model_save_dir", str(tmp_path / "models" / "kd"),
-                   "--student_num_hidden_layers", "1", "--student_hidden_size", "16", "--student_num_attention_heads",
-                   "4", "--student_intermediate_size", "24", *common])
+    student = run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "kd",
+            "--teacher_model",
+            str(tmp_path / "models" / "teacher"),
+            "--model_save_dir",
+            str(tmp_path / "models" / "kd"),
+            "--student_num_hidden_layers",
+            "1",
+            "--student_hidden_size",
+            "16",
+            "--student_num_attention_heads",
+            "4",
+            "--student_intermediate_size",
+            "24",
+            *common,
+        ]
+    )
     assert student.returncode == 0, student.stderr[-2000:]
     assert (tmp_path / "models" / "kd" / "train_curve.png").stat().st_size > 1000
     assert find_model_dirs([tmp_path / "models"]) == [tmp_path / "models" / "kd", tmp_path / "models" / "teacher"]
@@ -85,13 +146,17 @@ def test_report_compares_students_with_the_teacher(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "models" / "report.json").read_text())
     assert [r["algorithm"] for r in rows] == ["teacher", "kd"]
     teacher_row, kd_row = rows
-    assert teacher_row["compression"] == 1.0 and teacher_row["speedup"] == 1.0 and teacher_row["retained_percent"] == 100
+    assert (
+        teacher_row["compression"] == 1.0 and teacher_row["speedup"] == 1.0 and teacher_row["retained_percent"] == 100
+    )
     assert kd_row["compression"] == pytest.approx(teacher_row["parameters"] / kd_row["parameters"], rel=0.01)
     assert kd_row["layers"] == 1 and kd_row["hidden"] == 16
     saved = json.loads((tmp_path / "models" / "kd" / "results_eval.json").read_text())
     assert kd_row["value"] == saved["accuracy"]
-    header = ("| model | algorithm | layers | hidden | FFN | parameters | size (MB) | compression | examples/s | "
-              "speed-up | metric | retained |")
+    header = (
+        "| model | algorithm | layers | hidden | FFN | parameters | size (MB) | compression | examples/s | "
+        "speed-up | metric | retained |"
+    )
     markdown = (tmp_path / "models" / "report.md").read_text().splitlines()
     assert report.stdout.splitlines()[0] == markdown[0] == header and len(markdown) == 4
     assert markdown[3].startswith(f"| kd | kd | 1 | 16 | 24 | {kd_row['parameters']:,} | ")
@@ -136,6 +201,6 @@ def test_chart_labels_never_overlap_even_for_models_at_the_same_point():
     renderer = fig.canvas.get_renderer()
     boxes = [note.get_window_extent(renderer) for note in notes]
     assert [note.get_text() for note in notes] == labels and all(note.axes is ax for note in notes)
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert all(ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1) for box in boxes)
     plt.close(fig)

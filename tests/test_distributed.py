@@ -39,46 +39,99 @@ def interleaved_copy(split: Path, dst: Path, ranks: int, per_rank: int) -> None:
     meta = ofrecord.read_meta(split)
     bodies = [b for part in meta["parts"] for b in ofrecord.iter_frames(split / part["name"])]
     shards = [bodies[r::ranks] for r in range(ranks)]
-    order = [row for t in range(len(shards[0]) // per_rank) for shard in shards for row in shard[t * per_rank:(t + 1) * per_rank]]
+    order = [
+        row
+        for t in range(len(shards[0]) // per_rank)
+        for shard in shards
+        for row in shard[t * per_rank : (t + 1) * per_rank]
+    ]
     dst.mkdir(parents=True)
     with open(dst / ofrecord.part_name(0), "wb") as f:
         for body in order:
             f.write(ofrecord.frame(body))
     part = dst / ofrecord.part_name(0)
-    meta.update(num_examples=len(order), parts=[{"name": part.name, "records": len(order), "bytes": part.stat().st_size,
-                                                 "sha256": file_sha256(part)}])
+    meta.update(
+        num_examples=len(order),
+        parts=[{"name": part.name, "records": len(order), "bytes": part.stat().st_size, "sha256": file_sha256(part)}],
+    )
     (dst / ofrecord.META_FILE).write_text(json.dumps(meta))
 
 
 def train(ws: Path, data_root: Path, out: Path, batch: int, *extra: str):
-    return run([PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model", str(ws / "pretrained"),
-                "--data_root", str(data_root), "--model_save_dir", str(out), "--epochs", "1", "--batch_size", str(batch),
-                "--eval_batch_size", "4", "--learning_rate", "1e-3", "--weight_decay", "0.01", "--shuffle", "false",
-                "--log_every", "1", "--device", "cpu", *extra], timeout=900)
+    return run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--pretrained_model",
+            str(ws / "pretrained"),
+            "--data_root",
+            str(data_root),
+            "--model_save_dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch_size",
+            str(batch),
+            "--eval_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--weight_decay",
+            "0.01",
+            "--shuffle",
+            "false",
+            "--log_every",
+            "1",
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
 def two_processes(ws, tmp_path_factory):
     """The teacher trained by 2 processes on one node, 8 examples each per step, as 2 micro-batches of 4."""
     out = tmp_path_factory.mktemp("two") / "model"
-    two = train(ws, ws / "data", out, 8, "--nproc_per_node", "2", "--master_port", str(free_port()),
-                "--micro_batch_size", "4")
+    two = train(
+        ws, ws / "data", out, 8, "--nproc_per_node", "2", "--master_port", str(free_port()), "--micro_batch_size", "4"
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     return out, two
 
 
 def max_relative_difference(a: dict, b: dict) -> float:
     # attention key biases have an exact gradient of 0: AdamW turns float noise into full-size steps there
-    return max(float(np.abs(a[k].numpy() - b[k].numpy()).max() / (np.abs(a[k].numpy()).max() + 1e-12))
-               for k in a if not k.endswith("attention.self.key.bias"))
+    return max(
+        float(np.abs(a[k].numpy() - b[k].numpy()).max() / (np.abs(a[k].numpy()).max() + 1e-12))
+        for k in a
+        if not k.endswith("attention.self.key.bias")
+    )
 
 
 def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(ws, tmp_path):
     """At the full length (--length_buckets off: with buckets each rank regroups its own rows, which one
     process reading the same global batches does not)."""
     two_dir = tmp_path / "two"
-    two = train(ws, ws / "data", two_dir, 8, "--nproc_per_node", "2", "--master_port", str(free_port()),
-                "--micro_batch_size", "4", "--length_buckets", "off")
+    two = train(
+        ws,
+        ws / "data",
+        two_dir,
+        8,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--micro_batch_size",
+        "4",
+        "--length_buckets",
+        "off",
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
     assert "a compiled step for batches of 32 positions: 2 micro-batch(es) of 4 rows per process" in two.stderr
@@ -104,7 +157,9 @@ def test_two_processes_train_on_length_buckets_by_default(two_processes):
     """The fixture's run: both ranks cut their batches to the same bucket lengths, one graph per length."""
     two_dir, two = two_processes
     assert "2 processes, 8 examples per process and step: global batch 16" in two.stderr
-    lengths = re.findall(r"a compiled step for batches of (\d+) positions: (\d+) micro-batch\(es\) of 4 rows", two.stderr)
+    lengths = re.findall(
+        r"a compiled step for batches of (\d+) positions: (\d+) micro-batch\(es\) of 4 rows", two.stderr
+    )
     assert len(lengths) > 1 and all(parts == "2" for _, parts in lengths), two.stderr[-3000:]
     assert max(int(length) for length, _ in lengths) <= 32
     history = json.loads((two_dir / "train_history.json").read_text())
@@ -137,15 +192,55 @@ def test_two_nodes_of_one_process_each_train_what_one_node_of_two_processes_trai
     nodes = []
     for node in (1, 0):  # the master last: the other node must wait for it
         with open(tmp_path / f"node{node}.out", "w") as stdout, open(tmp_path / f"node{node}.err", "w") as stderr:
-            nodes.append(subprocess.Popen([PYTHON, "-m", "distil", "train", "--algorithm", "teacher",
-                                           "--pretrained_model", str(ws / "pretrained"), "--data_root", str(ws / "data"),
-                                           "--model_save_dir", str(out), "--epochs", "1", "--batch_size", "8",
-                                           "--eval_batch_size", "4", "--learning_rate", "1e-3", "--weight_decay", "0.01",
-                                           "--shuffle", "false", "--log_every", "1", "--device", "cpu",
-                                           "--micro_batch_size", "4", "--nproc_per_node", "1", "--nnodes", "2",
-                                           "--node_rank", str(node),
-                                           "--node_ips", node_ips[node], "--master_port", str(port)],
-                                          stdout=stdout, stderr=stderr, env=env))
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        PYTHON,
+                        "-m",
+                        "distil",
+                        "train",
+                        "--algorithm",
+                        "teacher",
+                        "--pretrained_model",
+                        str(ws / "pretrained"),
+                        "--data_root",
+                        str(ws / "data"),
+                        "--model_save_dir",
+                        str(out),
+                        "--epochs",
+                        "1",
+                        "--batch_size",
+                        "8",
+                        "--eval_batch_size",
+                        "4",
+                        "--learning_rate",
+                        "1e-3",
+                        "--weight_decay",
+                        "0.01",
+                        "--shuffle",
+                        "false",
+                        "--log_every",
+                        "1",
+                        "--device",
+                        "cpu",
+                        "--micro_batch_size",
+                        "4",
+                        "--nproc_per_node",
+                        "1",
+                        "--nnodes",
+                        "2",
+                        "--node_rank",
+                        str(node),
+                        "--node_ips",
+                        node_ips[node],
+                        "--master_port",
+                        str(port),
+                    ],
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=env,
+                )
+            )
     try:
         codes = [node.wait(timeout=900) for node in nodes]
     finally:
@@ -165,21 +260,55 @@ def test_two_nodes_of_one_process_each_train_what_one_node_of_two_processes_trai
     assert worst <= 1e-5, worst
 
 
-def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multiple_of_the_batch(ws, tmp_path,
-                                                                                                two_processes):
+def test_two_process_evaluation_equals_one_process_on_a_split_that_is_no_multiple_of_the_batch(
+    ws, tmp_path, two_processes
+):
     model_dir = two_processes[0]
-    one = run([PYTHON, "-m", "distil", "eval", str(model_dir), "--data_root", str(ws / "data"),
-               "--eval_batch_size", "3", "--device", "cpu", "--result_dir", str(tmp_path / "r1")])
-    two = run([PYTHON, "-m", "distil", "eval", str(model_dir), "--data_root", str(ws / "data"),
-               "--eval_batch_size", "3", "--device", "cpu", "--result_dir", str(tmp_path / "r2"),
-               "--nproc_per_node", "2", "--master_port", str(free_port())])
+    one = run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "eval",
+            str(model_dir),
+            "--data_root",
+            str(ws / "data"),
+            "--eval_batch_size",
+            "3",
+            "--device",
+            "cpu",
+            "--result_dir",
+            str(tmp_path / "r1"),
+        ]
+    )
+    two = run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "eval",
+            str(model_dir),
+            "--data_root",
+            str(ws / "data"),
+            "--eval_batch_size",
+            "3",
+            "--device",
+            "cpu",
+            "--result_dir",
+            str(tmp_path / "r2"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+        ]
+    )
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
     assert r1["accuracy"] == r2["accuracy"] and r1["num_examples"] == r2["num_examples"] == 19
     assert json.loads((tmp_path / "r2" / "results_eval.json").read_text())["accuracy"] == r2["accuracy"]
 
 
-EVALUATE_BOTH_WAYS = '''
+EVALUATE_BOTH_WAYS = """
 import sys
 import numpy as np
 from distil.runtime import import_oneflow
@@ -193,11 +322,12 @@ logits = {mode: Evaluator(model, sys.argv[2], ("accuracy",), 3, placement, mode)
           for mode in ("off", "auto")}
 if placement.writer:
     np.savez(sys.argv[3], **logits)
-'''
+"""
 
 
-def test_evaluation_on_length_buckets_gives_the_full_length_logits_in_file_order_with_two_processes(ws, tmp_path,
-                                                                                                  two_processes):
+def test_evaluation_on_length_buckets_gives_the_full_length_logits_in_file_order_with_two_processes(
+    ws, tmp_path, two_processes
+):
     import os
     import subprocess
 
@@ -205,10 +335,17 @@ def test_evaluation_on_length_buckets_gives_the_full_length_logits_in_file_order
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env.update(PYTHONPATH=f"{conftest.STARTUP}:{conftest.ROOT / 'src'}", OMP_NUM_THREADS="1")
     arguments = [str(tmp_path / "evaluate.py"), str(two_processes[0]), str(ws / "data" / "SST-2" / "eval")]
-    for name, launcher in (("one", []), ("two", ["-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
-                                                 "--master_port", str(free_port())])):
-        done = subprocess.run([PYTHON, *launcher, *arguments, str(tmp_path / f"{name}.npz")], capture_output=True,
-                              text=True, env=env, timeout=300)
+    for name, launcher in (
+        ("one", []),
+        ("two", ["-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port", str(free_port())]),
+    ):
+        done = subprocess.run(
+            [PYTHON, *launcher, *arguments, str(tmp_path / f"{name}.npz")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert one["off"].shape == (19, 2)
@@ -216,21 +353,36 @@ def test_evaluation_on_length_buckets_gives_the_full_length_logits_in_file_order
         np.testing.assert_allclose(logits, one["off"], atol=1e-5)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--nnodes", "2"], "--nnodes (NUM_NODES) 2 needs --node_ips (NODE_IPS)"),
-    (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.2", "--node_rank", "2"], "--node_rank (NODE_RANK) 2 is outside"),
-    (["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.1"], "--node_ips (NODE_IPS) lists 127.0.0.1 more than once"),
-    (["--nproc_per_node", "2", "--device", "cuda"], "--device cuda, but OneFlow sees no GPU"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--nnodes", "2"], "--nnodes (NUM_NODES) 2 needs --node_ips (NODE_IPS)"),
+        (
+            ["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.2", "--node_rank", "2"],
+            "--node_rank (NODE_RANK) 2 is outside",
+        ),
+        (
+            ["--nnodes", "2", "--node_ips", "127.0.0.1,127.0.0.1"],
+            "--node_ips (NODE_IPS) lists 127.0.0.1 more than once",
+        ),
+        (["--nproc_per_node", "2", "--device", "cuda"], "--device cuda, but OneFlow sees no GPU"),
+    ],
+)
 def test_bad_process_flags_are_one_line_usage_errors(ws, tmp_path, flags, message):
     result = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "nothing"), "--nproc_per_node", "2", *flags])
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--export_onnx", "true"], "--export_onnx (EXPORT_ONNX) needs a one-process run"),
-    (["--teacher_cache", "onnxruntime"], "--teacher_cache onnxruntime (TEACHER_CACHE) runs the teacher's pass in one"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--export_onnx", "true"], "--export_onnx (EXPORT_ONNX) needs a one-process run"),
+        (
+            ["--teacher_cache", "onnxruntime"],
+            "--teacher_cache onnxruntime (TEACHER_CACHE) runs the teacher's pass in one",
+        ),
+    ],
+)
 def test_one_process_options_of_a_multi_process_training_are_refused_before_it_starts(ws, tmp_path, flags, message):
     result = train(ws, ws / "data", tmp_path / "m", 8, "--nproc_per_node", "2", *flags)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
@@ -242,8 +394,9 @@ def test_a_busy_master_port_is_a_usage_error(ws, tmp_path):
         busy.bind(("", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run([PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--nproc_per_node", "2", "--master_port",
-                      str(port)])
+        result = run(
+            [PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--nproc_per_node", "2", "--master_port", str(port)]
+        )
     assert result.returncode == 2 and f"--master_port (MASTER_PORT) {port} is in use" in result.stderr
 
 
@@ -256,8 +409,12 @@ def worker_pids(marker: str) -> dict:
             env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
         except (OSError, ValueError):
             continue
-        if b"-m" in cmd and cmd[cmd.index(b"-m") + 1:][:1] == [b"distil"] and marker.encode() in cmd \
-                and int(env.get(b"RANK", -1)) >= 0:  # (importing OneFlow sets RANK=-1 in a plain process)
+        if (
+            b"-m" in cmd
+            and cmd[cmd.index(b"-m") + 1 :][:1] == [b"distil"]
+            and marker.encode() in cmd
+            and int(env.get(b"RANK", -1)) >= 0
+        ):  # (importing OneFlow sets RANK=-1 in a plain process)
             found[int(env[b"RANK"])] = int(proc.name)
     return found
 
@@ -267,20 +424,60 @@ def test_a_rank_that_dies_restarts_the_job_which_ends_with_the_uninterrupted_wei
     starts again from the last saved state and trains what the uninterrupted 2-process run trained."""
     two_dir, _ = two_processes
     model_dir = tmp_path / "m"
-    done = conftest.run([PYTHON, "-m", "distil", "train", "--algorithm", "teacher", "--pretrained_model",
-                         str(ws / "pretrained"), "--data_root", str(ws / "data"), "--model_save_dir", str(model_dir),
-                         "--epochs", "1", "--batch_size", "8", "--eval_batch_size", "4", "--learning_rate", "1e-3",
-                         "--weight_decay", "0.01", "--shuffle", "false", "--log_every", "1", "--device", "cpu",
-                         "--nproc_per_node", "2", "--master_port", str(free_port()), "--micro_batch_size", "4",
-                         "--checkpoint_every", "1"],
-                        env={"PYTHONPATH": f"{conftest.ROOT / 'tests' / 'faults'}:{conftest.ROOT / 'src'}",
-                             "DISTIL_TEST_FAULT": "SIGSEGV@step=2,rank=1"}, timeout=900)
+    done = conftest.run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "train",
+            "--algorithm",
+            "teacher",
+            "--pretrained_model",
+            str(ws / "pretrained"),
+            "--data_root",
+            str(ws / "data"),
+            "--model_save_dir",
+            str(model_dir),
+            "--epochs",
+            "1",
+            "--batch_size",
+            "8",
+            "--eval_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--weight_decay",
+            "0.01",
+            "--shuffle",
+            "false",
+            "--log_every",
+            "1",
+            "--device",
+            "cpu",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--micro_batch_size",
+            "4",
+            "--checkpoint_every",
+            "1",
+        ],
+        env={
+            "PYTHONPATH": f"{conftest.ROOT / 'tests' / 'faults'}:{conftest.ROOT / 'src'}",
+            "DISTIL_TEST_FAULT": "SIGSEGV@step=2,rank=1",
+        },
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "error: rank 1 of 2 died from SIGSEGV" in done.stderr, done.stderr[-3000:]
     assert "the 2-process job failed" in done.stderr
     # rank 0 may have saved step 2 before rank 1 died there
-    resumed = re.search(r"restart 1 of 3: rank 1 of 2 died from SIGSEGV; the job starts again and resumes from step "
-                        r"([12])\n", done.stderr)
+    resumed = re.search(
+        r"restart 1 of 3: rank 1 of 2 died from SIGSEGV; the job starts again and resumes from step "
+        r"([12])\n",
+        done.stderr,
+    )
     assert resumed, done.stderr[-3000:]
     assert f"resuming {model_dir} from step {resumed.group(1)} of 4" in done.stderr
     report = (model_dir / "crash.log").read_text()
@@ -292,7 +489,7 @@ def test_a_rank_that_dies_restarts_the_job_which_ends_with_the_uninterrupted_wei
     assert json.loads(done.stdout)["accuracy"] == json.loads((two_dir / "results_eval.json").read_text())["accuracy"]
 
 
-DROPOUT_ON_TWO_RANKS = '''
+DROPOUT_ON_TWO_RANKS = """
 import sys
 from distil.runtime import import_oneflow
 flow = import_oneflow()
@@ -310,7 +507,7 @@ for mode, y in (("eager", site(x).to_global(sbp=flow.sbp.broadcast)), ("graph", 
     a = y.to_local().numpy()
     if flow.env.get_rank() == 0:
         print(mode, bool((a[:64] == a[64:]).all()), float(a.mean()), sorted(set(a.ravel().tolist())), flush=True)
-'''
+"""
 
 
 def test_dropout_draws_other_masks_on_each_rank_in_eager_and_graph(tmp_path):
@@ -322,19 +519,35 @@ def test_dropout_draws_other_masks_on_each_rank_in_eager_and_graph(tmp_path):
     env.update(PYTHONPATH=f"{conftest.STARTUP}:{conftest.ROOT / 'src'}", OMP_NUM_THREADS="1")
     import subprocess
 
-    done = subprocess.run([PYTHON, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(tmp_path / "dropout_ranks.py")], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "oneflow.distributed.launch",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(tmp_path / "dropout_ranks.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = {line.split()[0]: line.split(maxsplit=3)[1:] for line in done.stdout.splitlines()
-             if line.startswith(("eager", "graph"))}
+    lines = {
+        line.split()[0]: line.split(maxsplit=3)[1:]
+        for line in done.stdout.splitlines()
+        if line.startswith(("eager", "graph"))
+    }
     assert set(lines) == {"eager", "graph"}, done.stdout
     for mode, (same, mean, values) in lines.items():
         assert same == "False", mode  # rank 1's rows are not rank 0's mask again
         assert 0.8 < float(mean) < 1.2 and values == "[0.0, 2.0]", (mode, mean, values)  # keep 1/2, scaled by 2
 
 
-RANK_THAT_DIES = '''
+RANK_THAT_DIES = """
 import os, signal, sys
 from distil import crash
 if sys.argv[1] == "fails":
@@ -342,7 +555,7 @@ if sys.argv[1] == "fails":
 if sys.argv[1] == "report":
     crash.report_finished(0)
 os.kill(os.getpid(), signal.SIGABRT)
-'''
+"""
 
 
 @pytest.mark.parametrize("how", ["report", "silent", "fails"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import glue_server as gs
 from distil.data import glue_download
 from distil.data.glue_download import (
     DOWNLOADED,
@@ -21,8 +22,6 @@ from distil.data.glue_download import (
     resolve_urls,
 )
 from distil.errors import UsageError
-
-import glue_server as gs
 
 BACKOFF = 0.01
 MRPC_OUT_HEADER = gs.MRPC_HEADER + "\n"
@@ -377,8 +376,19 @@ def test_force_replaces_mrpc_and_diagnostic(server, data_dir):
 def test_tasks_and_url_table():
     assert TASKS == ["CoLA", "SST", "MRPC", "QQP", "STS", "MNLI", "SNLI", "QNLI", "RTE", "WNLI", "diagnostic"]
     assert list(URLS) == [
-        "CoLA", "SST", "QQP", "STS", "MNLI", "SNLI", "QNLI", "RTE", "WNLI", "diagnostic",
-        "MRPC_DEV_IDS", "MRPC_TRAIN", "MRPC_TEST",
+        "CoLA",
+        "SST",
+        "QQP",
+        "STS",
+        "MNLI",
+        "SNLI",
+        "QNLI",
+        "RTE",
+        "WNLI",
+        "diagnostic",
+        "MRPC_DEV_IDS",
+        "MRPC_TRAIN",
+        "MRPC_TEST",
     ]
     assert URLS["CoLA"] == (
         "https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"

@@ -26,10 +26,19 @@ from test_recipes import write_teacher
 
 flow = import_oneflow()
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 48,
-           "max_position_embeddings": 64}
-STUDENT = {"student_num_hidden_layers": 2, "student_hidden_size": 16, "student_num_attention_heads": 4,
-           "student_intermediate_size": 24}
+TEACHER = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
+STUDENT = {
+    "student_num_hidden_layers": 2,
+    "student_hidden_size": 16,
+    "student_num_attention_heads": 4,
+    "student_intermediate_size": 24,
+}
 WORDS = "the a film story actor plot scene music camera light dark good bad long short old new city night day".split()
 
 
@@ -38,8 +47,12 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     """Pregenerated text (seq 32), a random 4-layer "pretrained" teacher, SST-2 data and a fine-tuned SST-2 teacher."""
     root = tmp_path_factory.mktemp("general")
     rng = random.Random(0)
-    documents = ["\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + " ."
-                           for _ in range(rng.randint(3, 8))) for _ in range(60)]
+    documents = [
+        "\n".join(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + " ." for _ in range(rng.randint(3, 8))
+        )
+        for _ in range(60)
+    ]
     (root / "corpus.txt").write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     pregenerate(root / "corpus.txt", vocab_file, root / "corpus", max_seq_length=32, dev_fraction=0.1)
     io.init_bert(root / "pretrained", vocab_file, TEACHER)
@@ -51,14 +64,23 @@ def ws(tmp_path_factory, vocab_file) -> Path:
 
 def general(ws: Path, name: str, out: Path, epochs: int = 3, **options):
     algorithm = get_algorithm(name)
-    run = RunConfig("pretraining", ws / "corpus", out, TrainSettings(epochs=epochs, learning_rate=3e-3, batch_size=8,
-                                                                     warmup_proportion=0.0, log_every=2),
-                    algorithm.options(teacher_model=ws / "pretrained", **{**STUDENT, **options}))
+    run = RunConfig(
+        "pretraining",
+        ws / "corpus",
+        out,
+        TrainSettings(epochs=epochs, learning_rate=3e-3, batch_size=8, warmup_proportion=0.0, log_every=2),
+        algorithm.options(teacher_model=ws / "pretrained", **{**STUDENT, **options}),
+    )
     return train_algorithm(algorithm, run), io.read_config(out)
 
 
-@pytest.mark.parametrize("name, terms", [("general_tinybert", {"att_loss", "hidden_loss"}),
-                                         ("general_minilm", {"attention_transfer_loss", "value_relation_loss"})])
+@pytest.mark.parametrize(
+    "name, terms",
+    [
+        ("general_tinybert", {"att_loss", "hidden_loss"}),
+        ("general_minilm", {"attention_transfer_loss", "value_relation_loss"}),
+    ],
+)
 def test_general_distillation_lowers_the_loss_and_keeps_the_last_epoch(ws, tmp_path, name, terms):
     results, config = general(ws, name, tmp_path / name)
     history = json.loads((tmp_path / name / HISTORY_FILE).read_text())
@@ -79,21 +101,29 @@ def test_a_general_tinybert_starts_kd_and_tinybert_with_its_weights_and_its_fit_
     meta = ofrecord.read_meta(train_dir)
     for name in ("kd", "tinybert"):
         algorithm = get_algorithm(name)
-        run = RunConfig("SST-2", ws / "data", tmp_path / name, TrainSettings(),
-                        algorithm.options(teacher_model=ws / "finetuned", student_model=tmp_path / "student"))
+        run = RunConfig(
+            "SST-2",
+            ws / "data",
+            tmp_path / name,
+            TrainSettings(),
+            algorithm.options(teacher_model=ws / "finetuned", student_model=tmp_path / "student"),
+        )
         built = algorithm.build(run, algorithm.stages(run)[0], algorithm.task("SST-2"), meta)
         own = built.model.state_dict()
         for key, value in saved.state.items():
             if not key.startswith("classifier."):  # (another task's head is left out)
                 np.testing.assert_array_equal(own[key].numpy(), np.asarray(value.numpy()), err_msg=key)
         if name == "tinybert":
-            np.testing.assert_array_equal(built.step_module.fit_dense.weight.numpy(), saved.projection["weight"].numpy())
+            np.testing.assert_array_equal(
+                built.step_module.fit_dense.weight.numpy(), saved.projection["weight"].numpy()
+            )
 
 
 def test_general_distillation_refuses_task_data_a_fine_tuned_layout_and_unmatched_heads(ws, tmp_path):
     algorithm = get_algorithm("general_tinybert")
-    run = RunConfig("pretraining", ws / "data", tmp_path / "x", TrainSettings(),
-                    algorithm.options(teacher_model=ws / "pretrained"))
+    run = RunConfig(
+        "pretraining", ws / "data", tmp_path / "x", TrainSettings(), algorithm.options(teacher_model=ws / "pretrained")
+    )
     with pytest.raises(UsageError, match="no pregenerated data at .*train"):
         train_algorithm(algorithm, run)
     with pytest.raises(UsageError, match="TinyBERT compares attention head by head: the student has 2 heads"):
@@ -104,11 +134,28 @@ def test_general_distillation_refuses_task_data_a_fine_tuned_layout_and_unmatche
 
 
 def test_the_script_runs_general_distillation_from_its_variables(ws, tmp_path):
-    env = {**os.environ, "CORPUS_DIR": str(ws / "corpus"), "TEACHER_MODEL": str(ws / "pretrained"),
-           "GENERAL_METHOD": "minilm", "STUDENT_DIR": str(tmp_path / "student"), "BATCH_SIZE": "8", "GPU": ""}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "run_general_distill.sh"), "--max_steps", "2",
-                           *sum(([f"--{k}", str(v)] for k, v in STUDENT.items()), [])],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "CORPUS_DIR": str(ws / "corpus"),
+        "TEACHER_MODEL": str(ws / "pretrained"),
+        "GENERAL_METHOD": "minilm",
+        "STUDENT_DIR": str(tmp_path / "student"),
+        "BATCH_SIZE": "8",
+        "GPU": "",
+    }
+    done = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "scripts" / "run_general_distill.sh"),
+            "--max_steps",
+            "2",
+            *sum(([f"--{k}", str(v)] for k, v in STUDENT.items()), []),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     config = io.read_config(tmp_path / "student")
     assert config["algorithm"]["name"] == "general_minilm" and config["model"]["hidden_size"] == 16

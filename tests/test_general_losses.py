@@ -12,10 +12,10 @@ from distil.ops.distill import flow
 from distil.ops.general import attention_transfer, self_relation, value_relation
 
 B, S, HEADS = 3, 7, 2
-LENGTHS = (5, 2, 7)                     # one row without padding
-CUT_LENGTHS = (5, 2, 4)                 # the longest, 5, is shorter than S: cutting removes positions
-D_S, D_T = 3, 5                         # value widths per head
-H_S, H_T = 8, 12                        # concatenated widths for self_relation
+LENGTHS = (5, 2, 7)  # one row without padding
+CUT_LENGTHS = (5, 2, 4)  # the longest, 5, is shorter than S: cutting removes positions
+D_S, D_T = 3, 5  # value widths per head
+H_S, H_T = 8, 12  # concatenated widths for self_relation
 TOL = dict(rtol=1e-6, atol=1e-7)
 
 
@@ -41,8 +41,11 @@ def np_mean_kl(student_rows, teacher_rows):
 
 def np_attention_transfer(s, t, mask):
     """Padding keys and queries dropped (not masked) per example; the -10000 keys count without a mask."""
-    pairs = [(np.float64(s[b])[:, k][:, :, k], np.float64(t[b])[:, k][:, :, k])
-             for b in range(s.shape[0]) for k in [keep(mask, b)]]
+    pairs = [
+        (np.float64(s[b])[:, k][:, :, k], np.float64(t[b])[:, k][:, :, k])
+        for b in range(s.shape[0])
+        for k in [keep(mask, b)]
+    ]
     return np_mean_kl(*zip(*pairs))
 
 
@@ -52,18 +55,23 @@ def np_relation(x):
 
 
 def np_value_relation(s, t, mask):
-    pairs = [(np_relation(np.float64(s[b, h])[k]), np_relation(np.float64(t[b, h])[k]))
-             for b in range(s.shape[0]) for k in [keep(mask, b)] for h in range(s.shape[1])]
+    pairs = [
+        (np_relation(np.float64(s[b, h])[k]), np_relation(np.float64(t[b, h])[k]))
+        for b in range(s.shape[0])
+        for k in [keep(mask, b)]
+        for h in range(s.shape[1])
+    ]
     return np_mean_kl(*zip(*pairs))
 
 
 def np_self_relation(s, t, heads, mask):
     def head(x, b, h, k):
         d = x.shape[2] // heads
-        return np_relation(np.float64(x[b])[k][:, h * d:(h + 1) * d])
+        return np_relation(np.float64(x[b])[k][:, h * d : (h + 1) * d])
 
-    pairs = [(head(s, b, h, k), head(t, b, h, k)) for b in range(s.shape[0]) for k in [keep(mask, b)]
-             for h in range(heads)]
+    pairs = [
+        (head(s, b, h, k), head(t, b, h, k)) for b in range(s.shape[0]) for k in [keep(mask, b)] for h in range(heads)
+    ]
     return np_mean_kl(*zip(*pairs))
 
 
@@ -80,17 +88,31 @@ def make_inputs(seed=0, lengths=LENGTHS):
     def normal(*shape, scale=1.0):
         return (scale * rng.normal(size=shape)).astype(np.float32)
 
-    return dict(sa=normal(B, HEADS, S, S, scale=2.0) + padding, ta=normal(B, HEADS, S, S, scale=2.0) + padding,
-                sv=normal(B, HEADS, S, D_S, scale=1.5), tv=normal(B, HEADS, S, D_T, scale=1.5),
-                sx=normal(B, S, H_S, scale=1.5), tx=normal(B, S, H_T, scale=1.5), mask=mask, lengths=lengths)
+    return dict(
+        sa=normal(B, HEADS, S, S, scale=2.0) + padding,
+        ta=normal(B, HEADS, S, S, scale=2.0) + padding,
+        sv=normal(B, HEADS, S, D_S, scale=1.5),
+        tv=normal(B, HEADS, S, D_T, scale=1.5),
+        sx=normal(B, S, H_S, scale=1.5),
+        tx=normal(B, S, H_T, scale=1.5),
+        mask=mask,
+        lengths=lengths,
+    )
 
 
 # name: (operator, NumPy reference, the student and teacher keys of make_inputs)
 CASES = {
     "attention_transfer": (attention_transfer, np_attention_transfer, "sa", "ta"),
     "value_relation": (value_relation, np_value_relation, "sv", "tv"),
-    **{f"self_relation_{r}": ((lambda s, t, m, r=r: self_relation(s, t, r, m)),
-                              (lambda s, t, m, r=r: np_self_relation(s, t, r, m)), "sx", "tx") for r in (1, 2, 4)},
+    **{
+        f"self_relation_{r}": (
+            (lambda s, t, m, r=r: self_relation(s, t, r, m)),
+            (lambda s, t, m, r=r: np_self_relation(s, t, r, m)),
+            "sx",
+            "tx",
+        )
+        for r in (1, 2, 4)
+    },
 }
 
 
@@ -120,7 +142,9 @@ def test_value_relation_is_self_relation_over_the_concatenated_heads():
     for mask in (None, flow.tensor(x["mask"])):
         np.testing.assert_allclose(
             value_relation(flow.tensor(x["sv"]), flow.tensor(x["tv"]), mask).item(),
-            self_relation(flow.tensor(concat["sv"]), flow.tensor(concat["tv"]), HEADS, mask).item(), **TOL)
+            self_relation(flow.tensor(concat["sv"]), flow.tensor(concat["tv"]), HEADS, mask).item(),
+            **TOL,
+        )
 
 
 def perturb_padding(x, rng):
@@ -143,15 +167,23 @@ def test_padded_positions_do_not_count(name):
     x = make_inputs()
     y = perturb_padding(x, np.random.default_rng(1))
     np.testing.assert_allclose(run(name, y), run(name, x), **TOL)
-    assert abs(run(name, y, masked=False) - run(name, x, masked=False)) > 1e-3      # the change was visible
+    assert abs(run(name, y, masked=False) - run(name, x, masked=False)) > 1e-3  # the change was visible
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cutting_the_batch_to_its_longest_real_length_changes_nothing(name):
     x = make_inputs(lengths=CUT_LENGTHS)
     n = max(CUT_LENGTHS)
-    cut = dict(x, mask=x["mask"][:, :n], sa=x["sa"][..., :n, :n], ta=x["ta"][..., :n, :n], sv=x["sv"][:, :, :n],
-               tv=x["tv"][:, :, :n], sx=x["sx"][:, :n], tx=x["tx"][:, :n])
+    cut = dict(
+        x,
+        mask=x["mask"][:, :n],
+        sa=x["sa"][..., :n, :n],
+        ta=x["ta"][..., :n, :n],
+        sv=x["sv"][:, :, :n],
+        tv=x["tv"][:, :, :n],
+        sx=x["sx"][:, :n],
+        tx=x["tx"][:, :n],
+    )
     np.testing.assert_allclose(run(name, cut), run(name, x), **TOL)
     np.testing.assert_allclose(run(name, x), reference(name, x), **TOL)
 
@@ -180,19 +212,29 @@ def test_bad_shapes_raise_clear_errors():
     def zeros(*shape):
         return flow.tensor(np.zeros(shape, np.float32))
 
-    with pytest.raises(ValueError, match="attention_transfer: the student has 2 heads, the teacher 4: MiniLM "
-                                         "compares head by head"):
+    with pytest.raises(
+        ValueError, match="attention_transfer: the student has 2 heads, the teacher 4: MiniLM compares head by head"
+    ):
         attention_transfer(sa, zeros(B, 4, S, S))
-    with pytest.raises(ValueError, match=r"attention_transfer: teacher scores must be \(batch, heads, length, "
-                                         r"length\), got \(3, 2, 7, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"attention_transfer: teacher scores must be \(batch, heads, length, "
+        r"length\), got \(3, 2, 7, 6\)",
+    ):
         attention_transfer(sa, ta[..., :6])
-    with pytest.raises(ValueError, match=r"attention_transfer: student scores must be \(batch, heads, length, \*\), "
-                                         r"got \(3, 7, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"attention_transfer: student scores must be \(batch, heads, length, \*\), "
+        r"got \(3, 7, 7\)",
+    ):
         attention_transfer(sa[:, 0], ta)
     with pytest.raises(ValueError, match=r"value_relation: the student has 2 heads, the teacher 3"):
         value_relation(sv, zeros(B, 3, S, D_T))
-    with pytest.raises(ValueError, match=r"value_relation: student values \(3, 2, 7, 3\) and teacher values "
-                                         r"\(3, 2, 6, 5\) differ in \(batch, length\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"value_relation: student values \(3, 2, 7, 3\) and teacher values "
+        r"\(3, 2, 6, 5\) differ in \(batch, length\)",
+    ):
         value_relation(sv, tv[:, :, :6])
     with pytest.raises(ValueError, match=r"mask has shape \(3, 6\), the tensors it masks need .* \(3, 7\)"):
         value_relation(sv, tv, mask[:, :6])
@@ -203,11 +245,17 @@ def test_bad_shapes_raise_clear_errors():
     for bad in (0, -2, 2.0, True):
         with pytest.raises(ValueError, match="relation_heads must be a positive integer"):
             self_relation(sx, tx, bad)
-    with pytest.raises(ValueError, match=r"self_relation: student \(3, 7, 8\) and teacher \(3, 6, 12\) differ in "
-                                         r"\(batch, length\) \(only the widths may differ\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"self_relation: student \(3, 7, 8\) and teacher \(3, 6, 12\) differ in "
+        r"\(batch, length\) \(only the widths may differ\)",
+    ):
         self_relation(sx, tx[:, :6], 2)
-    with pytest.raises(ValueError, match=r"self_relation: student tensor must be \(batch, length, width\), got "
-                                         r"\(3, 2, 7, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"self_relation: student tensor must be \(batch, length, width\), got "
+        r"\(3, 2, 7, 3\)",
+    ):
         self_relation(sv, tx, 1)
 
 

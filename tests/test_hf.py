@@ -31,12 +31,17 @@ def assert_matches_reference(out, ref):
     for layer, (ours, theirs) in enumerate(zip(out["hidden_states"], ref["hidden_states"])):
         np.testing.assert_allclose(ours.numpy(), theirs, atol=ATOL, rtol=RTOL, err_msg=f"hidden state {layer}")
     assert len(out["hidden_states"]) == len(ref["hidden_states"])
-    real_keys = ref["attention_mask"].astype(bool)[:, None, None, :]       # (B, 1, 1, S)
+    real_keys = ref["attention_mask"].astype(bool)[:, None, None, :]  # (B, 1, 1, S)
     for layer, (ours, theirs) in enumerate(zip(out["attention_scores"], ref["attention_scores"])):
         ours = ours.numpy()
         # HF adds finfo.min on padding keys, BERT (and we) add -10000: compare real keys, check the masked ones
-        np.testing.assert_allclose(np.where(real_keys, ours, 0), np.where(real_keys, theirs, 0), atol=ATOL, rtol=RTOL,
-                                   err_msg=f"attention scores {layer}")
+        np.testing.assert_allclose(
+            np.where(real_keys, ours, 0),
+            np.where(real_keys, theirs, 0),
+            atol=ATOL,
+            rtol=RTOL,
+            err_msg=f"attention scores {layer}",
+        )
         assert (ours[np.broadcast_to(~real_keys, ours.shape)] < -9000).all()
 
 
@@ -80,7 +85,7 @@ def test_legacy_pytorch_bin_reads_without_pytorch(tmp_path):
     assert sorted(b) == sorted([*a, "extra.slice", "extra.transposed"])
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    np.testing.assert_array_equal(b["extra.transposed"], a["classifier.weight"].T)    # a strided view
+    np.testing.assert_array_equal(b["extra.transposed"], a["classifier.weight"].T)  # a strided view
     np.testing.assert_array_equal(b["extra.slice"], a["bert.embeddings.word_embeddings.weight"][5:9, 2:6])
     result = io.convert_hf(FIXTURES / "hf_tiny_cls_legacy_bin", tmp_path / "m")
     assert sorted(result["ignored"]) == ["extra.slice", "extra.transposed"]
@@ -91,8 +96,9 @@ def test_legacy_pytorch_bin_reads_without_pytorch(tmp_path):
         read_hf_weights(bad)
     truncated = tmp_path / "truncated"
     truncated.mkdir()
-    (truncated / "pytorch_model.bin").write_bytes((FIXTURES / "hf_tiny_cls_legacy_bin" / "pytorch_model.bin")
-                                                  .read_bytes()[:-100])
+    (truncated / "pytorch_model.bin").write_bytes(
+        (FIXTURES / "hf_tiny_cls_legacy_bin" / "pytorch_model.bin").read_bytes()[:-100]
+    )
     with pytest.raises(UsageError, match="truncated"):
         read_hf_weights(truncated)
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -37,27 +36,40 @@ flow = import_oneflow()
 SEQ, BATCH, EXAMPLES = 32, 8, 100
 
 
-def write_split(split_dir: Path, lengths: List[int], seq_length: int = SEQ) -> Path:
+def write_split(split_dir: Path, lengths: list[int], seq_length: int = SEQ) -> Path:
     """Example i: `lengths[i]` tokens of id i + 1, then padding; meta.json with its length histogram."""
     split_dir.mkdir(parents=True)
     writer = ofrecord.PartWriter(split_dir, records_per_part=1 << 20)
     for i, n in enumerate(lengths):
         pad = [0] * (seq_length - n)
-        writer.add(ofrecord.frame(ofrecord.encode_record({
-            "input_ids": ("int32", [i + 1] * n + pad), "input_mask": ("int32", [1] * n + pad),
-            "segment_ids": ("int32", [0] * seq_length), "label_ids": ("int32", [i % 2])})))
+        writer.add(
+            ofrecord.frame(
+                ofrecord.encode_record(
+                    {
+                        "input_ids": ("int32", [i + 1] * n + pad),
+                        "input_mask": ("int32", [1] * n + pad),
+                        "segment_ids": ("int32", [0] * seq_length),
+                        "label_ids": ("int32", [i % 2]),
+                    }
+                )
+            )
+        )
     (count,) = writer.close()
     part = split_dir / ofrecord.part_name(0)
     shapes = {"input_ids": [seq_length], "input_mask": [seq_length], "segment_ids": [seq_length], "label_ids": [1]}
-    meta = {"format": "bert", "num_examples": count, "seq_length": seq_length,
-            "parts": [{"name": part.name, "records": count, "bytes": part.stat().st_size, "sha256": file_sha256(part)}],
-            "features": {name: {"dtype": "int32", "shape": shape} for name, shape in shapes.items()},
-            "lengths": length_summary(collections.Counter(lengths), seq_length)}
+    meta = {
+        "format": "bert",
+        "num_examples": count,
+        "seq_length": seq_length,
+        "parts": [{"name": part.name, "records": count, "bytes": part.stat().st_size, "sha256": file_sha256(part)}],
+        "features": {name: {"dtype": "int32", "shape": shape} for name, shape in shapes.items()},
+        "lengths": length_summary(collections.Counter(lengths), seq_length),
+    }
     (split_dir / ofrecord.META_FILE).write_text(json.dumps(meta))
     return split_dir
 
 
-def skewed_lengths(count: int, seed: int = 0) -> List[int]:
+def skewed_lengths(count: int, seed: int = 0) -> list[int]:
     """Mostly short sentences and a few long ones, as real text."""
     rng = np.random.default_rng(seed)
     return [int(n) for n in np.minimum(SEQ, rng.geometric(0.12, count) + 2)]
@@ -70,15 +82,16 @@ def split(tmp_path_factory) -> Path:
 
 def stream(split_dir: Path, steps_per_epoch: int, regroup: bool, shuffle: bool = True) -> TrainStream:
     data = OFRecordDataset(split_dir, BATCH, shuffle=shuffle, seed=3)
-    return TrainStream(data, steps_per_epoch, 7, Placement("cpu"), regroup,
-                       buckets.boundaries_for(data.meta, SEQ) if regroup else None)
+    return TrainStream(
+        data, steps_per_epoch, 7, Placement("cpu"), regroup, buckets.boundaries_for(data.meta, SEQ) if regroup else None
+    )
 
 
-def read(source: TrainStream, steps: int) -> List[Dict[str, np.ndarray]]:
+def read(source: TrainStream, steps: int) -> list[dict[str, np.ndarray]]:
     return [{name: value.numpy() for name, value in source().items()} for _ in range(steps)]
 
 
-def ids(batches: List[Dict[str, np.ndarray]]) -> List[int]:
+def ids(batches: list[dict[str, np.ndarray]]) -> list[int]:
     return sorted(int(i) - 1 for batch in batches for i in batch["input_ids"][:, 0])
 
 
@@ -104,7 +117,7 @@ def test_an_epoch_holds_the_rows_of_the_full_length_run_regrouped_by_length_and_
     assert sum(batch["input_ids"].size for batch in on) < 0.6 * sum(batch["input_ids"].size for batch in off)
     chunks = [(epoch * per_epoch + k, min(4, per_epoch - k)) for epoch in range(2) for k in range(0, per_epoch, 4)]
     for start, size in chunks:  # a chunk's batches: sorted groups, served in a shuffled order
-        chunk = on[start:start + size]
+        chunk = on[start : start + size]
         groups = sorted([sorted(lengths[i - 1] for i in batch["input_ids"][:, 0]) for batch in chunk])
         assert all(a[-1] <= b[0] for a, b in zip(groups, groups[1:]))
     widths = [batch["input_ids"].shape[1] for batch in on]
@@ -123,15 +136,23 @@ def test_a_resumed_stream_serves_what_the_uninterrupted_one_serves(split, monkey
 
 # ---------------------------------------------------------------- the models on cut batches
 
+
 def bert(hidden: int, layers: int, seed: int) -> flow.nn.Module:
     flow.manual_seed(seed)
-    config = BertConfig(vocab_size=120, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=SEQ, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=120,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=SEQ,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return io.build_model({**config.to_dict(), "classifier_dropout": 0.0})
 
 
-def lstm_batch(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def lstm_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A BiLSTM record: the batch's words as its own view, and the same tokens as the teacher's (full) view."""
     return {**batch, **{f"teacher_{name}": batch[name] for name in ("input_ids", "input_mask", "segment_ids")}}
 
@@ -143,38 +164,53 @@ def step_module(name: str) -> flow.nn.Module:
     if name == "kd":
         return DistillStep(bert(16, 2, 2), [hard_label(0.5), soft_labels(0.5, 2.0)], teacher)
     if name == "bert_pkd":
-        return DistillStep(bert(32, 2, 2), [hard_label(0.5), soft_labels(0.5), hidden_states(
-            1.0, project=False, operator="pkd_patient")], teacher)
+        return DistillStep(
+            bert(32, 2, 2),
+            [hard_label(0.5), soft_labels(0.5), hidden_states(1.0, project=False, operator="pkd_patient")],
+            teacher,
+        )
     if name == "tinybert":
-        return DistillStep(bert(16, 2, 2), [attention(), hidden_states(1.0), soft_labels(1.0)], teacher,
-                           flow.nn.Linear(16, 32))
+        return DistillStep(
+            bert(16, 2, 2), [attention(), hidden_states(1.0), soft_labels(1.0)], teacher, flow.nn.Linear(16, 32)
+        )
     if name == "distilled_lstm":
         flow.manual_seed(2)
-        student = io.build_model({**LstmConfig(vocab_size=120, pad_token_id=0, embedding_size=8, hidden_size=8,
-                                               fc_size=8, dropout_prob=0.0).__dict__})
+        student = io.build_model(
+            {
+                **LstmConfig(
+                    vocab_size=120, pad_token_id=0, embedding_size=8, hidden_size=8, fc_size=8, dropout_prob=0.0
+                ).__dict__
+            }
+        )
         return DistillStep(student, [hard_label(0.5), soft_labels(0.5, mode="mse")], teacher, teacher_view="teacher_")
     return TheseusStep(bert(32, 2, 2), teacher)
 
 
-def loss_and_gradients(module: flow.nn.Module, batch: Dict[str, np.ndarray], name: str):
+def loss_and_gradients(module: flow.nn.Module, batch: dict[str, np.ndarray], name: str):
     module.train()
     for parameter in module.parameters():
         parameter.grad = None
     flow.manual_seed(5)  # BERT-of-Theseus samples its modules: the same draw at both lengths
-    tensors = {key: flow.tensor(value) for key, value in (lstm_batch(batch) if name == "distilled_lstm" else
-                                                         batch).items()}
+    tensors = {
+        key: flow.tensor(value) for key, value in (lstm_batch(batch) if name == "distilled_lstm" else batch).items()
+    }
     outputs = module(tensors, 0.5) if name == "theseus" else module(tensors)
     total = sum(outputs.values())
     total.backward()
-    return float(total.numpy()), {k: p.grad.numpy().copy() for k, p in module.named_parameters()
-                                  if p.requires_grad and p.grad is not None}
+    return float(total.numpy()), {
+        k: p.grad.numpy().copy() for k, p in module.named_parameters() if p.requires_grad and p.grad is not None
+    }
 
 
-def padded_batch(lengths: List[int], seed: int) -> Dict[str, np.ndarray]:
+def padded_batch(lengths: list[int], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     mask = np.array([[1] * n + [0] * (SEQ - n) for n in lengths], np.int32)
-    return {"input_ids": (rng.integers(5, 120, (len(lengths), SEQ)) * mask).astype(np.int32), "input_mask": mask,
-            "segment_ids": np.zeros_like(mask), "label_ids": (np.arange(len(lengths)) % 2).astype(np.int32)[:, None]}
+    return {
+        "input_ids": (rng.integers(5, 120, (len(lengths), SEQ)) * mask).astype(np.int32),
+        "input_mask": mask,
+        "segment_ids": np.zeros_like(mask),
+        "label_ids": (np.arange(len(lengths)) % 2).astype(np.int32)[:, None],
+    }
 
 
 @pytest.mark.parametrize("name", ["kd", "bert_pkd", "tinybert", "distilled_lstm", "theseus"])
@@ -182,8 +218,9 @@ def test_every_algorithm_gives_the_same_loss_and_gradients_at_the_bucket_length(
     batch = padded_batch([3, 9, 14, 5, 16, 7], seed=0)
     module = step_module(name)
     full_loss, full = loss_and_gradients(module, batch, name)
-    cut_loss, cut = loss_and_gradients(module, buckets.cut(batch, np.arange(6), 16, ("input_ids", "input_mask",
-                                                                                   "segment_ids")), name)
+    cut_loss, cut = loss_and_gradients(
+        module, buckets.cut(batch, np.arange(6), 16, ("input_ids", "input_mask", "segment_ids")), name
+    )
     assert cut_loss == pytest.approx(full_loss, abs=1e-5)
     assert set(cut) == set(full) and len(full) > 4
     for key, value in full.items():
@@ -194,18 +231,26 @@ def test_every_algorithm_gives_the_same_loss_and_gradients_at_the_bucket_length(
         np.testing.assert_allclose(cut[key], value, atol=1e-5, err_msg=key)
 
 
-def train_on(batches: List[Dict[str, np.ndarray]], settings: TrainSettings):
+def train_on(batches: list[dict[str, np.ndarray]], settings: TrainSettings):
     step = DistillStep(bert(16, 2, 2), [hard_label()])
     graphs = build_step_runner(step, list(batches[0]), settings, len(batches))
-    losses = [float(graphs.step({k: flow.tensor(v) for k, v in batch.items()})["loss"].numpy().mean())
-              for batch in batches]
+    losses = [
+        float(graphs.step({k: flow.tensor(v) for k, v in batch.items()})["loss"].numpy().mean()) for batch in batches
+    ]
     return step.student, graphs, losses
 
 
 def test_the_graphs_of_the_bucket_lengths_share_one_adamw_state_and_lr_schedule():
     settings = TrainSettings(learning_rate=1e-3, warmup_proportion=0.3, batch_size=4, clip_grad=1.0)
-    plan = [(8, [3, 8, 5, 2]), (16, [12, 16, 9, 4]), (32, [30, 3, 20, 7]), (8, [6, 1, 8, 8]), (16, [11, 2, 13, 5]),
-            (8, [4, 4, 4, 4]), (32, [25, 31, 2, 17])]
+    plan = [
+        (8, [3, 8, 5, 2]),
+        (16, [12, 16, 9, 4]),
+        (32, [30, 3, 20, 7]),
+        (8, [6, 1, 8, 8]),
+        (16, [11, 2, 13, 5]),
+        (8, [4, 4, 4, 4]),
+        (32, [25, 31, 2, 17]),
+    ]
     full = [padded_batch(lengths, seed) for seed, (_, lengths) in enumerate(plan)]
     sequences = ("input_ids", "input_mask", "segment_ids")
     cut = [buckets.cut(batch, np.arange(4), width, sequences) for batch, (width, _) in zip(full, plan)]
@@ -228,7 +273,7 @@ def test_the_graphs_of_the_bucket_lengths_share_one_adamw_state_and_lr_schedule(
 
 # ---------------------------------------------------------------- two processes
 
-TWO_RANKS = '''
+TWO_RANKS = """
 import json, sys
 from distil.runtime import import_oneflow
 flow = import_oneflow()
@@ -248,7 +293,7 @@ for _ in range(2 * steps):
                    "lengths": rows.astype(bool).sum(axis=1).tolist()})
 with open(f"{out}.{placement.rank}", "w") as f:
     json.dump(served, f)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -258,15 +303,31 @@ def test_two_processes_step_through_the_same_bucket_lengths_and_see_every_exampl
     (tmp_path / "two_ranks.py").write_text(TWO_RANKS)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env.update(PYTHONPATH=f"{conftest.STARTUP}:{conftest.ROOT / 'src'}", OMP_NUM_THREADS="1")
-    done = subprocess.run([PYTHON, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(tmp_path / "two_ranks.py"), str(split_dir), "6",
-                           str(tmp_path / "served")], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "oneflow.distributed.launch",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(tmp_path / "two_ranks.py"),
+            str(split_dir),
+            "6",
+            str(tmp_path / "served"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"served.{r}").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # one global batch per step, seen alike by both ranks
     boundaries = buckets.boundaries_for(json.loads((split_dir / ofrecord.META_FILE).read_text()), SEQ)
     for epoch in range(2):
-        served = ranks[0][epoch * 6:(epoch + 1) * 6]
+        served = ranks[0][epoch * 6 : (epoch + 1) * 6]
         assert sorted(i for batch in served for i in batch["ids"]) == list(range(96))  # every example once
     for batch in ranks[0]:
         assert batch["width"] in boundaries and max(batch["lengths"]) <= batch["width"]
@@ -280,8 +341,9 @@ def test_the_bucket_graphs_together_hold_the_micro_batch_tokens_of_one_full_leng
     settings = TrainSettings(batch_size=32)
     batch = buckets.cut(padded_batch([5] * 32, seed=0), np.arange(32), 24, ("input_ids", "input_mask", "segment_ids"))
     for lengths, rows in (([24, 40, 56, 128], 4), ([128], 8), ((), 32)):  # (): the graph's own length
-        graphs = build_step_runner(DistillStep(bert(16, 2, 2), [hard_label()]), list(batch), settings, 4,
-                                   lengths=lengths)
+        graphs = build_step_runner(
+            DistillStep(bert(16, 2, 2), [hard_label()]), list(batch), settings, 4, lengths=lengths
+        )
         with caplog.at_level("INFO", logger="distil.train.trainer"):
             graphs.step({k: flow.tensor(v) for k, v in batch.items()})
         assert f"batches of 24 positions: {32 // rows} micro-batch(es) of {rows} rows per process" in caplog.text

@@ -14,9 +14,9 @@ from distil.ops.distill import flow
 from distil.ops.zoo import att_ce, fsp, gram, hidden_cos, mmd, nst
 
 B, S, H, H6, HEADS, L_S, L_T = 3, 7, 8, 6, 2, 3, 4
-LENGTHS = (5, 2, 4)                   # the longest real length, 5, is shorter than S: cutting removes columns
-MAP = [0, 1, 3, 4]                    # student index -> teacher index; teacher layer 2 is left out
-PAIRS = [((0, 1), (0, 2)), ((1, 3), (2, 4)), ((2, 2), (3, 3))]     # teacher layer 1 is left out
+LENGTHS = (5, 2, 4)  # the longest real length, 5, is shorter than S: cutting removes columns
+MAP = [0, 1, 3, 4]  # student index -> teacher index; teacher layer 2 is left out
+PAIRS = [((0, 1), (0, 2)), ((1, 3), (2, 4)), ((2, 2), (3, 3))]  # teacher layer 1 is left out
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "loss_zoo_reference.npz"
 TOL = dict(rtol=1e-6, atol=1e-7)
 
@@ -30,7 +30,7 @@ def np_cos(s, t, mapping, mask):
     total = 0.0
     for i, j in enumerate(mapping):
         x, y = np.float64(s[i]), np.float64(t[j])
-        cos = (x * y).sum(-1) / np.sqrt(((x * x).sum(-1) + 1e-12) * ((y * y).sum(-1) + 1e-12))   # (B, S)
+        cos = (x * y).sum(-1) / np.sqrt(((x * x).sum(-1) + 1e-12) * ((y * y).sum(-1) + 1e-12))  # (B, S)
         total += (1.0 - cos).mean() if mask is None else (1.0 - cos)[np.asarray(mask, bool)].mean()
     return total
 
@@ -48,7 +48,7 @@ def np_att_ce(s, t, mapping, mask):
         ce, count = 0.0, 0
         for b in range(x.shape[0]):
             k = keep(mask, b, x.shape[-1])
-            xb, yb = x[b][:, k][:, :, k], y[b][:, k][:, :, k]                # (heads, n, n)
+            xb, yb = x[b][:, k][:, :, k], y[b][:, k][:, :, k]  # (heads, n, n)
             ce += -(np.exp(np_log_softmax(yb)) * np_log_softmax(xb)).sum()
             count += xb.shape[0] * xb.shape[1]
         total += ce / count
@@ -61,7 +61,7 @@ def np_nst(s, t, mapping, mask):
         squares, count = 0.0, 0
         for b in range(s[i].shape[0]):
             k = keep(mask, b, s[i].shape[1])
-            x, y = np.float64(s[i][b][k]), np.float64(t[j][b][k])            # (n, H_s), (n, H_t)
+            x, y = np.float64(s[i][b][k]), np.float64(t[j][b][k])  # (n, H_s), (n, H_t)
             squares += ((x @ x.T / x.shape[1] - y @ y.T / y.shape[1]) ** 2).sum()
             count += k.sum() ** 2
         total += squares / count
@@ -163,15 +163,17 @@ def test_padded_positions_do_not_count(name):
     x = make_inputs()
     y = perturb_padding(x, np.random.default_rng(1))
     np.testing.assert_allclose(run(name, y), run(name, x), **TOL)
-    assert abs(run(name, y, masked=False) - run(name, x, masked=False)) > 1e-3      # the change was visible
+    assert abs(run(name, y, masked=False) - run(name, x, masked=False)) > 1e-3  # the change was visible
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cutting_the_batch_to_its_longest_real_length_changes_nothing(name):
     x = make_inputs()
     n = max(LENGTHS)
-    cut = {k: [a[..., :n, :n] if k in ("sa", "ta") else a[:, :n] for a in v] if isinstance(v, list) else v[:, :n]
-           for k, v in x.items()}
+    cut = {
+        k: [a[..., :n, :n] if k in ("sa", "ta") else a[:, :n] for a in v] if isinstance(v, list) else v[:, :n]
+        for k, v in x.items()
+    }
     np.testing.assert_allclose(run(name, cut), run(name, x), **TOL)
 
 
@@ -199,12 +201,16 @@ def test_an_explicit_map_compares_the_layers_it_names(op):
         alone = ref([student[2]], [x["th"][2]], [0], None if mask is None else x["mask"])
         assert other > 1e-2
         np.testing.assert_allclose(other, alone, **TOL)
-    np.testing.assert_allclose(op(tensors(x["sh"]), tensors(x["th"]), "last").item(),
-                               op(tensors(x["sh"]), tensors(x["th"]), [0, 2, 3, 4]).item(), **TOL)
+    np.testing.assert_allclose(
+        op(tensors(x["sh"]), tensors(x["th"]), "last").item(),
+        op(tensors(x["sh"]), tensors(x["th"]), [0, 2, 3, 4]).item(),
+        **TOL,
+    )
 
 
-@pytest.mark.parametrize("name, left_out, used", [("hidden_cos", 2, 3), ("att_ce", 1, 2), ("nst", 2, 4),
-                                                  ("gram", 2, 1), ("fsp", 1, 4)])
+@pytest.mark.parametrize(
+    "name, left_out, used", [("hidden_cos", 2, 3), ("att_ce", 1, 2), ("nst", 2, 4), ("gram", 2, 1), ("fsp", 1, 4)]
+)
 def test_only_the_named_teacher_layers_count(name, left_out, used):
     x = make_inputs()
     base = run(name, x)
@@ -227,15 +233,21 @@ def test_bad_shapes_raise_clear_errors():
     sh, th, sh6, sa, ta = (tensors(x[k]) for k in ("sh", "th", "sh6", "sa", "ta"))
     mask = flow.tensor(x["mask"])
     for op in (hidden_cos, gram):
-        with pytest.raises(ValueError, match=r"layer pair student 0 <-> teacher 0: shapes \(3, 7, 6\) and "
-                                             r"\(3, 7, 8\) differ \(project the student"):
+        with pytest.raises(
+            ValueError,
+            match=r"layer pair student 0 <-> teacher 0: shapes \(3, 7, 6\) and "
+            r"\(3, 7, 8\) differ \(project the student",
+        ):
             op(sh6, th, MAP)
     with pytest.raises(ValueError, match="student layer 1 has 2 heads, teacher layer 1 has 4"):
         att_ce(sa, [flow.tensor(np.zeros((B, 4, S, S), np.float32))] * L_T, MAP)
     with pytest.raises(ValueError, match=r"student layer 1 is mapped to the teacher embeddings \(0\)"):
         att_ce(sa, ta, [0, 0, 3, 4])
-    with pytest.raises(ValueError, match=r"nst pair student 0 <-> teacher 0: \(batch, length\) \(3, 7\) and \(3, 6\) "
-                                         r"differ \(only the widths may differ\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"nst pair student 0 <-> teacher 0: \(batch, length\) \(3, 7\) and \(3, 6\) "
+        r"differ \(only the widths may differ\)",
+    ):
         nst(sh, [a[:, :6] for a in th], MAP)
     with pytest.raises(ValueError, match=r"fsp layer pair student 3 <-> teacher 4: shapes \(3, 7, 6\)"):
         fsp(sh[:3] + [sh6[3]], th, [((0, 3), (0, 4))])
@@ -262,7 +274,7 @@ class LossGraph(flow.nn.Graph):
         self.op, self.n_student = op, n_student
 
     def build(self, mask, *reps):
-        return self.op(list(reps[:self.n_student]), list(reps[self.n_student:]), mask)
+        return self.op(list(reps[: self.n_student]), list(reps[self.n_student :]), mask)
 
 
 @pytest.mark.parametrize("name", ["hidden_cos", "att_ce", "nst_narrow_student", "gram", "fsp"])
@@ -295,22 +307,28 @@ def test_gradient_matches_the_formula_and_reaches_the_student_only(name):
 def test_values_match_textbrewer():
     """Expected values written by fixtures/make_loss_zoo_fixture.py from textbrewer.losses (float64 torch)."""
     ref = np.load(FIXTURE)
-    sh, th, sh6, sa, ta = ([flow.tensor(a) for a in ref[k]] for k in
-                           ("student_h", "teacher_h", "student_h6", "student_att", "teacher_att"))
+    sh, th, sh6, sa, ta = (
+        [flow.tensor(a) for a in ref[k]] for k in ("student_h", "teacher_h", "student_h6", "student_att", "teacher_att")
+    )
     mapping = [int(m) for m in ref["mapping"]]
     pairs = [((int(a), int(b)), (int(c), int(d))) for a, b, c, d in ref["fsp_pairs"]]
     seq, width = ref["student_h"].shape[2], ref["student_h"].shape[3]
     tol = dict(rtol=1e-5, atol=1e-6)
     for suffix, mask in (("", None), ("_masked", flow.tensor(ref["mask"]))):
-        got = {"cos": hidden_cos(sh, th, mapping, mask), "att_ce": att_ce(sa, ta, mapping, mask),
-               "nst": nst(sh, th, mapping, mask), "gram": gram(sh, th, mapping, mask),
-               "fsp": fsp(sh, th, pairs, mask)}
+        got = {
+            "cos": hidden_cos(sh, th, mapping, mask),
+            "att_ce": att_ce(sa, ta, mapping, mask),
+            "nst": nst(sh, th, mapping, mask),
+            "gram": gram(sh, th, mapping, mask),
+            "fsp": fsp(sh, th, pairs, mask),
+        }
         if mask is None:
             got["nst6"] = nst(sh6, th, mapping)
         for key, value in got.items():
             expected = float(ref[f"expected_{key}{suffix}"])
             if key == "nst" and mask is not None:
-                expected *= (seq / width) ** 2   # TextBrewer's masked branch divides its Gram matrices by S, not H
+                expected *= (seq / width) ** 2  # TextBrewer's masked branch divides its Gram matrices by S, not H
             np.testing.assert_allclose(value.item(), expected, **tol, err_msg=key + suffix)
-    np.testing.assert_allclose(nst(sh6, th, mapping, flow.tensor(ref["mask"])).item(),
-                               float(ref["expected_nst6_masked_rescaled"]), **tol)
+    np.testing.assert_allclose(
+        nst(sh6, th, mapping, flow.tensor(ref["mask"])).item(), float(ref["expected_nst6_masked_rescaled"]), **tol
+    )

@@ -15,8 +15,15 @@ PAD = VOCAB - 1
 
 
 def tiny_config(**overrides) -> LstmConfig:
-    values = dict(vocab_size=VOCAB, pad_token_id=PAD, embedding_size=EMB, hidden_size=HIDDEN, fc_size=FC,
-                  dropout_prob=0.1, num_labels=2)
+    values = dict(
+        vocab_size=VOCAB,
+        pad_token_id=PAD,
+        embedding_size=EMB,
+        hidden_size=HIDDEN,
+        fc_size=FC,
+        dropout_prob=0.1,
+        num_labels=2,
+    )
     values.update(overrides)
     return LstmConfig(**values)
 
@@ -61,8 +68,17 @@ def test_config_round_trip_and_defaults():
     assert (default.vocab_size, default.pad_token_id, default.pair_mode) == (10002, 10001, "separate")
 
 
-@pytest.mark.parametrize("field, value", [("pair_mode", "stacked"), ("hidden_size", 0), ("dropout_prob", 1.5),
-                                          ("pad_token_id", VOCAB), ("model_type", "bert"), ("num_labels", -1)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("pair_mode", "stacked"),
+        ("hidden_size", 0),
+        ("dropout_prob", 1.5),
+        ("pad_token_id", VOCAB),
+        ("model_type", "bert"),
+        ("num_labels", -1),
+    ],
+)
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=str(value)) as error:
         LstmConfig.from_dict(dict(tiny_config().to_dict(), **{field: value}))
@@ -90,7 +106,8 @@ def test_output_contract(num_labels, pair_mode):
     model = tiny_model(num_labels=num_labels, pair_mode=pair_mode)
     rng = np.random.default_rng(1)
     examples = [(random_words(rng, 3), random_words(rng, 4)), (random_words(rng, 9), [])] + [
-        (random_words(rng, 2), random_words(rng, 1))] * (BATCH - 2)
+        (random_words(rng, 2), random_words(rng, 1))
+    ] * (BATCH - 2)
     out = model(*pack(examples))
     assert set(out) == {"logits", "hidden_states", "attention_scores"}
     assert tuple(out["logits"].shape) == (BATCH, num_labels)
@@ -131,7 +148,7 @@ def test_pairs_padding_invariant_and_use_both_sentences():
         np.testing.assert_allclose(batched[row], alone[0], rtol=1e-5, atol=1e-6)
     changed_b = [(a, [(w + 1) % (VOCAB - 1) for w in b]) for a, b in examples]
     differs = np.abs(logits_of(model, changed_b) - batched).max(axis=1)
-    assert (differs[[0, 1, 2, 4]] > 1e-4).all() and differs[3] == 0.0   # row 3 has no b to change
+    assert (differs[[0, 1, 2, 4]] > 1e-4).all() and differs[3] == 0.0  # row 3 has no b to change
 
 
 def test_separate_mode_encodes_each_sentence_on_its_own():
@@ -142,10 +159,10 @@ def test_separate_mode_encodes_each_sentence_on_its_own():
     emb = model.word_embeddings
     ids, segments, mask = pack([(a, b), (a, []), (b, [])], seq=7)
     with flow.no_grad():
-        encoded = model.lstm(emb(ids), sentence_masks(segments, mask, True)).numpy()   # (3, 2, 2H)
-    np.testing.assert_allclose(encoded[0, 0], encoded[1, 0], rtol=1e-5, atol=1e-6)    # h_a of the pair = a alone
-    np.testing.assert_allclose(encoded[0, 1], encoded[2, 0], rtol=1e-5, atol=1e-6)    # h_b of the pair = b alone
-    assert np.all(encoded[1, 1] == 0.0)                                                # empty b: zero state
+        encoded = model.lstm(emb(ids), sentence_masks(segments, mask, True)).numpy()  # (3, 2, 2H)
+    np.testing.assert_allclose(encoded[0, 0], encoded[1, 0], rtol=1e-5, atol=1e-6)  # h_a of the pair = a alone
+    np.testing.assert_allclose(encoded[0, 1], encoded[2, 0], rtol=1e-5, atol=1e-6)  # h_b of the pair = b alone
+    assert np.all(encoded[1, 1] == 0.0)  # empty b: zero state
 
 
 # ----------------------------------------------------------------------------- the LSTM equations
@@ -153,13 +170,17 @@ def test_separate_mode_encodes_each_sentence_on_its_own():
 
 def numpy_lstm(x, w_ih, w_hh, bias):
     """Final state of one LSTM direction over x (L, E); gates i, f, g, o as documented in BiLstm."""
-    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))   # noqa: E731
+    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
     hidden = w_hh.shape[1]
     h, c = np.zeros(hidden), np.zeros(hidden)
     for x_t in x:
         z = w_ih @ x_t + w_hh @ h + bias
-        i, f, g, o = sigmoid(z[:hidden]), sigmoid(z[hidden:2 * hidden]), np.tanh(z[2 * hidden:3 * hidden]), \
-            sigmoid(z[3 * hidden:])
+        i, f, g, o = (
+            sigmoid(z[:hidden]),
+            sigmoid(z[hidden : 2 * hidden]),
+            np.tanh(z[2 * hidden : 3 * hidden]),
+            sigmoid(z[3 * hidden :]),
+        )
         c = f * c + i * g
         h = o * np.tanh(c)
     return h
@@ -168,7 +189,7 @@ def numpy_lstm(x, w_ih, w_hh, bias):
 def test_directions_match_numpy_lstm():
     model = tiny_model(pair_mode="separate")
     rng = np.random.default_rng(5)
-    with flow.no_grad():   # larger weights than the init so that every gate matters
+    with flow.no_grad():  # larger weights than the init so that every gate matters
         for p in (model.lstm.weight_ih, model.lstm.weight_hh, model.lstm.bias):
             p.copy_(flow.tensor(rng.normal(0.0, 0.6, size=tuple(p.shape)).astype(np.float32)))
     a, b = random_words(rng, 5), random_words(rng, 3)
@@ -176,14 +197,15 @@ def test_directions_match_numpy_lstm():
     with flow.no_grad():
         encoded = model.lstm(model.word_embeddings(ids), sentence_masks(segments, mask, True)).numpy()
     table = model.word_embeddings.weight.numpy().astype(np.float64)
-    w_ih, w_hh, bias = (p.numpy().astype(np.float64) for p in (model.lstm.weight_ih, model.lstm.weight_hh,
-                                                             model.lstm.bias))
+    w_ih, w_hh, bias = (
+        p.numpy().astype(np.float64) for p in (model.lstm.weight_ih, model.lstm.weight_hh, model.lstm.bias)
+    )
     for sentence, got in ((a, encoded[0, 0]), (b, encoded[0, 1]), (b, encoded[1, 0])):
         x = table[sentence]
         forward = numpy_lstm(x, w_ih[0], w_hh[0], bias[0])
         backward = numpy_lstm(x[::-1], w_ih[1], w_hh[1], bias[1])
         np.testing.assert_allclose(got, np.concatenate([forward, backward]), rtol=0, atol=1e-5)
-    assert np.abs(encoded[0, 0, :HIDDEN] - encoded[0, 0, HIDDEN:]).max() > 1e-2   # the directions differ
+    assert np.abs(encoded[0, 0, :HIDDEN] - encoded[0, 0, HIDDEN:]).max() > 1e-2  # the directions differ
 
 
 def test_matches_oneflow_lstm_outputs_and_gradients():
@@ -207,10 +229,18 @@ def test_matches_oneflow_lstm_outputs_and_gradients():
     ((ours - target) ** 2).sum().backward()
     ((theirs - target) ** 2).sum().backward()
     for d, suffix in enumerate(("", "_reverse")):
-        np.testing.assert_allclose(model.lstm.weight_ih.grad[d].numpy(),
-                                   getattr(stock, "weight_ih_l0" + suffix).grad.numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(model.lstm.weight_hh.grad[d].numpy(),
-                                   getattr(stock, "weight_hh_l0" + suffix).grad.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            model.lstm.weight_ih.grad[d].numpy(),
+            getattr(stock, "weight_ih_l0" + suffix).grad.numpy(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        np.testing.assert_allclose(
+            model.lstm.weight_hh.grad[d].numpy(),
+            getattr(stock, "weight_hh_l0" + suffix).grad.numpy(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 # ----------------------------------------------------------------------------- nn.Graph and training

@@ -40,7 +40,9 @@ def test_correlations_with_ties():
 def test_compute_metrics_picks_argmax_or_regression():
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 0.5]])
     assert compute_metrics(("accuracy", "f1"), logits, np.array([[1], [0], [0]])) == {
-        "accuracy": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3)}
+        "accuracy": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
+    }
     scores = np.array([[0.5], [2.0], [4.5]])
     out = compute_metrics(("pearson", "spearman"), scores, np.array([[1.0], [2.5], [4.0]], np.float32))
     assert out["spearman"] == pytest.approx(1.0) and out["mse"] == pytest.approx((0.25 + 0.25 + 0.25) / 3)
@@ -68,8 +70,9 @@ def test_weight_decay_skips_bias_and_layernorm():
     from distil.models.bert import BertConfig, BertForSequenceClassification
     from distil.train.optim import build_optimizer
 
-    model = BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=8))
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    )
     optimizer, _ = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10, graph=False)
     decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}

@@ -7,7 +7,7 @@ import json
 
 from conftest import PYTHON, run
 
-GRAPH_RUNS = '''
+GRAPH_RUNS = """
 import json
 import time
 from distil import native
@@ -26,7 +26,7 @@ while fix and fix.distil_lazy_job_pops() - before < 20 and time.monotonic() < de
     time.sleep(0.01)
 print(json.dumps({"loaded": fix is not None, "pops": fix.distil_lazy_job_pops() - before if fix else None,
                   "selftest": fix.distil_lazy_job_queue_selftest() if fix else None}))
-'''
+"""
 
 
 def graph_runs(env: dict) -> dict:
@@ -43,7 +43,9 @@ def test_oneflow_ends_every_graph_run_through_the_fixed_queue():
 
 def test_without_a_compiler_oneflow_keeps_its_own_queue(tmp_path):
     script = "from distil import native; print(native.fix_lazy_job_queue() is None)"
-    result = run([PYTHON, "-c", f"import sys; sys.prefix = {str(tmp_path)!r}; {script}"],
-                 env={"CXX": "false", "HOME": str(tmp_path)})
+    result = run(
+        [PYTHON, "-c", f"import sys; sys.prefix = {str(tmp_path)!r}; {script}"],
+        env={"CXX": "false", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -9,14 +9,12 @@ from distil.data import ofrecord
 from distil.errors import UsageError
 
 
-
-
 def test_encoded_record_parses_with_oneflow_protobuf(record_pb2):
     rng = np.random.default_rng(0)
     features = {
         "input_ids": ("int32", rng.integers(0, 30522, 128).tolist()),
         "big": ("int32", [0, 127, 128, 16383, 16384, 65535, 65536, 2**31 - 1]),
-        "negative": ("int32", [-1, -2**31, 5]),
+        "negative": ("int32", [-1, -(2**31), 5]),
         "wide": ("int64", [2**40, -(2**62), 0]),
         "label_ids": ("float32", [3.8]),
         "empty": ("int32", []),

@@ -32,11 +32,20 @@ CUT_TOLERANCE = 1e-5  # onnxruntime against itself: cut batches differ only by f
 
 def model_dir(root: Path, name: str, model: flow.nn.Module, config: dict, vocab: Path, task: str, fmt: str) -> Path:
     spec = get_task(task)
-    io.write_new_model_dir(root / name, model, config, vocab, {"name": "test"},
-                           task={"name": task, "labels": list(spec.labels), "num_labels": spec.num_labels,
-                                 "metrics": list(spec.metrics)},
-                           data={"format": fmt, "folder": task + ("_lstm_8" if fmt == "lstm" else ""),
-                                 "seq_length": 8 if fmt == "lstm" else 32, "do_lower_case": True})
+    io.write_new_model_dir(
+        root / name,
+        model,
+        config,
+        vocab,
+        {"name": "test"},
+        task={"name": task, "labels": list(spec.labels), "num_labels": spec.num_labels, "metrics": list(spec.metrics)},
+        data={
+            "format": fmt,
+            "folder": task + ("_lstm_8" if fmt == "lstm" else ""),
+            "seq_length": 8 if fmt == "lstm" else 32,
+            "do_lower_case": True,
+        },
+    )
     return root / name
 
 
@@ -46,25 +55,43 @@ def ws(tmp_path_factory, vocab_file, minilm_dir) -> Path:
     write_learnable_sst2(root / "glue", 64, 40)
     write_task(root / "glue", "MRPC", {"train.tsv": 40, "dev.tsv": 30, "test.tsv": 3})
     for task in ("SST-2", "MRPC"):
-        convert_task(task, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
-                                         lstm_seq_length=8, workers=1))  # the BiLSTM's graph unrolls each step
+        convert_task(
+            task,
+            ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=8, workers=1),
+        )  # the BiLSTM's graph unrolls each step
     flow.manual_seed(0)
-    bert = BertConfig(vocab_size=len(load_vocab(vocab_file)), hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, intermediate_size=48, max_position_embeddings=64).to_dict()
+    bert = BertConfig(
+        vocab_size=len(load_vocab(vocab_file)),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    ).to_dict()
     student = io.build_model(bert)
     with flow.no_grad():
         student.classifier.weight.mul_(50.0)  # logits that differ from example to example by far more than 1e-5
     model_dir(root, "bert", student, bert, vocab_file, "SST-2", "bert")
     for task, mode in (("SST-2", "single"), ("MRPC", "separate")):
         words = root / "data" / f"{task}_lstm_8" / io.VOCAB_FILE
-        lstm = {"model_type": "bilstm", "vocab_size": len(load_vocab(words)), "pad_token_id": load_vocab(words)["<PAD>"],
-                "num_labels": 2, "pair_mode": mode, "embedding_size": 16, "hidden_size": 8, "fc_size": 12}
+        lstm = {
+            "model_type": "bilstm",
+            "vocab_size": len(load_vocab(words)),
+            "pad_token_id": load_vocab(words)["<PAD>"],
+            "num_labels": 2,
+            "pair_mode": mode,
+            "embedding_size": 16,
+            "hidden_size": 8,
+            "fc_size": 12,
+        }
         model_dir(root, f"lstm_{mode}", io.build_model(lstm), lstm, words, task, "lstm")
     io.convert_hf(minilm_dir, root / "minilm")  # the real checkpoint, given a task as fine-tuning would
     config = json.loads((root / "minilm" / io.CONFIG_FILE).read_text())
     spec = get_task("SST-2")
-    config.update(task={"name": "SST-2", "labels": list(spec.labels), "num_labels": 2, "metrics": ["accuracy"]},
-                  data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True})
+    config.update(
+        task={"name": "SST-2", "labels": list(spec.labels), "num_labels": 2, "metrics": ["accuracy"]},
+        data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True},
+    )
     assert config["model"].get("num_labels", 2) == 2
     (root / "minilm" / io.CONFIG_FILE).write_text(json.dumps(config))
     return root
@@ -112,15 +139,20 @@ def test_onnxruntime_gives_oneflows_logits_on_every_dev_example(ws, exported, na
     assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in (*proto.graph.input, *proto.graph.output))
     sequence = [(d.dim_param, d.dim_value) for d in (i.type.tensor_type.shape.dim[1] for i in proto.graph.input)]
     assert sequence == [("sequence", 0) if name in DYNAMIC else ("", seq_length)] * 3
-    assert summary["dynamic_axes"] == {**{i: {0: "batch", 1: "sequence"} if name in DYNAMIC else {0: "batch"}
-                                          for i in ("input_ids", "segment_ids", "input_mask")}, "logits": {0: "batch"}}
+    assert summary["dynamic_axes"] == {
+        **{
+            i: {0: "batch", 1: "sequence"} if name in DYNAMIC else {0: "batch"}
+            for i in ("input_ids", "segment_ids", "input_mask")
+        },
+        "logits": {0: "batch"},
+    }
     lines, features = dev_features(ws, name)
     oneflow, onnxruntime = OneFlowEngine(directory, "cpu"), OnnxEngine(path)
     assert onnxruntime.cuts == (name in DYNAMIC)
     worst = 0.0
     for batch in (len(lines), 7):  # the whole dev set at once, and batches of 7 with a shorter last one
         for start in range(0, len(lines), batch):
-            part = {k: v[start:start + batch] for k, v in features.items()}
+            part = {k: v[start : start + batch] for k, v in features.items()}
             got, expected = onnxruntime(part), oneflow(part)
             np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
             worst = max(worst, float(np.abs(got - expected).max()))
@@ -160,8 +192,26 @@ def test_predict_on_onnxruntime_cuts_batches_of_bert_only_and_gives_the_uncut_pr
 
     def predict(name: str, mode: str):
         out = tmp_path / f"{name}-{mode}.jsonl"
-        done = run([PYTHON, "-m", "distil", "predict", str(ws / name), dev, "--engine", "onnxruntime", "--onnx",
-                    str(exported(name)[1]), "--batch_size", "4", "--length_buckets", mode, "--output", str(out)])
+        done = run(
+            [
+                PYTHON,
+                "-m",
+                "distil",
+                "predict",
+                str(ws / name),
+                dev,
+                "--engine",
+                "onnxruntime",
+                "--onnx",
+                str(exported(name)[1]),
+                "--batch_size",
+                "4",
+                "--length_buckets",
+                mode,
+                "--output",
+                str(out),
+            ]
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         summary = json.loads(done.stdout)
         return summary["engine"], summary["length_buckets"], [json.loads(line) for line in out.read_text().splitlines()]
@@ -194,8 +244,21 @@ def test_predict_uses_a_fresh_export_refuses_a_stale_one_and_checks_the_engine_f
     dev = str(ws / "glue" / "SST-2" / "dev.tsv")
 
     def predict(*flags):
-        return run([PYTHON, "-m", "distil", "predict", str(directory), dev, "--output", str(tmp_path / "p.jsonl"),
-                    "--device", "cpu", *flags])
+        return run(
+            [
+                PYTHON,
+                "-m",
+                "distil",
+                "predict",
+                str(directory),
+                dev,
+                "--output",
+                str(tmp_path / "p.jsonl"),
+                "--device",
+                "cpu",
+                *flags,
+            ]
+        )
 
     plain = predict()
     assert plain.returncode == 0 and json.loads(plain.stdout)["engine"] == "oneflow"
@@ -219,7 +282,10 @@ def test_predict_uses_a_fresh_export_refuses_a_stale_one_and_checks_the_engine_f
     refused = predict("--engine", "onnxruntime")
     assert refused.returncode == 2 and f"{directory / 'model.onnx'} is older than" in refused.stderr
     unknown = predict("--engine", "tensorrt")
-    assert unknown.returncode == 2 and "--engine must be one of auto, oneflow, onnxruntime, got 'tensorrt'" in unknown.stderr
+    assert (
+        unknown.returncode == 2
+        and "--engine must be one of auto, oneflow, onnxruntime, got 'tensorrt'" in unknown.stderr
+    )
     (directory / "model.onnx").unlink()
     missing = predict("--engine", "onnxruntime")
     assert missing.returncode == 2 and "export it: python -m distil export-onnx" in missing.stderr
@@ -256,8 +322,9 @@ def test_int8_export_is_smaller_runs_and_keeps_the_dev_metric(trained):
     --precision int8, its dev accuracy (as predict's labels score it) the one the export reported, within the
     1-point limit of FP32's."""
     model = trained / "model"
-    done = run([PYTHON, "-m", "distil", "export-onnx", str(model), "--quantize", "int8", "--data_root",
-                str(trained / "data")])
+    done = run(
+        [PYTHON, "-m", "distil", "export-onnx", str(model), "--quantize", "int8", "--data_root", str(trained / "data")]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     int8 = json.loads(done.stdout)["int8"]
     assert int8["dev_fp32"]["accuracy"] >= 0.8, int8  # a trained model: the comparison means something
@@ -292,8 +359,11 @@ def test_int8_export_refuses_a_file_whose_dev_metric_drops_too_far(trained, tmp_
         return {k: v - 0.02 for k, v in values.items()} if path.name.endswith(".int8.onnx") else values
 
     monkeypatch.setattr(onnx_export, "onnx_dev_metrics", int8_worse)
-    with pytest.raises(UsageError, match=r"INT8 dev accuracy .* is 2\.00 points below FP32's .*--max_metric_drop "
-                                         r"1\.0.*model\.int8\.onnx not written"):
+    with pytest.raises(
+        UsageError,
+        match=r"INT8 dev accuracy .* is 2\.00 points below FP32's .*--max_metric_drop "
+        r"1\.0.*model\.int8\.onnx not written",
+    ):
         export_onnx(model, quantize="int8", data_root=trained / "data")
     assert not (model / io.ONNX_INT8_FILE).exists()
     assert not [p for p in model.iterdir() if p.name.startswith(".onnx")]
@@ -305,13 +375,19 @@ def test_int8_flags_fail_clearly(trained, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained / "model", model, ignore=shutil.ignore_patterns("*.onnx"))
     dev = [str(trained / "glue" / "SST-2" / "dev.tsv")]
-    cases = [(lambda: predict(model, dev, None, 8, "cpu", precision="int8"),
-              r"--precision int8: no .*model\.int8\.onnx .*export-onnx .* --quantize int8"),
-             (lambda: predict(model, dev, None, 8, "cpu", "oneflow", precision="int8"), "not with --engine oneflow"),
-             (lambda: predict(model, dev, None, 8, "cpu", precision="fp16"), "--precision must be one of fp32, int8"),
-             (lambda: export_onnx(model, quantize="int8", data_root=tmp_path / "none"),
-              r"no converted data at .*none/SST-2"),
-             (lambda: export_onnx(model, quantize="int4"), "--quantize must be int8")]
+    cases = [
+        (
+            lambda: predict(model, dev, None, 8, "cpu", precision="int8"),
+            r"--precision int8: no .*model\.int8\.onnx .*export-onnx .* --quantize int8",
+        ),
+        (lambda: predict(model, dev, None, 8, "cpu", "oneflow", precision="int8"), "not with --engine oneflow"),
+        (lambda: predict(model, dev, None, 8, "cpu", precision="fp16"), "--precision must be one of fp32, int8"),
+        (
+            lambda: export_onnx(model, quantize="int8", data_root=tmp_path / "none"),
+            r"no converted data at .*none/SST-2",
+        ),
+        (lambda: export_onnx(model, quantize="int4"), "--quantize must be int8"),
+    ]
     for call, message in cases:
         with pytest.raises(UsageError, match=message):
             call()

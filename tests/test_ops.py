@@ -25,7 +25,7 @@ def np_soft_ce(s, t, temp=1.0):
 def np_kl(s, t, temp=1.0):
     s, t = np.float64(s), np.float64(t)
     log_p, log_q = np_log_softmax(t / temp), np_log_softmax(s / temp)
-    return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean() * temp ** 2)
+    return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean() * temp**2)
 
 
 def np_mse(s, t):
@@ -44,8 +44,9 @@ def np_att(s, t, targets):
 def np_pkd(s, t, targets):
     """BERT-PKD's official patience_loss (normalized_patience=True): F.mse_loss over the (B, layers, H) stacks
     of L2-normalised [CLS] vectors of the intermediate student layers and their teacher layers."""
+
     def stack(reps, layers):
-        cls = np.stack([np.float64(reps[i])[:, 0] for i in layers], axis=1)          # (B, L, H)
+        cls = np.stack([np.float64(reps[i])[:, 0] for i in layers], axis=1)  # (B, L, H)
         return cls / np.linalg.norm(cls, axis=-1, keepdims=True)
 
     student_layers = range(1, len(s) - 1)
@@ -62,7 +63,7 @@ def padding_offset(shape):
     """-10000 on padding keys (the model's additive mask): example b keeps its first S-b keys."""
     offset = np.zeros(shape, np.float32)
     for b in range(shape[0]):
-        offset[b, ..., shape[-1] - b:] = -10000.0
+        offset[b, ..., shape[-1] - b :] = -10000.0
     return offset
 
 
@@ -94,14 +95,34 @@ def scores(n_layers, heads=HEADS):
 
 # name: (operator on lists, NumPy reference on lists, student shapes, teacher shapes, masked)
 CASES = {
-    "soft_ce": (lambda s, t: pred_distill(s[0], t[0], 2.0), lambda s, t: np_soft_ce(s[0], t[0], 2.0),
-                [(B, C)], [(B, C)], False),
-    "kl": (lambda s, t: pred_distill(s[0], t[0], 2.0, "kl"), lambda s, t: np_kl(s[0], t[0], 2.0),
-           [(B, C)], [(B, C)], False),
-    "mse": (lambda s, t: pred_distill(s[0], t[0], 2.0, "mse"), lambda s, t: np_mse(s[0], t[0]),
-            [(B, C)], [(B, C)], False),
-    "regression": (lambda s, t: pred_distill(s[0], t[0], 2.0), lambda s, t: np_mse(s[0], t[0]),
-                   [(B, 1)], [(B, 1)], False),
+    "soft_ce": (
+        lambda s, t: pred_distill(s[0], t[0], 2.0),
+        lambda s, t: np_soft_ce(s[0], t[0], 2.0),
+        [(B, C)],
+        [(B, C)],
+        False,
+    ),
+    "kl": (
+        lambda s, t: pred_distill(s[0], t[0], 2.0, "kl"),
+        lambda s, t: np_kl(s[0], t[0], 2.0),
+        [(B, C)],
+        [(B, C)],
+        False,
+    ),
+    "mse": (
+        lambda s, t: pred_distill(s[0], t[0], 2.0, "mse"),
+        lambda s, t: np_mse(s[0], t[0]),
+        [(B, C)],
+        [(B, C)],
+        False,
+    ),
+    "regression": (
+        lambda s, t: pred_distill(s[0], t[0], 2.0),
+        lambda s, t: np_mse(s[0], t[0]),
+        [(B, 1)],
+        [(B, 1)],
+        False,
+    ),
     "layer": (layer_distill, lambda s, t: np_layer(s, t, [0, 2, 4]), hidden(2), hidden(4), False),
     "att": (att_distill, lambda s, t: np_att(s, t, [0, 2, 4]), scores(2), scores(4), True),
     "pkd": (pkd_patient_loss, lambda s, t: np_pkd(s, t, [0, 2, 4, 6]), hidden(3), hidden(6), False),
@@ -164,7 +185,7 @@ def test_soft_ce_divides_by_c_and_has_no_t_squared():
     s, t = logits(0), logits(1)
     got = pred_distill(flow.tensor(s), flow.tensor(t), temperature=2.0).item()
     p, log_q = np.exp(np_log_softmax(t / 2.0)), np_log_softmax(s / 2.0)
-    per_example_ce = -(p * log_q).sum(-1)                              # (B,)
+    per_example_ce = -(p * log_q).sum(-1)  # (B,)
     np.testing.assert_allclose(got, per_example_ce.mean() / 5, rtol=1e-5)
     assert pred_distill(flow.tensor(s), flow.tensor(t)).item() != pytest.approx(got, rel=1e-3)
 
@@ -187,12 +208,14 @@ def test_soft_ce_is_stable_for_large_logits():
 def test_mse_ignores_temperature_and_regression_is_mse_in_every_mode():
     s, t = logits(6), logits(7)
     for temp in (1.0, 4.0):
-        np.testing.assert_allclose(pred_distill(flow.tensor(s), flow.tensor(t), temp, "mse").item(),
-                                   np_mse(s, t), rtol=1e-6)
+        np.testing.assert_allclose(
+            pred_distill(flow.tensor(s), flow.tensor(t), temp, "mse").item(), np_mse(s, t), rtol=1e-6
+        )
     s1, t1 = logits(8, (4, 1)), logits(9, (4, 1))
     for mode in ("soft_ce", "kl", "mse"):
-        np.testing.assert_allclose(pred_distill(flow.tensor(s1), flow.tensor(t1), 2.0, mode).item(),
-                                   np_mse(s1, t1), rtol=1e-6)
+        np.testing.assert_allclose(
+            pred_distill(flow.tensor(s1), flow.tensor(t1), 2.0, mode).item(), np_mse(s1, t1), rtol=1e-6
+        )
 
 
 def test_invalid_mode_and_shape_mismatch():
@@ -233,8 +256,10 @@ def rand_list(shapes, seed):
     return [rng.normal(size=shape).astype(np.float32) for shape in shapes]
 
 
-@pytest.mark.parametrize("mapping, targets", [("uniform", [0, 3, 6, 9, 12]), ("last", [0, 9, 10, 11, 12]),
-                                              ([0, 1, 5, 5, 12], [0, 1, 5, 5, 12])])
+@pytest.mark.parametrize(
+    "mapping, targets",
+    [("uniform", [0, 3, 6, 9, 12]), ("last", [0, 9, 10, 11, 12]), ([0, 1, 5, 5, 12], [0, 1, 5, 5, 12])],
+)
 def test_layer_and_att_distill_follow_the_mapping(mapping, targets):
     s, t = rand_list(hidden(4, 2), 0), rand_list(hidden(12, 2), 1)
     got = layer_distill([flow.tensor(x) for x in s], [flow.tensor(x) for x in t], mapping).item()
@@ -276,11 +301,11 @@ def test_att_distill_ignores_the_masked_region_only():
 
     base = loss(s, t)
     np.testing.assert_allclose(base, np_att(s, t, [0, 1, 2]), rtol=1e-5)
-    moved_s = [np.where(mask, -100.0, x).astype(np.float32) for x in s]   # -100 counts as masked
+    moved_s = [np.where(mask, -100.0, x).astype(np.float32) for x in s]  # -100 counts as masked
     moved_t = [np.where(mask, x * 0.3, x).astype(np.float32) for x in t]
     assert loss(moved_s, moved_t) == pytest.approx(base, rel=1e-6)
     changed = [x.copy() for x in s]
-    changed[1][0, 0, 0, 0] += 1.0                                        # key 0 is never padding
+    changed[1][0, 0, 0, 0] += 1.0  # key 0 is never padding
     assert abs(loss(changed, t) - base) > 1e-4
 
 
@@ -297,12 +322,14 @@ def test_with_a_mask_layer_and_att_distill_average_over_real_tokens_and_ignore_t
     ta = [x + keys_offset for x in rand_list(scores(4), 3)]
     zero = lambda x: np.where(x <= -100, 0.0, np.float64(x))  # noqa: E731
     both = np.float64(mask)[:, None, :, None] * mask[:, None, None, :]
-    expected_att = sum(((zero(sa[i]) - zero(ta[2 * i + 1])) ** 2 * both).sum() / (both.sum() * HEADS)
-                       for i in range(2))
+    expected_att = sum(((zero(sa[i]) - zero(ta[2 * i + 1])) ** 2 * both).sum() / (both.sum() * HEADS) for i in range(2))
     for width in (S, 4):
         m = flow.tensor(mask[:, :width])
         got = layer_distill([flow.tensor(x[:, :width]) for x in s], [flow.tensor(x[:, :width]) for x in t], mask=m)
         np.testing.assert_allclose(got.item(), expected, rtol=1e-5)
-        got = att_distill([flow.tensor(x[:, :, :width, :width]) for x in sa],
-                          [flow.tensor(x[:, :, :width, :width]) for x in ta], mask=m)
+        got = att_distill(
+            [flow.tensor(x[:, :, :width, :width]) for x in sa],
+            [flow.tensor(x[:, :, :width, :width]) for x in ta],
+            mask=m,
+        )
         np.testing.assert_allclose(got.item(), expected_att, rtol=1e-5)

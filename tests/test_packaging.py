@@ -33,8 +33,10 @@ def test_the_command_line_loads_neither_oneflow_nor_an_extra():
 
 
 def test_a_missing_extra_names_the_pip_install_that_adds_it(tmp_path):
-    program = "import sys; sys.modules['uvicorn'] = None; from distil.cli import run_command; " \
-              f"sys.exit(run_command(['serve', {str(tmp_path)!r}]))"
+    program = (
+        "import sys; sys.modules['uvicorn'] = None; from distil.cli import run_command; "
+        f"sys.exit(run_command(['serve', {str(tmp_path)!r}]))"
+    )
     result = run([PYTHON, "-c", program])
     assert result.returncode == 2, result.stderr
     assert "this command needs the 'serve' extra: pip install 'distil[serve]'" in result.stderr
@@ -47,9 +49,12 @@ def _pins(file: str) -> list:
 
 def test_the_installed_metadata_is_the_requirements_files():
     """pyproject.toml's dependencies and extras are read from the requirements files: one list, not two."""
-    pins = {None: _pins("requirements.txt"), "onnx": _pins("requirements-onnx.txt"),
-            "serve": _pins("requirements-serve.txt")}
-    for extra, lines in pins.items():
+    pins = {
+        None: _pins("requirements.txt"),
+        "onnx": _pins("requirements-onnx.txt"),
+        "serve": _pins("requirements-serve.txt"),
+    }
+    for lines in pins.values():
         assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.]*", line) for line in lines), lines
     got = {None: [], "onnx": [], "serve": []}
     for requirement in importlib.metadata.requires("distil"):

@@ -29,8 +29,10 @@ def test_cuda_without_a_gpu_is_a_usage_error_and_auto_is_the_cpu():
         resolve_device("gpu")
 
 
-@pytest.mark.parametrize("command", [["eval", "nowhere"], ["report", "nowhere"],
-                                     ["train", "--algorithm", "teacher", "--pretrained_model", "nowhere"]])
+@pytest.mark.parametrize(
+    "command",
+    [["eval", "nowhere"], ["report", "nowhere"], ["train", "--algorithm", "teacher", "--pretrained_model", "nowhere"]],
+)
 def test_the_cli_refuses_cuda_without_a_gpu_before_doing_anything(command, tmp_path):
     result = run([PYTHON, "-m", "distil", *command, "--device", "cuda"], cwd=tmp_path)
     assert result.returncode == 2 and "--device cuda, but OneFlow sees no GPU" in result.stderr, result.stderr[-800:]
@@ -40,8 +42,9 @@ def test_the_cli_refuses_cuda_without_a_gpu_before_doing_anything(command, tmp_p
 def test_the_whole_step_module_is_placed_before_the_optimizer_is_built(monkeypatch, tmp_path):
     placed = []
     monkeypatch.setattr(placement_module.Placement, "module", lambda self, m: placed.append(m) or m)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=24).to_dict()
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24
+    ).to_dict()
     student, teacher = io.build_model(config), io.build_model({**config, "hidden_size": 32})
     step = DistillStep(student, [hard_label(), soft_labels(1.0), hidden_states(1.0)], teacher, flow.nn.Linear(16, 32))
     build_step_runner(step, features=(), settings=TrainSettings(), total=10, placement=Placement("cpu"))
@@ -50,10 +53,14 @@ def test_the_whole_step_module_is_placed_before_the_optimizer_is_built(monkeypat
     assert {id(student), id(teacher), id(step.fit_dense)} <= inside
 
 
-@pytest.mark.parametrize("command", [["eval", "nowhere", "--use_fp16", "true"],
-                                     ["train", "--algorithm", "teacher", "--pretrained_model", "nowhere", "--use_fp16",
-                                      "true"],
-                                     ["train", "--algorithm", "kd", "--use_fp16", "True", "--nproc_per_node", "2"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "nowhere", "--use_fp16", "true"],
+        ["train", "--algorithm", "teacher", "--pretrained_model", "nowhere", "--use_fp16", "true"],
+        ["train", "--algorithm", "kd", "--use_fp16", "True", "--nproc_per_node", "2"],
+    ],
+)
 def test_fp16_on_the_cpu_is_refused_before_doing_anything(command, tmp_path):
     result = run([PYTHON, "-m", "distil", *command, "--device", "cpu"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-800:]
@@ -76,15 +83,18 @@ def test_fp16_turns_on_graph_amp_with_dynamic_loss_scaling(tmp_path):
 
     mixed = Placement("cpu")
     mixed.fp16 = True  # as Placement("cuda", fp16=True) sets it
-    model = io.build_model(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=24).to_dict())
+    model = io.build_model(
+        BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24
+        ).to_dict()
+    )
     optimizer, schedule = build_optimizer(model.named_parameters(), 1e-3, 0.01, 10, 0.1, 1.0, graph=True)
     train = TrainGraph(model, (), optimizer, schedule, mixed)
     assert train.config.proto.enable_auto_mixed_precision
     evaluation = mixed.autocast()  # evaluations and the teacher cache run eagerly under OneFlow's autocast
     assert isinstance(evaluation, flow.autocast) and evaluation.fast_dtype == flow.float16
     assert evaluation.device == "cuda" and not isinstance(Placement("cpu").autocast(), flow.autocast)
-    assert isinstance(train._grad_scaler, flow.amp.GradScaler) and train._grad_scaler._init_scale == 2.0 ** 16
+    assert isinstance(train._grad_scaler, flow.amp.GradScaler) and train._grad_scaler._init_scale == 2.0**16
     plain = TrainGraph(model, (), optimizer, schedule, Placement("cpu"))
     assert not plain.config.proto.enable_auto_mixed_precision and getattr(plain, "_grad_scaler", None) is None
     with pytest.raises(UsageError, match="trains eagerly"):

@@ -20,8 +20,13 @@ from distil.train.graph import Evaluator
 from distil.train.placement import Placement
 from glue_fixtures import write_random_classifier, write_task
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
-         "max_position_embeddings": 64}
+SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
 TASKS = ("CoLA", "MRPC", "STS-B")
 
 
@@ -32,8 +37,10 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     root = tmp_path_factory.mktemp("predict")
     for name in TASKS:
         write_task(root / "glue", name, {"train.tsv": 4, "dev.tsv": 23, "test.tsv": 9})
-        convert_task(name, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
-                                         lstm_seq_length=0, workers=1))
+        convert_task(
+            name,
+            ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0, workers=1),
+        )
         write_random_classifier(root / "models" / name, name, vocab_file, SIZES)
     return root
 
@@ -65,8 +72,9 @@ def test_predict_on_the_dev_tsv_gives_evals_outputs_for_every_example(ws, name):
         return
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
-    np.testing.assert_allclose([[r["probabilities"][label] for label in task.labels] for r in got], expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [[r["probabilities"][label] for label in task.labels] for r in got], expected, rtol=1e-5, atol=1e-6
+    )
     assert [r["label"] for r in got] == [task.labels[i] for i in logits.argmax(-1)]
     assert np.ptp(expected[:, 0]) > 100 * 1e-6  # examples differ by far more than the tolerance
 
@@ -97,8 +105,11 @@ def test_batches_of_similar_length_are_cut_and_results_come_back_in_input_order(
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 30, size=23)
     mask = (np.arange(32)[None, :] < lengths[:, None]).astype(np.int32)
-    features = {"input_ids": rng.integers(1, 99, size=(23, 32)).astype(np.int32) * mask, "input_mask": mask,
-                "segment_ids": np.zeros((23, 32), np.int32)}
+    features = {
+        "input_ids": rng.integers(1, 99, size=(23, 32)).astype(np.int32) * mask,
+        "input_mask": mask,
+        "segment_ids": np.zeros((23, 32), np.int32),
+    }
     widths = []
 
     def engine(batch):  # logits that tell the rows apart and depend on the real tokens only
@@ -128,7 +139,9 @@ def test_length_buckets_give_the_full_length_predictions(ws):
 
 
 def test_unlabelled_tsv_plain_text_pairs_and_stdin_give_the_same_predictions(ws, tmp_path):
-    rows_dev = [line.split("\t") for line in (ws / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    rows_dev = [
+        line.split("\t") for line in (ws / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    ]
     pairs = [f"{r[3]}\t{r[4]}" for r in rows_dev]
     text = tmp_path / "pairs.txt"
     text.write_text("\n".join(pairs) + "\n", encoding="utf-8")
@@ -142,19 +155,33 @@ def test_unlabelled_tsv_plain_text_pairs_and_stdin_give_the_same_predictions(ws,
     assert unlabelled.returncode == 0 and len(rows(unlabelled.stdout)) == 9
     both = predict(ws, "CoLA", str(ws / "glue" / "CoLA" / "test.tsv"), "-", input="a plain sentence .\n")
     assert both.returncode == 0, both.stderr[-2000:]
-    assert [(r["source"], r["line"]) for r in rows(both.stdout)][-2:] == [(str(ws / "glue" / "CoLA" / "test.tsv"), 10),
-                                                                          ("-", 1)]
+    assert [(r["source"], r["line"]) for r in rows(both.stdout)][-2:] == [
+        (str(ws / "glue" / "CoLA" / "test.tsv"), 10),
+        ("-", 1),
+    ]
 
 
 def test_output_file_is_written_whole_with_a_summary(ws, tmp_path):
     out = tmp_path / "predictions.jsonl"
-    done = run(["bash", str(ROOT / "scripts" / "run_predict.sh"), str(ws / "models" / "STS-B"),
-                str(ws / "glue" / "STS-B" / "test.tsv")], env={"OUTPUT": str(out), "BATCH_SIZE": "4",
-                                                               "LENGTH_BUCKETS": "off"})
+    done = run(
+        [
+            "bash",
+            str(ROOT / "scripts" / "run_predict.sh"),
+            str(ws / "models" / "STS-B"),
+            str(ws / "glue" / "STS-B" / "test.tsv"),
+        ],
+        env={"OUTPUT": str(out), "BATCH_SIZE": "4", "LENGTH_BUCKETS": "off"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {"model_dir": str(ws / "models" / "STS-B"), "task": "STS-B", "examples": 9,
-                                       "engine": "oneflow", "precision": "fp32", "length_buckets": "off",
-                                       "output": str(out)}
+    assert json.loads(done.stdout) == {
+        "model_dir": str(ws / "models" / "STS-B"),
+        "task": "STS-B",
+        "examples": 9,
+        "engine": "oneflow",
+        "precision": "fp32",
+        "length_buckets": "off",
+        "output": str(out),
+    }
     assert [set(r) for r in rows(out.read_text())] == [{"source", "line", "score"}] * 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl"]
 
@@ -172,26 +199,33 @@ def test_two_processes_predict_what_one_does_and_rank_zero_writes(ws, tmp_path):
     for a, b in zip(one, two):
         assert b["probabilities"] == pytest.approx(a["probabilities"], abs=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.jsonl"]
-    for flags, message in ((["-"], "reads INPUT files, not standard input"),
-                           ([dev, "--engine", "onnxruntime"], "--engine onnxruntime runs in one process")):
+    for flags, message in (
+        (["-"], "reads INPUT files, not standard input"),
+        ([dev, "--engine", "onnxruntime"], "--engine onnxruntime runs in one process"),
+    ):
         refused = predict(ws, "MRPC", *flags, "--nproc_per_node", "2", "--master_port", str(free_port()), input="")
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
 
 
-@pytest.mark.parametrize("setup,message", [
-    ("empty", "no examples to classify (the input is empty)"),
-    ("three_fields", "pairs.txt:2: 3 tab-separated fields; a MRPC example is a sentence pair"),
-    ("one_field", "pairs.txt:1: 1 tab-separated fields; a MRPC example is a sentence pair"),
-    ("short_tsv_row", "dev.tsv:3: 4 tab-separated fields, but the MRPC TSV layout of line 1 has 5"),
-    ("not_utf8", "pairs.txt:2: not UTF-8 text (byte 0xe9 at byte 2 of the line)"),
-    ("missing_input", "nothing.txt: no such input file"),
-    ("no_weights", "no weights/"),
-    ("not_a_model", "config.json"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        ("empty", "no examples to classify (the input is empty)"),
+        ("three_fields", "pairs.txt:2: 3 tab-separated fields; a MRPC example is a sentence pair"),
+        ("one_field", "pairs.txt:1: 1 tab-separated fields; a MRPC example is a sentence pair"),
+        ("short_tsv_row", "dev.tsv:3: 4 tab-separated fields, but the MRPC TSV layout of line 1 has 5"),
+        ("not_utf8", "pairs.txt:2: not UTF-8 text (byte 0xe9 at byte 2 of the line)"),
+        ("missing_input", "nothing.txt: no such input file"),
+        ("no_weights", "no weights/"),
+        ("not_a_model", "config.json"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_leaves_no_output(ws, tmp_path, setup, message):
     model, inputs = ws / "models" / "MRPC", [str(tmp_path / "pairs.txt")]
-    (tmp_path / "pairs.txt").write_text({"empty": "\n\n", "three_fields": "a\tb\nc\td\te\n",
-                                         "one_field": "just one sentence\n"}.get(setup, "a\tb\n"), encoding="utf-8")
+    (tmp_path / "pairs.txt").write_text(
+        {"empty": "\n\n", "three_fields": "a\tb\nc\td\te\n", "one_field": "just one sentence\n"}.get(setup, "a\tb\n"),
+        encoding="utf-8",
+    )
     if setup == "not_utf8":
         (tmp_path / "pairs.txt").write_bytes(b"a\tb\nc\xe9\td\n")
     if setup == "short_tsv_row":
@@ -216,9 +250,13 @@ def test_bad_input_is_a_clear_error_and_leaves_no_output(ws, tmp_path, setup, me
 
 
 def test_stdin_that_is_not_utf8_is_named_with_its_line(ws):
-    done = subprocess.run([PYTHON, "-m", "distil", "predict", str(ws / "models" / "MRPC"), "--device", "cpu"],
-                          input=b"a\tb\nc\td\n\xff\xfe\tx\n", capture_output=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    done = subprocess.run(
+        [PYTHON, "-m", "distil", "predict", str(ws / "models" / "MRPC"), "--device", "cpu"],
+        input=b"a\tb\nc\td\n\xff\xfe\tx\n",
+        capture_output=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
     assert done.returncode == 2 and done.stdout == b"", done.stderr[-2000:]
     assert b"-:3: not UTF-8 text (byte 0xff at byte 1 of the line)" in done.stderr and b"Traceback" not in done.stderr
 
@@ -231,15 +269,46 @@ def test_a_batch_size_below_one_is_a_usage_error(ws):
 def test_eval_takes_length_buckets_and_says_which_it_used(ws, tmp_path):
     scores = {}
     for mode in ("auto", "off"):
-        done = run([PYTHON, "-m", "distil", "eval", str(ws / "models" / "CoLA"), "--data_root", str(ws / "data"),
-                    "--device", "cpu", "--eval_batch_size", "5", "--result_dir", str(tmp_path / mode),
-                    "--length_buckets", mode])
+        done = run(
+            [
+                PYTHON,
+                "-m",
+                "distil",
+                "eval",
+                str(ws / "models" / "CoLA"),
+                "--data_root",
+                str(ws / "data"),
+                "--device",
+                "cpu",
+                "--eval_batch_size",
+                "5",
+                "--result_dir",
+                str(tmp_path / mode),
+                "--length_buckets",
+                mode,
+            ]
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         scores[mode] = json.loads((tmp_path / mode / "results_eval.json").read_text())
         assert scores[mode]["length_buckets"] == mode
     assert scores["auto"]["mcc"] == scores["off"]["mcc"] and scores["auto"]["num_examples"] == 23
-    bad = run([PYTHON, "-m", "distil", "eval", str(ws / "models" / "CoLA"), "--data_root", str(ws / "data"),
-               "--device", "cpu", "--length_buckets", "x", "--result_dir", str(tmp_path / "bad")])
+    bad = run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "eval",
+            str(ws / "models" / "CoLA"),
+            "--data_root",
+            str(ws / "data"),
+            "--device",
+            "cpu",
+            "--length_buckets",
+            "x",
+            "--result_dir",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert bad.returncode == 2 and "--length_buckets must be one of auto, off, got 'x'" in bad.stderr
     assert not (tmp_path / "bad").exists()
 

@@ -30,10 +30,19 @@ from glue_fixtures import write_learnable_sst2
 
 flow = import_oneflow()
 TASK = get_task("SST-2")
-TEACHER = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 48,
-           "max_position_embeddings": 64}
-SMALL = {"student_num_hidden_layers": 2, "student_hidden_size": 16, "student_num_attention_heads": 4,
-         "student_intermediate_size": 24}
+TEACHER = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
+SMALL = {
+    "student_num_hidden_layers": 2,
+    "student_hidden_size": 16,
+    "student_num_attention_heads": 4,
+    "student_intermediate_size": 24,
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +62,15 @@ def write_teacher(dst: Path, vocab_file: Path, layers: int = 4, seed: int = 0) -
     teacher = io.build_model(config)
     with flow.no_grad():
         teacher.classifier.weight.mul_(50.0)
-    io.write_new_model_dir(dst, teacher, config, vocab_file, {"name": "teacher"},
-                           task={"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]},
-                           data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True})
+    io.write_new_model_dir(
+        dst,
+        teacher,
+        config,
+        vocab_file,
+        {"name": "teacher"},
+        task={"name": "SST-2", "labels": ["0", "1"], "num_labels": 2, "metrics": ["accuracy"]},
+        data={"format": "bert", "folder": "SST-2", "seq_length": 32, "do_lower_case": True},
+    )
 
 
 def build(ws: Path, name: str, stage_index: int = 0, **options):
@@ -63,9 +78,13 @@ def build(ws: Path, name: str, stage_index: int = 0, **options):
     algorithm = get_algorithm(name)
     if name != "teacher":
         options = {"teacher_model": ws / "teacher", **options}
-    run = RunConfig(task="SST-2", data_root=ws / "data", model_save_dir=ws / "models" / name,
-                    settings=TrainSettings(epochs=1, learning_rate=1e-2, batch_size=16, log_every=1),
-                    options=algorithm.options(**options))
+    run = RunConfig(
+        task="SST-2",
+        data_root=ws / "data",
+        model_save_dir=ws / "models" / name,
+        settings=TrainSettings(epochs=1, learning_rate=1e-2, batch_size=16, log_every=1),
+        options=algorithm.options(**options),
+    )
     stage = algorithm.stages(run)[stage_index]
     train_dir, _ = data_dirs(ws / "data", TASK, algorithm.data_suffix(run.options))
     return algorithm.build(run, stage, TASK, ofrecord.read_meta(train_dir)), stage, train_dir
@@ -74,8 +93,19 @@ def build(ws: Path, name: str, stage_index: int = 0, **options):
 def train_briefly(built, stage, train_dir: Path, model_dir: Path, **settings):
     """The one Trainer on `built`, as `train_stage` runs it, for a few steps."""
     evals = {"eval": train_dir.parent / "eval"}
-    trainer = Trainer(built.model, built.step_module, dataclasses.replace(stage.settings, **settings), train_dir,
-                      evals, TASK.metrics, model_dir, "cpu", built.step_inputs, {}, built.eager)
+    trainer = Trainer(
+        built.model,
+        built.step_module,
+        dataclasses.replace(stage.settings, **settings),
+        train_dir,
+        evals,
+        TASK.metrics,
+        model_dir,
+        "cpu",
+        built.step_inputs,
+        {},
+        built.eager,
+    )
     return trainer.fit()
 
 
@@ -107,7 +137,7 @@ def soft_ce(s, t, temperature):
 
 def kl(s, t, temperature):
     log_p, log_q = log_softmax(t / temperature), log_softmax(s / temperature)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1).mean() * temperature ** 2
+    return (np.exp(log_p) * (log_p - log_q)).sum(-1).mean() * temperature**2
 
 
 def mse(a, b):
@@ -163,35 +193,53 @@ def test_kd_recipe_weights_gold_by_alpha_and_soft_labels_by_one_minus_alpha(ws, 
 
 
 def test_distilled_lstm_recipe_weights_soft_labels_by_alpha_and_reads_the_teachers_view(ws):
-    built, _, train_dir = build(ws, "distilled_lstm", kd_alpha=0.3, lstm_embedding_size=8, lstm_hidden_size=8,
-                                lstm_fc_size=8)
+    built, _, train_dir = build(
+        ws, "distilled_lstm", kd_alpha=0.3, lstm_embedding_size=8, lstm_hidden_size=8, lstm_fc_size=8
+    )
     assert train_dir.parent.name == "SST-2_lstm_32"
     got, s, t, labels = evaluated(built, train_dir, teacher_view="teacher_")
-    check(got, {"hard_label_loss": 0.7 * cross_entropy(s["logits"], labels),
-                "pred_loss": 0.3 * soft_ce(s["logits"], t["logits"], 1.0)})
+    check(
+        got,
+        {
+            "hard_label_loss": 0.7 * cross_entropy(s["logits"], labels),
+            "pred_loss": 0.3 * soft_ce(s["logits"], t["logits"], 1.0),
+        },
+    )
 
 
-@pytest.mark.parametrize("pkd_loss, layer_map, pairs", [
-    ("layer_mse", "uniform", [(0, 0), (1, 2), (2, 4)]),
-    ("layer_mse", "0,1,4", [(0, 0), (1, 1), (2, 4)]),
-    ("patient", "uniform", [(1, 2)]),
-    ("patient", "last", [(1, 3)]),
-])
+@pytest.mark.parametrize(
+    "pkd_loss, layer_map, pairs",
+    [
+        ("layer_mse", "uniform", [(0, 0), (1, 2), (2, 4)]),
+        ("layer_mse", "0,1,4", [(0, 0), (1, 1), (2, 4)]),
+        ("patient", "uniform", [(1, 2)]),
+        ("patient", "last", [(1, 3)]),
+    ],
+)
 def test_bert_pkd_recipe(ws, pkd_loss, layer_map, pairs):
-    built, _, train_dir = build(ws, "bert_pkd", kd_alpha=0.3, kd_beta=5.0, layer_list="1,3", pkd_loss=pkd_loss,
-                                pkd_layer_map=layer_map)
+    built, _, train_dir = build(
+        ws, "bert_pkd", kd_alpha=0.3, kd_beta=5.0, layer_list="1,3", pkd_loss=pkd_loss, pkd_layer_map=layer_map
+    )
     got, s, t, labels = evaluated(built, train_dir)
     assert built.step_module.fit_dense is None  # 32 -> 32: no projection
     hs, ht = s["hidden_states"], t["hidden_states"]
     if pkd_loss == "patient":
+
         def cls(h):
             return h[:, 0] / np.linalg.norm(h[:, 0], axis=-1, keepdims=True)
+
         hidden = np.mean([((cls(hs[i]) - cls(ht[j])) ** 2).mean() for i, j in pairs])  # official: mean over all
     else:
         mask = first_batch(train_dir)["input_mask"].numpy()
         hidden = sum(token_mse(hs[i], ht[j], mask) for i, j in pairs)
-    check(got, {"hard_label_loss": 0.7 * cross_entropy(s["logits"], labels),
-                "pred_loss": 0.3 * soft_ce(s["logits"], t["logits"], 1.0), "hidden_loss": 5.0 * hidden})
+    check(
+        got,
+        {
+            "hard_label_loss": 0.7 * cross_entropy(s["logits"], labels),
+            "pred_loss": 0.3 * soft_ce(s["logits"], t["logits"], 1.0),
+            "hidden_loss": 5.0 * hidden,
+        },
+    )
 
 
 def masked(scores):
@@ -206,8 +254,9 @@ def test_tinybert_one_stage_recipe_is_attention_plus_projected_hidden_plus_soft_
     assert step.fit_dense.weight.shape == (32, 16)
     mask = first_batch(train_dir)["input_mask"].numpy()
     assert 0 < mask.mean() < 1  # some padding, which the terms leave out
-    att = sum(pair_mse(masked(s["attention_scores"][i]), masked(t["attention_scores"][2 * i + 1]), mask)
-              for i in range(2))
+    att = sum(
+        pair_mse(masked(s["attention_scores"][i]), masked(t["attention_scores"][2 * i + 1]), mask) for i in range(2)
+    )
     hidden = sum(token_mse(project(step, s["hidden_states"][i]), t["hidden_states"][2 * i], mask) for i in range(3))
     check(got, {"att_loss": att, "hidden_loss": hidden, "pred_loss": soft_ce(s["logits"], t["logits"], 2.0)})
 
@@ -217,12 +266,19 @@ def test_tinybert_two_stage_splits_the_terms_and_takes_its_own_intermediate_sett
     assert stage.name == "intermediate" and not stage.final and stage.model_dir.name == "intermediate_stage"
     assert (stage.settings.epochs, stage.settings.learning_rate, stage.settings.select_best) == (20, 5e-5, False)
     assert [t.name for t in intermediate.step_module.terms] == ["att_loss", "hidden_loss"]
-    _, stage, _ = build(ws, "tinybert", 0, tinybert_mode="two_stage", intermediate_epochs=3,
-                        intermediate_learning_rate=1e-4, **SMALL)
+    _, stage, _ = build(
+        ws, "tinybert", 0, tinybert_mode="two_stage", intermediate_epochs=3, intermediate_learning_rate=1e-4, **SMALL
+    )
     assert (stage.settings.epochs, stage.settings.learning_rate) == (3, 1e-4)
-    io.write_new_model_dir(ws / "models" / "tinybert" / "intermediate_stage", intermediate.model,
-                           intermediate.model_config, ws / "teacher" / io.VOCAB_FILE, {"name": "tinybert"},
-                           task={"name": "SST-2"}, data={"format": "bert"})
+    io.write_new_model_dir(
+        ws / "models" / "tinybert" / "intermediate_stage",
+        intermediate.model,
+        intermediate.model_config,
+        ws / "teacher" / io.VOCAB_FILE,
+        {"name": "tinybert"},
+        task={"name": "SST-2"},
+        data={"format": "bert"},
+    )
     prediction, stage, train_dir = build(ws, "tinybert", 1, tinybert_mode="two_stage", **SMALL)
     assert stage.name == "prediction" and stage.final and stage.init.name == "intermediate_stage"
     assert stage.settings.learning_rate == 1e-2 and prediction.step_module.fit_dense is None
@@ -237,17 +293,24 @@ def test_tinybert_loads_a_general_tinyberts_own_fit_dense(ws, tmp_path):
     from distil.models.hf_format import write_safetensors
 
     built, _, _ = build(ws, "tinybert", **SMALL)
-    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
-             if k.startswith("bert.embeddings") else k: v.numpy() for k, v in built.model.state_dict().items()}
-    state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items() if "classifier" not in k}
+    state = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        if k.startswith("bert.embeddings")
+        else k: v.numpy()
+        for k, v in built.model.state_dict().items()
+    }
+    state = {k[len("bert.") :] if k.startswith("bert.") else k: v for k, v in state.items() if "classifier" not in k}
     rng = np.random.default_rng(0)
     state["fit_dense.weight"] = rng.normal(size=(32, 16)).astype(np.float32)
     state["fit_dense.bias"] = rng.normal(size=(32,)).astype(np.float32)
     general = tmp_path / "general_tinybert"
     general.mkdir()
     write_safetensors(general / "model.safetensors", state)
-    config = {**{k: v for k, v in built.model_config.items() if k != "num_labels"}, "model_type": "bert",
-              "architectures": ["TinyBertForPreTraining"]}
+    config = {
+        **{k: v for k, v in built.model_config.items() if k != "num_labels"},
+        "model_type": "bert",
+        "architectures": ["TinyBertForPreTraining"],
+    }
     (general / "config.json").write_text(json.dumps(config))
     (general / "vocab.txt").write_bytes((ws / "teacher" / io.VOCAB_FILE).read_bytes())
     loaded, _, _ = build(ws, "tinybert", student_model=general)
@@ -280,13 +343,16 @@ def teacher_of(built):
 SOFT = {"hard_label_loss", "pred_loss"}
 
 
-@pytest.mark.parametrize("name, options, terms", [
-    ("kd", SMALL, SOFT),
-    ("distilled_lstm", {"lstm_embedding_size": 8, "lstm_hidden_size": 8, "lstm_fc_size": 8}, SOFT),
-    ("bert_pkd", {"layer_list": "1,3"}, SOFT | {"hidden_loss"}),
-    ("tinybert", SMALL, {"att_loss", "hidden_loss", "pred_loss"}),
-    ("theseus", {"successor_layers": 2}, {"hard_label_loss"}),
-])
+@pytest.mark.parametrize(
+    "name, options, terms",
+    [
+        ("kd", SMALL, SOFT),
+        ("distilled_lstm", {"lstm_embedding_size": 8, "lstm_hidden_size": 8, "lstm_fc_size": 8}, SOFT),
+        ("bert_pkd", {"layer_list": "1,3"}, SOFT | {"hidden_loss"}),
+        ("tinybert", SMALL, {"att_loss", "hidden_loss", "pred_loss"}),
+        ("theseus", {"successor_layers": 2}, {"hard_label_loss"}),
+    ],
+)
 def test_the_teacher_stays_frozen_inside_the_step_while_the_student_learns(ws, tmp_path, name, options, terms):
     built, stage, train_dir = build(ws, name, **options)
     teacher = teacher_of(built)
@@ -332,10 +398,20 @@ def test_train_state_keeps_no_frozen_teacher_and_a_resume_restores_the_rest(ws, 
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "step": 3, "finished": False}))  # as if killed after step 3
     resumed, stage, _ = build(ws, name, **options)
-    runner = build_step_runner(resumed.step_module, OFRecordDataset(train_dir, 16).names, stage.settings, 4,
-                               eager=resumed.eager)
-    Trainer(resumed.model, resumed.step_module, stage.settings, train_dir, {}, TASK.metrics, tmp_path, "cpu",
-            eager=resumed.eager)._load_train_state(runner)
+    runner = build_step_runner(
+        resumed.step_module, OFRecordDataset(train_dir, 16).names, stage.settings, 4, eager=resumed.eager
+    )
+    Trainer(
+        resumed.model,
+        resumed.step_module,
+        stage.settings,
+        train_dir,
+        {},
+        TASK.metrics,
+        tmp_path,
+        "cpu",
+        eager=resumed.eager,
+    )._load_train_state(runner)
     for key, value in resumed.step_module.state_dict().items():  # trained weights back, the teacher from its dir
         assert np.array_equal(value.numpy(), trained[key]), key
     again, stage, _ = build(ws, name, **options)
@@ -365,11 +441,15 @@ def first_written_terms(step, batch):
     values = {}
     for term in step.terms:
         if term.operator == "att_distill":
-            values[term.name] = sum(padding_zeroed_pair_mse(s["attention_scores"][i], t["attention_scores"][2 * i + 1]
-                                                            .detach(), mask) for i in range(2))
+            values[term.name] = sum(
+                padding_zeroed_pair_mse(s["attention_scores"][i], t["attention_scores"][2 * i + 1].detach(), mask)
+                for i in range(2)
+            )
         elif term.operator == "layer_distill":
-            values[term.name] = sum(broadcast_token_mse(step.fit_dense(s["hidden_states"][i]),
-                                                        t["hidden_states"][2 * i].detach(), mask) for i in range(3))
+            values[term.name] = sum(
+                broadcast_token_mse(step.fit_dense(s["hidden_states"][i]), t["hidden_states"][2 * i].detach(), mask)
+                for i in range(3)
+            )
         else:
             values[term.name] = step.term_value(term, s, t, batch)
     return values
@@ -391,8 +471,9 @@ def term_gradients(step, values):
 def test_tinybert_terms_and_gradients_equal_the_first_written_formulas(ws, mode):
     """The attention and hidden-state terms as computed for speed (sums before masks, no masked_fill) give the
     losses and gradients of the plain masked formulas on a fixed batch with padding, term by term."""
-    built, stage, train_dir = build(ws, "tinybert", tinybert_mode="two_stage" if mode == "intermediate" else mode,
-                                    **SMALL)
+    built, stage, train_dir = build(
+        ws, "tinybert", tinybert_mode="two_stage" if mode == "intermediate" else mode, **SMALL
+    )
     assert stage.name == mode
     step = built.step_module.eval()
     batch = first_batch(train_dir)
@@ -404,5 +485,6 @@ def test_tinybert_terms_and_gradients_equal_the_first_written_formulas(ws, mode)
         assert fast[name][0] == pytest.approx(value, rel=1e-6, abs=1e-6), name
         assert sorted(fast[name][1]) == sorted(grads) and grads, name
         for parameter, grad in grads.items():
-            np.testing.assert_allclose(fast[name][1][parameter], grad, rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{name}: {parameter}")
+            np.testing.assert_allclose(
+                fast[name][1][parameter], grad, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {parameter}"
+            )

@@ -27,12 +27,14 @@ def test_every_script_prints_usage_on_h(script, tmp_path):
 
 @pytest.mark.parametrize("outcome, status", [("pass", 0), ("fail", 1)])
 def test_pytest_status_is_the_verdict_even_if_teardown_crashes(tmp_path, outcome, status):
-    (tmp_path / "conftest.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        sys.path.insert(0, {str(ROOT / "tests")!r})
         from _exit_status import pytest_sessionfinish, pytest_unconfigure
         {CRASH_AT_EXIT}
-    """))
+    """)
+    )
     (tmp_path / "test_one.py").write_text(f"def test_it():\n    assert {outcome == 'pass'}\n")
     result = run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)], cwd=tmp_path)
     assert result.returncode == status, result.stdout + result.stderr
@@ -41,8 +43,10 @@ def test_pytest_status_is_the_verdict_even_if_teardown_crashes(tmp_path, outcome
     assert without_guard.returncode == -11  # what the guard protects against
 
 
-@pytest.mark.parametrize("argv, status", [(["glue-process", "NOPE"], 2), (["download-glue", "--tasks", "x"], 2),
-                                          (["glue-process", "--help"], 0)])
+@pytest.mark.parametrize(
+    "argv, status",
+    [(["glue-process", "NOPE"], 2), (["download-glue", "--tasks", "x"], 2), (["glue-process", "--help"], 0)],
+)
 @pytest.mark.parametrize("entry", ["python -m distil", "distil"])
 def test_entry_point_exits_with_the_jobs_status_despite_a_teardown_crash(argv, status, entry):
     if entry == "distil":  # the console script pip wrote (setup.sh installs the project editable)
@@ -65,8 +69,13 @@ def test_setup_is_idempotent():
 def test_setup_without_python310_says_which_versions_oneflow_supports(tmp_path):
     if Path("/usr/bin/python3.10").exists() or Path("/usr/local/bin/python3.10").exists():
         pytest.skip("this machine has a system python3.10, so the search cannot fail")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "pyenv"),
-           "DISTIL_VENV": str(tmp_path / "venv"), "PYTHON310": ""}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYENV_ROOT": str(tmp_path / "pyenv"),
+        "DISTIL_VENV": str(tmp_path / "venv"),
+        "PYTHON310": "",
+    }
     result = run(["bash", str(ROOT / "scripts" / "setup.sh")], env=env)
     assert result.returncode == 1
     assert "no Python 3.10 interpreter found" in result.stderr and "3.7, 3.8, 3.9 and 3.10" in result.stderr
@@ -86,11 +95,13 @@ def test_glue_process_sh_gives_the_hf_tokenizer_ids_in_row_order(tmp_path, hf_to
     for split, file in (("train", "train.tsv"), ("eval", "dev.tsv"), ("test", "test.tsv")):
         dataset = OFRecordDataset(tmp_path / "ofrecord" / "SST-2" / split, batch_size=32)
         assert dataset.num_examples == len(rows[file])
-        got = EvalStream(dataset.num_examples, 32).run(lambda: {k: v.numpy() for k, v in dataset().items()})
+        got = EvalStream(dataset.num_examples, 32).run(
+            lambda dataset=dataset: {k: v.numpy() for k, v in dataset().items()}
+        )
         for i, row in enumerate(rows[file]):
             ids = hf_tokenizer.encode(row["a"]).ids
-            assert got["input_ids"][i, :len(ids)].tolist() == ids
-            assert not got["input_ids"][i, len(ids):].any() and got["input_mask"][i].sum() == len(ids)
+            assert got["input_ids"][i, : len(ids)].tolist() == ids
+            assert not got["input_ids"][i, len(ids) :].any() and got["input_mask"][i].sum() == len(ids)
         labels = [int(r["label"]) if r["label"] is not None else 0 for r in rows[file]]
         np.testing.assert_array_equal(got["label_ids"][:, 0], labels)
 

@@ -16,8 +16,8 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import aiohttp
 import numpy as np
@@ -33,8 +33,13 @@ from distil.models import io
 from distil.predict import Featurizer, Line, predict, read_lines
 from glue_fixtures import write_random_classifier, write_task
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
-         "max_position_embeddings": 64}
+SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
 TASKS = ("CoLA", "MRPC", "STS-B")
 LONG = " ".join(["an uncommonly long sentence about nothing in particular"] * 12)  # far over 32 tokens
 BODY_LIMIT = 65536
@@ -56,7 +61,7 @@ def ws(tmp_path_factory, vocab_file) -> Path:
 
 
 @pytest.fixture(scope="module")
-def expected(ws) -> Dict[str, Tuple[List[Line], List[dict]]]:
+def expected(ws) -> dict[str, tuple[list[Line], list[dict]]]:
     """Per task: every dev example plus one far longer than the model's 32 tokens, and `predict`'s output for each."""
     out = {}
     for name in TASKS:
@@ -73,11 +78,17 @@ def expected(ws) -> Dict[str, Tuple[List[Line], List[dict]]]:
 class ServerProcess:
     """`python -m distil serve` (or a script) in a session of its own, its output in files."""
 
-    def __init__(self, cmd: Sequence[str], port: int, logs: Path, env: Optional[dict] = None):
+    def __init__(self, cmd: Sequence[str], port: int, logs: Path, env: dict | None = None):
         self.port, self.logs = port, logs
         self.out, self.err = open(logs / "stdout", "w+"), open(logs / "stderr", "w+")
-        self.process = subprocess.Popen(cmd, stdout=self.out, stderr=self.err, env={**ENV, **(env or {})},
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=self.out,
+            stderr=self.err,
+            env={**ENV, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     @property
     def url(self) -> str:
@@ -121,9 +132,27 @@ class ServerProcess:
 def server(ws, tmp_path_factory):
     """One server for the three models: batches of up to 16 examples, a 20 ms queue delay, a 64 KiB body limit."""
     port = free_port()
-    process = ServerProcess([PYTHON, "-m", "distil", "serve", *(str(ws / "models" / t) for t in TASKS), "--port",
-                             str(port), "--device", "cpu", "--max_batch_size", "16", "--max_queue_delay_us", "20000",
-                             "--max_body_bytes", str(BODY_LIMIT)], port, tmp_path_factory.mktemp("server"))
+    process = ServerProcess(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "serve",
+            *(str(ws / "models" / t) for t in TASKS),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--max_batch_size",
+            "16",
+            "--max_queue_delay_us",
+            "20000",
+            "--max_body_bytes",
+            str(BODY_LIMIT),
+        ],
+        port,
+        tmp_path_factory.mktemp("server"),
+    )
     try:
         process.wait_ready()
         yield process
@@ -138,7 +167,7 @@ def client(server):
     client.close()
 
 
-def inputs(lines: Sequence[Line], binary: bool) -> List[triton.InferInput]:
+def inputs(lines: Sequence[Line], binary: bool) -> list[triton.InferInput]:
     """The request's tensors: `text`, and `text_pair` for pairs, as UTF-8 BYTES."""
     columns = [("text", [line.text_a for line in lines])]
     if lines[0].text_b is not None:
@@ -151,12 +180,12 @@ def inputs(lines: Sequence[Line], binary: bool) -> List[triton.InferInput]:
     return tensors
 
 
-def outputs(name: str, binary: bool) -> List[triton.InferRequestedOutput]:
+def outputs(name: str, binary: bool) -> list[triton.InferRequestedOutput]:
     names = ["score"] if get_task(name).is_regression else ["probabilities", "label"]
     return [triton.InferRequestedOutput(n, binary_data=binary) for n in names]
 
 
-def check(name: str, result, rows: List[dict]) -> None:
+def check(name: str, result, rows: list[dict]) -> None:
     """The answer is `predict`'s: probabilities (or the score) within 1e-6, the same labels."""
     task = get_task(name)
     if task.is_regression:
@@ -182,8 +211,9 @@ def test_binary_and_json_requests_answer_predicts_probabilities_for_every_exampl
         start = 0
         for size in (1, 2, 3, 5, 13):  # requests of several sizes, 24 examples in all
             part = slice(start, start + size)
-            result = client.infer(name, inputs(lines[part], binary), outputs=outputs(name, binary),
-                                  request_id=f"{name}-{binary}-{start}")
+            result = client.infer(
+                name, inputs(lines[part], binary), outputs=outputs(name, binary), request_id=f"{name}-{binary}-{start}"
+            )
             check(name, result, rows[part])
             assert result.get_response()["id"] == f"{name}-{binary}-{start}"
             assert (result.get_output(outputs(name, binary)[0].name()).get("parameters") is not None) == binary
@@ -194,7 +224,8 @@ def test_binary_and_json_requests_answer_predicts_probabilities_for_every_exampl
 
 
 def test_a_trained_student_served_on_each_engine_answers_predicts_probabilities_on_every_dev_example(
-        trained_sst2, tmp_path):
+    trained_sst2, tmp_path
+):
     """The session's fine-tuned SST-2 model, served by onnxruntime (FP32 and INT8, one server each; OneFlow serves
     the module's models above): binary and JSON requests give `predict`'s probabilities and labels for all 64 dev
     examples. INT8 is
@@ -205,16 +236,44 @@ def test_a_trained_student_served_on_each_engine_answers_predicts_probabilities_
     dev = trained_sst2 / "glue" / "SST-2" / "dev.tsv"
     lines = list(read_lines(str(dev), get_task("SST-2")))
     assert len(lines) == 64
-    done = run([PYTHON, "-m", "distil", "export-onnx", str(model), "--quantize", "int8", "--data_root",
-                str(trained_sst2 / "data")])
+    done = run(
+        [
+            PYTHON,
+            "-m",
+            "distil",
+            "export-onnx",
+            str(model),
+            "--quantize",
+            "int8",
+            "--data_root",
+            str(trained_sst2 / "data"),
+        ]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     for engine, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8")):
         want, size = tmp_path / f"{engine}-{precision}.jsonl", 1 if precision == "int8" else 21
         predict(model, [str(dev)], want, 1 if precision == "int8" else 16, "cpu", engine, precision=precision)
         rows = [json.loads(line) for line in want.read_text().splitlines()]
         port = free_port()
-        process = ServerProcess([PYTHON, "-m", "distil", "serve", str(model), "--port", str(port), "--engine", engine,
-                                 "--precision", precision, "--device", "cpu"], port, tmp_path)
+        process = ServerProcess(
+            [
+                PYTHON,
+                "-m",
+                "distil",
+                "serve",
+                str(model),
+                "--port",
+                str(port),
+                "--engine",
+                engine,
+                "--precision",
+                precision,
+                "--device",
+                "cpu",
+            ],
+            port,
+            tmp_path,
+        )
         try:
             process.wait_ready()
             client = triton.InferenceServerClient(process.url, network_timeout=60)
@@ -223,8 +282,11 @@ def test_a_trained_student_served_on_each_engine_answers_predicts_probabilities_
                 for binary in (True, False):
                     for start in range(0, 64, size):
                         part = slice(start, start + size)
-                        check("SST-2", client.infer("sst2", inputs(lines[part], binary),
-                                                    outputs=outputs("SST-2", binary)), rows[part])
+                        check(
+                            "SST-2",
+                            client.infer("sst2", inputs(lines[part], binary), outputs=outputs("SST-2", binary)),
+                            rows[part],
+                        )
             finally:
                 client.close()
         finally:
@@ -250,10 +312,16 @@ def test_health_and_metadata(client):
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
     assert not client.is_model_ready("nothing") and not client.is_model_ready("CoLA", "2")
     cola, mrpc, stsb = (client.get_model_metadata(name) for name in TASKS)
-    assert cola == {"name": "CoLA", "versions": ["1"], "platform": "oneflow",
-                    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
-                                {"name": "label", "datatype": "BYTES", "shape": [-1]}]}
+    assert cola == {
+        "name": "CoLA",
+        "versions": ["1"],
+        "platform": "oneflow",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ],
+    }
     assert mrpc["platform"] == "onnxruntime"  # the directory holds a model.onnx: onnxruntime by default
     assert [i["name"] for i in mrpc["inputs"]] == ["text", "text_pair"]
     assert stsb["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1]}]
@@ -261,7 +329,7 @@ def test_health_and_metadata(client):
         client.get_model_metadata("nothing")
 
 
-def call(server, method: str, path: str, body=None, headers: Optional[dict] = None) -> Tuple[int, str, bytes]:
+def call(server, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, str, bytes]:
     """A plain HTTP request (bytes, or chunks sent chunked): status, content type and body of the answer."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
@@ -272,14 +340,15 @@ def call(server, method: str, path: str, body=None, headers: Optional[dict] = No
         connection.close()
 
 
-def metrics(server) -> Dict[Tuple[str, str], float]:
+def metrics(server) -> dict[tuple[str, str], float]:
     status, content_type, body = call(server, "GET", "/metrics")
     assert status == 200 and content_type.startswith("text/plain")
     return {(m[1], m[2]): float(m[3]) for m in re.finditer(r'^(nv_\w+)\{model="([^"]+)"\} (\S+)$', body.decode(), re.M)}
 
 
-async def concurrently(url: str, model: str, requests: List[List[Line]]) -> list:
+async def concurrently(url: str, model: str, requests: list[list[Line]]) -> list:
     """Every request at once, each on a client of its own; the results in order."""
+
     async def one(lines):
         async with triton_aio.InferenceServerClient(url) as client:
             return await client.infer(model, inputs(lines, True))
@@ -291,9 +360,14 @@ def test_metrics_count_examples_and_batches_as_triton_does(server, expected):
     lines, rows = expected["CoLA"]
     before = metrics(server)
     assert {name for name, model in before if model == "CoLA"} == {
-        "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-        "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-        "nv_inference_compute_infer_duration_us"}
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+    }
     requests = [[line] for line in lines[:16]] + [lines[16:19]]  # 17 requests, 19 examples, at once
     results = asyncio.run(concurrently(server.url, "CoLA", requests))
     for result, part in zip(results, [[i] for i in range(16)] + [[16, 17, 18]]):
@@ -309,8 +383,9 @@ def test_metrics_count_examples_and_batches_as_triton_does(server, expected):
     assert after["nv_inference_count", "MRPC"] == before["nv_inference_count", "MRPC"]  # per model
 
 
-def test_a_batch_of_short_texts_and_a_long_one_runs_as_two_calls_each_cut_to_its_own_length(ws, server, client,
-                                                                                             expected):
+def test_a_batch_of_short_texts_and_a_long_one_runs_as_two_calls_each_cut_to_its_own_length(
+    ws, server, client, expected
+):
     from distil.models import io
     from distil.predict import Featurizer
 
@@ -320,25 +395,34 @@ def test_a_batch_of_short_texts_and_a_long_one_runs_as_two_calls_each_cut_to_its
     # a call costs 20 tokens: one call of 4 x 32 tokens is dearer than one of the 3 short ones and one of 32
     assert lengths[-1] == 32 and 20 + 4 * 32 > 20 + 3 * max(lengths[shortest]) + 20 + 32
     before = metrics(server)
-    check("MRPC", client.infer("MRPC", inputs([lines[i] for i in shortest + [23]], True)),
-          [rows[i] for i in shortest + [23]])
+    check(
+        "MRPC",
+        client.infer("MRPC", inputs([lines[i] for i in shortest + [23]], True)),
+        [rows[i] for i in shortest + [23]],
+    )
     after = metrics(server)
     assert after["nv_inference_exec_count", "MRPC"] - before["nv_inference_exec_count", "MRPC"] == 2
     assert after["nv_inference_count", "MRPC"] - before["nv_inference_count", "MRPC"] == 4
 
 
-def binary_request(tensors: Dict[str, List[bytes]], sizes: Optional[List[int]] = None,
-                   extra: bytes = b"") -> Tuple[bytes, dict]:
+def binary_request(
+    tensors: dict[str, list[bytes]], sizes: list[int] | None = None, extra: bytes = b""
+) -> tuple[bytes, dict]:
     """A request in the binary tensor data extension's form; `sizes` overrides the binary_data_size given, `extra`
     follows the tensors' data."""
     raw = [b"".join(struct.pack("<I", len(t)) + t for t in texts) for texts in tensors.values()]
-    header = json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [len(texts)],
-                                     "parameters": {"binary_data_size": size}}
-                                    for (name, texts), size in zip(tensors.items(), sizes or map(len, raw))]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": name, "datatype": "BYTES", "shape": [len(texts)], "parameters": {"binary_data_size": size}}
+                for (name, texts), size in zip(tensors.items(), sizes or map(len, raw))
+            ]
+        }
+    ).encode()
     return header + b"".join(raw) + extra, {"Inference-Header-Content-Length": str(len(header))}
 
 
-def lying_element_length() -> Tuple[bytes, dict]:
+def lying_element_length() -> tuple[bytes, dict]:
     """One binary text whose 4-byte length claims more bytes than its input has."""
     body, headers = binary_request({"text": [b"a sentence"]})
     return body[:-14] + struct.pack("<I", 99) + body[-10:], headers
@@ -356,30 +440,62 @@ BAD_REQUESTS = {  # case -> (model, body and headers, status, what the error say
     "unknown model": ("nothing", (json_request(TEXT), {}), 404, "unknown model 'nothing' (served: CoLA, MRPC, STS-B)"),
     "missing input": ("MRPC", (json_request(TEXT), {}), 400, "missing input 'text_pair'"),
     "unexpected input": ("CoLA", (json_request({**TEXT, "name": "sentence"}), {}), 400, 'unexpected input "sentence"'),
-    "wrong datatype": ("CoLA", (json_request({**TEXT, "datatype": "FP32", "data": [1.0]}), {}), 400,
-                       'has datatype "FP32"; expected BYTES'),
+    "wrong datatype": (
+        "CoLA",
+        (json_request({**TEXT, "datatype": "FP32", "data": [1.0]}), {}),
+        400,
+        'has datatype "FP32"; expected BYTES',
+    ),
     "data not strings": ("CoLA", (json_request({**TEXT, "data": [1]}), {}), 400, "a list of strings"),
     "wrong shape": ("CoLA", (json_request({**TEXT, "shape": [1, 1]}), {}), 400, "has shape [1, 1]; expected [N]"),
     "shape and data differ": ("CoLA", (json_request({**TEXT, "shape": [2]}), {}), 400, "has shape [2] but 1 elements"),
-    "pair shapes differ": ("MRPC", (json_request(TEXT, {**TEXT, "name": "text_pair", "shape": [2], "data": ["a", "b"]}),
-                                    {}), 400, "differ in shape"),
+    "pair shapes differ": (
+        "MRPC",
+        (json_request(TEXT, {**TEXT, "name": "text_pair", "shape": [2], "data": ["a", "b"]}), {}),
+        400,
+        "differ in shape",
+    ),
     "empty batch": ("CoLA", (json_request({**TEXT, "shape": [0], "data": []}), {}), 400, "empty batch"),
-    "binary size past the end": ("CoLA", binary_request({"text": [b"a sentence"]}, [15]), 400,
-                                 "binary_data_size 15 does not add up"),
-    "binary sizes short of the data": ("CoLA", binary_request({"text": [b"a sentence"]}, extra=b"more"), 400,
-                                       "add up to 14 bytes, but 18 bytes follow"),
+    "binary size past the end": (
+        "CoLA",
+        binary_request({"text": [b"a sentence"]}, [15]),
+        400,
+        "binary_data_size 15 does not add up",
+    ),
+    "binary sizes short of the data": (
+        "CoLA",
+        binary_request({"text": [b"a sentence"]}, extra=b"more"),
+        400,
+        "add up to 14 bytes, but 18 bytes follow",
+    ),
     "element past its input": ("CoLA", lying_element_length(), 400, "element 0 claims 99 bytes"),
-    "bad header length": ("CoLA", (b"{}", {"Inference-Header-Content-Length": "9"}), 400,
-                          "not a byte count within the body's 2 bytes"),
-    "binary text not UTF-8": ("CoLA", binary_request({"text": [b"fine", b"caf\xe9"]}), 400,
-                              "input 'text': element 1 is not UTF-8 text"),
+    "bad header length": (
+        "CoLA",
+        (b"{}", {"Inference-Header-Content-Length": "9"}),
+        400,
+        "not a byte count within the body's 2 bytes",
+    ),
+    "binary text not UTF-8": (
+        "CoLA",
+        binary_request({"text": [b"fine", b"caf\xe9"]}),
+        400,
+        "input 'text': element 1 is not UTF-8 text",
+    ),
     "JSON not UTF-8": ("CoLA", (json_request(TEXT).replace(b"fine", b"f\xffne"), {}), 400, "JSON is not UTF-8 text"),
-    "unknown output": ("CoLA", (json.dumps({"inputs": [TEXT], "outputs": [{"name": "logits"}]}).encode(), {}), 400,
-                       'unknown output "logits"'),
+    "unknown output": (
+        "CoLA",
+        (json.dumps({"inputs": [TEXT], "outputs": [{"name": "logits"}]}).encode(), {}),
+        400,
+        'unknown output "logits"',
+    ),
     "id not a string": ("CoLA", (json.dumps({"id": 7, "inputs": [TEXT]}).encode(), {}), 400, "'id' must be a string"),
     "body over the limit": ("CoLA", (BIG, {}), 413, f"has {len(BIG)} bytes, over the server's limit of {BODY_LIMIT}"),
-    "chunked body over the limit": ("CoLA", ([b" " * 40000, json_request(TEXT), b" " * 40000], {}), 413,
-                                    f"the request body is over the server's limit of {BODY_LIMIT} bytes"),
+    "chunked body over the limit": (
+        "CoLA",
+        ([b" " * 40000, json_request(TEXT), b" " * 40000], {}),
+        413,
+        f"the request body is over the server's limit of {BODY_LIMIT} bytes",
+    ),
 }
 
 
@@ -398,8 +514,11 @@ def test_the_client_sees_the_servers_error_and_other_paths_answer_json_errors(se
     with pytest.raises(InferenceServerException, match="unknown model 'CoLa'") as error:
         client.infer("CoLa", inputs([Line("-", 1, "a sentence .", None)], True))
     assert error.value.status() == "404"
-    for method, path, status in (("GET", "/v2/nowhere", 404), ("GET", "/v2/models/CoLA/infer", 405),
-                                 ("POST", "/v2/models/CoLA/versions/2/infer", 404)):
+    for method, path, status in (
+        ("GET", "/v2/nowhere", 404),
+        ("GET", "/v2/models/CoLA/infer", 405),
+        ("POST", "/v2/models/CoLA/versions/2/infer", 404),
+    ):
         got, content_type, body = call(server, method, path, b"{}" if method == "POST" else None)
         assert (got, content_type, list(json.loads(body))) == (status, "application/json", ["error"])
 
@@ -412,8 +531,9 @@ def test_64_concurrent_clients_of_20_requests_each_are_all_answered_correctly(se
             for i in range(20):
                 part = slice((k + i) % 22, (k + i) % 22 + 1 + i % 3)
                 binary = (k + i) % 2 == 0
-                result = await c.infer(name, inputs(lines[part], binary), outputs=outputs(name, binary),
-                                       request_id=f"{k}/{i}")
+                result = await c.infer(
+                    name, inputs(lines[part], binary), outputs=outputs(name, binary), request_id=f"{k}/{i}"
+                )
                 check(name, result, rows[part])
                 assert result.get_response()["id"] == f"{k}/{i}"
         return 20
@@ -434,7 +554,7 @@ class Poisoned:
     def __init__(self, poison: int):
         self.poison = poison
 
-    def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         if (features["input_ids"] == self.poison).any():
             time.sleep(0.3)  # (the other request is queued meanwhile)
             raise RuntimeError("a poisoned batch")
@@ -471,6 +591,7 @@ def test_a_failing_batch_fails_its_own_requests_only(ws):
                         return await c.infer("m", inputs(lines, True))
                     except InferenceServerException as e:
                         return e
+
             return await asyncio.gather(one(two), one(fine))
 
         failed, answered = asyncio.run(main())
@@ -492,10 +613,13 @@ def test_sigterm_refuses_new_requests_finishes_the_accepted_ones_and_exits_0(ws,
     clients') and exits 0."""
     lines, rows = expected["CoLA"]
     port = free_port()
-    process = ServerProcess(["bash", str(ROOT / "scripts" / "run_serve.sh"), str(ws / "models" / "CoLA"), "--device",
-                             "cpu"], port, tmp_path,
-                            env={"PORT": str(port), "MAX_QUEUE_DELAY_US": "200000", "MAX_BATCH_SIZE": "64"})
-    outcomes: List[str] = []
+    process = ServerProcess(
+        ["bash", str(ROOT / "scripts" / "run_serve.sh"), str(ws / "models" / "CoLA"), "--device", "cpu"],
+        port,
+        tmp_path,
+        env={"PORT": str(port), "MAX_QUEUE_DELAY_US": "200000", "MAX_BATCH_SIZE": "64"},
+    )
+    outcomes: list[str] = []
     try:
         process.wait_ready()
 
@@ -545,9 +669,9 @@ def test_sigterm_refuses_new_requests_finishes_the_accepted_ones_and_exits_0(ws,
 def test_usage_errors_exit_2_before_serving(case, ws, tmp_path):
     """Two directories of one name would be one model id; a batch must hold an example."""
     shutil.copytree(ws / "models" / "MRPC", tmp_path / "CoLA")
-    dirs, flags, message = {"same name": ([ws / "models" / "CoLA", tmp_path / "CoLA"], [],
-                                          "two model directories named CoLA"),
-                            "no batch": ([tmp_path / "CoLA"], ["--max_batch_size", "0"],
-                                         "--max_batch_size must be at least 1, got 0")}[case]
+    dirs, flags, message = {
+        "same name": ([ws / "models" / "CoLA", tmp_path / "CoLA"], [], "two model directories named CoLA"),
+        "no batch": ([tmp_path / "CoLA"], ["--max_batch_size", "0"], "--max_batch_size must be at least 1, got 0"),
+    }[case]
     done = run([PYTHON, "-m", "distil", "serve", *map(str, dirs), *flags, "--port", str(free_port())], timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]

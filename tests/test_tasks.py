@@ -11,10 +11,8 @@ from glue_fixtures import LAYOUTS, write_task
 
 
 def test_registry_covers_glue_with_labels_and_metrics():
-    assert set(TASKS) == {"CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE", "WNLI", "SNLI",
-                          "diagnostic"}
-    assert get_task("MNLI").num_labels == 3 and get_task("MNLI").labels == ("contradiction", "entailment",
-                                                                              "neutral")
+    assert set(TASKS) == {"CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE", "WNLI", "SNLI", "diagnostic"}
+    assert get_task("MNLI").num_labels == 3 and get_task("MNLI").labels == ("contradiction", "entailment", "neutral")
     assert get_task("STS-B").is_regression and get_task("STS-B").num_labels == 1
     assert get_task("CoLA").metrics[0] == "mcc"
     assert get_task("MRPC").metrics == ("accuracy", "f1") and get_task("QQP").metrics == ("accuracy", "f1")
@@ -68,8 +66,10 @@ def test_headerless_file_checks_width_against_first_row(tmp_path):
 
 
 def test_unknown_label_names_file_line_valid_labels_and_text(tmp_path):
-    _write(tmp_path / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n"
-                                         "1\tC.\tD.\tcontradiction\n")
+    _write(
+        tmp_path / "RTE" / "dev.tsv",
+        "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n1\tC.\tD.\tcontradiction\n",
+    )
     with pytest.raises(UsageError) as e:
         list(read_examples(get_task("RTE"), "eval", tmp_path))
     assert "dev.tsv:3: unknown label 'contradiction'" in str(e.value)
@@ -78,8 +78,10 @@ def test_unknown_label_names_file_line_valid_labels_and_text(tmp_path):
 
 def test_regression_labels_must_be_numbers(tmp_path):
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    _write(tmp_path / "STS-B" / "train.tsv", header + "0\tg\tf\ty\to\ts\ts\tA.\tB.\t4.250\n"
-                                             "1\tg\tf\ty\to\ts\ts\tC.\tD.\thigh\n")
+    _write(
+        tmp_path / "STS-B" / "train.tsv",
+        header + "0\tg\tf\ty\to\ts\ts\tA.\tB.\t4.250\n1\tg\tf\ty\to\ts\ts\tC.\tD.\thigh\n",
+    )
     examples = read_examples(get_task("STS-B"), "train", tmp_path)
     assert next(examples).label == "4.250" and get_task("STS-B").label_id("4.250") == 4.25
     with pytest.raises(UsageError, match=r"train.tsv:3: unknown label 'high' for STS-B \(valid: a number\)"):

@@ -21,8 +21,13 @@ from distil.train.run import RunConfig, train_algorithm
 from distil.train.settings import TrainSettings
 from glue_fixtures import write_task
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
-        "max_position_embeddings": 64}
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,10 @@ def workspace(tmp_path_factory, vocab_file):
     write_task(root / "glue", "MNLI", {"train.tsv": 40, "dev_matched.tsv": 12, "dev_mismatched.tsv": 9})
     write_task(root / "glue", "STS-B", {"train.tsv": 40, "dev.tsv": 11})
     for task in ("MNLI", "STS-B"):
-        convert_task(task, ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32,
-                                         lstm_seq_length=0, workers=1))
+        convert_task(
+            task,
+            ConvertConfig(root / "glue", root / "data", vocab_file, max_seq_length=32, lstm_seq_length=0, workers=1),
+        )
     return root
 
 
@@ -59,14 +66,27 @@ def test_tiny_teacher_learns_through_the_scripts_and_eval_reproduces_it(script_t
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout)["accuracy"] == results["accuracy"]
     missing = run(["bash", str(ROOT / "scripts" / "run_eval_teacher.sh"), "0", "SST-2", "nope"], env=env)
-    assert missing.returncode == 2 and f"no model nope in {model_dir.parent}; models there: {model_id}" in missing.stderr
+    assert (
+        missing.returncode == 2 and f"no model nope in {model_dir.parent}; models there: {model_id}" in missing.stderr
+    )
 
 
 def train_api(root: Path, task: str, model_dir: Path, **settings) -> dict:
-    values = {"epochs": 1, "learning_rate": 1e-3, "weight_decay": 0.01, "batch_size": 8, "eval_batch_size": 5,
-              **settings}
-    run_config = RunConfig(task=task, data_root=root / "data", model_save_dir=model_dir,
-                           settings=TrainSettings(**values), options=TeacherOptions(root / "pretrained"))
+    values = {
+        "epochs": 1,
+        "learning_rate": 1e-3,
+        "weight_decay": 0.01,
+        "batch_size": 8,
+        "eval_batch_size": 5,
+        **settings,
+    }
+    run_config = RunConfig(
+        task=task,
+        data_root=root / "data",
+        model_save_dir=model_dir,
+        settings=TrainSettings(**values),
+        options=TeacherOptions(root / "pretrained"),
+    )
     return train_algorithm(Teacher(), run_config)
 
 
@@ -89,16 +109,23 @@ def test_sts_b_head_is_a_regression(workspace, tmp_path):
     expected = np.corrcoef(outputs["logits"].reshape(-1), outputs["labels"].reshape(-1))[0, 1]
     # (batches of 5 cut to other lengths than training's evaluation: float rounding of a correlation)
     assert results["pearson"] == pytest.approx(expected, abs=1e-4)
-    assert results["mse"] == pytest.approx(np.mean((outputs["logits"].reshape(-1) - outputs["labels"].reshape(-1)) ** 2),
-                                           rel=1e-5)
+    assert results["mse"] == pytest.approx(
+        np.mean((outputs["logits"].reshape(-1) - outputs["labels"].reshape(-1)) ** 2), rel=1e-5
+    )
 
 
 def test_serve_for_online_keeps_a_loadable_model_with_the_same_metrics(script_teacher):
     """The session's teacher was trained with SERVE_FOR_ONLINE=True (the previous test checks its training)."""
     trained, served = script_teacher.trained, script_teacher.model_dir
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert sorted(p.name for p in served.iterdir()) == ["config.json", "results_eval.json", "train_curve.png",
-                                                        "train_history.json", "vocab.txt", "weights"]
+    assert sorted(p.name for p in served.iterdir()) == [
+        "config.json",
+        "results_eval.json",
+        "train_curve.png",
+        "train_history.json",
+        "vocab.txt",
+        "weights",
+    ]
     import distil
 
     assert distil.load_model(served).classifier.weight.shape == (2, 32)
@@ -113,8 +140,11 @@ def test_checkpoint_errors_name_the_tensor_and_both_shapes(workspace, tmp_path):
     config = json.loads((target / "config.json").read_text())
     config["model"]["intermediate_size"] = 50
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UsageError, match=r"tensor 'bert.encoder.layer.0.intermediate.dense.weight' has shape "
-                                         r"\(48, 32\) in the checkpoint but \(50, 32\) in the model"):
+    with pytest.raises(
+        UsageError,
+        match=r"tensor 'bert.encoder.layer.0.intermediate.dense.weight' has shape "
+        r"\(48, 32\) in the checkpoint but \(50, 32\) in the model",
+    ):
         io.load_model(target)
     (target / "config.json").unlink()
     with pytest.raises(UsageError, match=r"is not a model directory: it has no config.json"):

@@ -38,8 +38,12 @@ def ws(tmp_path_factory, vocab_file) -> Path:
     root = tmp_path_factory.mktemp("cache")
     write_learnable_sst2(root / "glue", 100, 30)
     for seq in (32, 24):
-        convert_task("SST-2", ConvertConfig(root / "glue", root / f"data{seq}", vocab_file, max_seq_length=seq,
-                                            lstm_seq_length=12, workers=1))
+        convert_task(
+            "SST-2",
+            ConvertConfig(
+                root / "glue", root / f"data{seq}", vocab_file, max_seq_length=seq, lstm_seq_length=12, workers=1
+            ),
+        )
     write_teacher(root / "teacher", vocab_file)
     return root
 
@@ -47,8 +51,13 @@ def ws(tmp_path_factory, vocab_file) -> Path:
 def run_config(ws: Path, name: str, model_dir: Path, data: str = "data32", **options) -> RunConfig:
     algorithm = get_algorithm(name)
     options = {"teacher_model": ws / "teacher", **options}
-    return RunConfig(task="SST-2", data_root=ws / data, model_save_dir=model_dir, settings=SETTINGS,
-                     options=algorithm.options(**options))
+    return RunConfig(
+        task="SST-2",
+        data_root=ws / data,
+        model_save_dir=model_dir,
+        settings=SETTINGS,
+        options=algorithm.options(**options),
+    )
 
 
 def trained(ws: Path, name: str, model_dir: Path, cache: str, **options):
@@ -61,8 +70,10 @@ def trained(ws: Path, name: str, model_dir: Path, cache: str, **options):
     return history["losses"], {k: v.numpy() for k, v in weights.items()}
 
 
-CACHED = {"kd": {**STUDENT},  # the student's and the BiLSTM's teacher view
-          "distilled_lstm": {"lstm_seq_length": 12, "lstm_embedding_size": 16, "lstm_hidden_size": 16, "lstm_fc_size": 16}}
+CACHED = {
+    "kd": {**STUDENT},  # the student's and the BiLSTM's teacher view
+    "distilled_lstm": {"lstm_seq_length": 12, "lstm_embedding_size": 16, "lstm_hidden_size": 16, "lstm_fc_size": 16},
+}
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +108,9 @@ def from_the_cache(ws, tmp_path_factory):
             finally:
                 logger.removeHandler(handler)
                 logger.setLevel(level)
-            runs[name] = SimpleNamespace(dir=model_dir, losses=losses, weights=weights, log=log.getvalue(),
-                                         hashed=hashed)
+            runs[name] = SimpleNamespace(
+                dir=model_dir, losses=losses, weights=weights, log=log.getvalue(), hashed=hashed
+            )
         return runs[name]
 
     return run
@@ -130,8 +142,11 @@ def test_a_run_checks_each_part_file_of_its_splits_once(ws, from_the_cache):
 
     run = from_the_cache("kd")
     assert (run.dir / teacher_cache.CACHE_DIR / teacher_cache.FINGERPRINT_FILE).is_file()
-    parts = {ws / "data32" / "SST-2" / split / part["name"]
-             for split in ("train", "eval") for part in ofrecord.read_meta(ws / "data32" / "SST-2" / split)["parts"]}
+    parts = {
+        ws / "data32" / "SST-2" / split / part["name"]
+        for split in ("train", "eval")
+        for part in ofrecord.read_meta(ws / "data32" / "SST-2" / split)["parts"]
+    }
     assert run.hashed == Counter(parts)
 
 
@@ -146,14 +161,28 @@ def test_tinybert_caches_only_its_prediction_stage(ws, tmp_path):
     assert (first.step_module.cacheable_outputs(), second.step_module.cacheable_outputs()) == ((), ("logits",))
 
 
-@pytest.mark.parametrize("name,options", [("tinybert", {}), ("bert_pkd", {"layer_list": "1,3"}),
-                                          ("bert_pkd", {"layer_list": "1,3", "pkd_loss": "patient"}),
-                                          ("teacher", {})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("tinybert", {}),
+        ("bert_pkd", {"layer_list": "1,3"}),
+        ("bert_pkd", {"layer_list": "1,3", "pkd_loss": "patient"}),
+        ("teacher", {}),
+    ],
+)
 def test_recipes_reading_per_token_teacher_states_or_no_teacher_are_not_cached(ws, tmp_path, name, options):
     algorithm = get_algorithm(name)
-    run = run_config(ws, name, tmp_path / "m", **({**STUDENT, **options} if name == "tinybert" else options)) \
-        if name != "teacher" else RunConfig(task="SST-2", data_root=ws / "data32", model_save_dir=tmp_path / "m",
-                                            settings=SETTINGS, options=algorithm.options(pretrained_model=ws / "teacher"))
+    run = (
+        run_config(ws, name, tmp_path / "m", **({**STUDENT, **options} if name == "tinybert" else options))
+        if name != "teacher"
+        else RunConfig(
+            task="SST-2",
+            data_root=ws / "data32",
+            model_save_dir=tmp_path / "m",
+            settings=SETTINGS,
+            options=algorithm.options(pretrained_model=ws / "teacher"),
+        )
+    )
     stage = algorithm.stages(run)[0]
     train_dir, _ = data_dirs(run.data_root, TASK)
     built = algorithm.build(run, stage, TASK, ofrecord.read_meta(train_dir))
@@ -261,7 +290,8 @@ def test_the_onnxruntime_pass_caches_oneflows_logits_and_leaves_no_onnx_file(ws,
 
 
 def test_the_onnxruntime_pass_cuts_batches_to_their_length_and_gives_the_uncut_logits_in_file_order(
-        ws, tmp_path, monkeypatch):
+    ws, tmp_path, monkeypatch
+):
     """--teacher_cache onnxruntime sorts by length and cuts batches as the OneFlow pass does: the uncut logits."""
     from distil.predict import OnnxEngine
 
@@ -277,8 +307,9 @@ def test_the_onnxruntime_pass_cuts_batches_to_their_length_and_gives_the_uncut_l
 
     def logits() -> np.ndarray:
         data = OFRecordDataset(train_dir, 8, features=names)
-        return teacher_cache.onnxruntime_pass(step.teacher, data, step.teacher_view, tmp_path, Placement(),
-                                              lambda: None)["logits"]
+        return teacher_cache.onnxruntime_pass(
+            step.teacher, data, step.teacher_view, tmp_path, Placement(), lambda: None
+        )["logits"]
 
     cut = logits()
     assert len(widths) == 13 and widths == sorted(widths) and max(widths) < 32  # 100 examples by 8, sorted by length

@@ -39,12 +39,12 @@ def grads(layers) -> list:
 def test_rate_zero_runs_only_the_frozen_predecessors_with_dropout_on():
     module = encoder()
     last, states = run(module, 0.0)
-    assert len(states) == 1 + 4                       # embeddings + 4 predecessor layers
-    assert not last.requires_grad                     # nothing to learn: EagerStep skips the update
+    assert len(states) == 1 + 4  # embeddings + 4 predecessor layers
+    assert not last.requires_grad  # nothing to learn: EagerStep skips the update
     again, _ = run(module, 0.0)
-    assert not np.allclose(last.numpy(), again.numpy())   # predecessors' dropout is active in training
+    assert not np.allclose(last.numpy(), again.numpy())  # predecessors' dropout is active in training
     module.eval()
-    assert len(run(module, 0.0)[1]) == 1 + 2          # inference: successors only, whatever the rate
+    assert len(run(module, 0.0)[1]) == 1 + 2  # inference: successors only, whatever the rate
 
 
 def test_rate_one_runs_only_the_successors_and_only_they_learn():
@@ -54,14 +54,20 @@ def test_rate_one_runs_only_the_successors_and_only_they_learn():
     last.sum().backward()
     assert all(g is not None for g in grads(module.successors))
     assert all(g is None for g in grads(module.predecessors)) and not any(
-        p.requires_grad for p in module.predecessors.parameters())
+        p.requires_grad for p in module.predecessors.parameters()
+    )
 
 
 def test_a_mixed_rate_samples_each_block():
     module = encoder()
-    lengths = {len(run_states) for run_states in (module(flow.randn(2, 5, 16), additive_attention_mask(
-        flow.ones(2, 5, dtype=flow.int32)), 0.5)[1] for _ in range(30))}
-    assert lengths == {1 + 2, 1 + 3, 1 + 4}          # both, one or no block replaced
+    lengths = {
+        len(run_states)
+        for run_states in (
+            module(flow.randn(2, 5, 16), additive_attention_mask(flow.ones(2, 5, dtype=flow.int32)), 0.5)[1]
+            for _ in range(30)
+        )
+    }
+    assert lengths == {1 + 2, 1 + 3, 1 + 4}  # both, one or no block replaced
 
 
 def test_linear_schedule_values():

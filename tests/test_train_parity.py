@@ -16,12 +16,12 @@ import pytest
 
 from distil.data import ofrecord
 from distil.data.dataset import OFRecordDataset
+from distil.errors import UsageError
 from distil.fileio import file_sha256
 from distil.models import io
 from distil.models.dropout import Dropout, seed_dropout
 from distil.models.hf_format import read_hf
 from distil.runtime import import_oneflow
-from distil.errors import UsageError
 from distil.train.settings import TrainSettings, micro_batch_count
 from distil.train.step import DistillStep, hard_label
 from distil.train.trainer import build_step_runner, seed_everything
@@ -29,8 +29,11 @@ from distil.train.trainer import build_step_runner, seed_everything
 flow = import_oneflow()
 
 FIXTURES = Path(__file__).parent / "fixtures" / "train_parity"
-GRAD_NORM_PARAMS = ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.output.dense.weight",
-                    "classifier.weight")
+GRAD_NORM_PARAMS = (
+    "bert.embeddings.word_embeddings.weight",
+    "bert.encoder.layer.0.output.dense.weight",
+    "classifier.weight",
+)
 SETTINGS = TrainSettings(learning_rate=1e-3, weight_decay=0.01, warmup_proportion=0.1, batch_size=8, clip_grad=1.0)
 
 
@@ -55,10 +58,13 @@ def split(tmp_path_factory, batches) -> Path:
         writer.add(ofrecord.frame(ofrecord.encode_record({k: ("int32", v[i].tolist()) for k, v in flat.items()})))
     (count,) = writer.close()
     part = split_dir / ofrecord.part_name(0)
-    meta = {"format": "bert", "num_examples": count, "seq_length": flat["input_ids"].shape[1],
-            "parts": [{"name": part.name, "records": count, "bytes": part.stat().st_size,
-                       "sha256": file_sha256(part)}],
-            "features": {k: {"dtype": "int32", "shape": [v.shape[1]]} for k, v in flat.items()}}
+    meta = {
+        "format": "bert",
+        "num_examples": count,
+        "seq_length": flat["input_ids"].shape[1],
+        "parts": [{"name": part.name, "records": count, "bytes": part.stat().st_size, "sha256": file_sha256(part)}],
+        "features": {k: {"dtype": "int32", "shape": [v.shape[1]]} for k, v in flat.items()},
+    }
     (split_dir / ofrecord.META_FILE).write_text(json.dumps(meta))
     return split_dir
 
@@ -66,8 +72,12 @@ def split(tmp_path_factory, batches) -> Path:
 def initial_model(dropout: float):
     pretrained = io.read_pretrained(FIXTURES / "model")
     config, state = pretrained.config, pretrained.state
-    config = {**config, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
-              "classifier_dropout": dropout}
+    config = {
+        **config,
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+        "classifier_dropout": dropout,
+    }
     model = io.build_model(config)
     io.load_state(model, state, "parity fixture")
     return model.train()
@@ -87,11 +97,13 @@ def train(split: Path, steps: int, dropout: float, eager: bool, seed: int = 0, m
     return model, np.array(losses), lrs
 
 
-@pytest.mark.parametrize("eager,micro_batches", [(False, 1), (False, 4), (True, 1)],
-                         ids=["graph", "graph-4-micro-batches", "eager"])
+@pytest.mark.parametrize(
+    "eager,micro_batches", [(False, 1), (False, 4), (True, 1)], ids=["graph", "graph-4-micro-batches", "eager"]
+)
 def test_thirty_steps_without_dropout_match_pytorch(split, reference, eager, micro_batches):
-    model, losses, lrs = train(split, len(reference["nodrop_losses"]), dropout=0.0, eager=eager,
-                               micro_batches=micro_batches)
+    model, losses, lrs = train(
+        split, len(reference["nodrop_losses"]), dropout=0.0, eager=eager, micro_batches=micro_batches
+    )
     np.testing.assert_allclose(losses, reference["nodrop_losses"], rtol=1e-4)
     if eager:
         np.testing.assert_allclose(lrs, reference["nodrop_lrs"], rtol=1e-6, atol=1e-12)
@@ -119,8 +131,10 @@ def test_dropout_gradient_noise_is_pytorchs(batches, reference):
     """
     model = initial_model(0.1)
     seed_dropout(model, 5)
-    inputs = {**{k: batches[k][0] for k in ("input_ids", "segment_ids", "input_mask")},
-              "labels": batches["label_ids"][0].reshape(-1)}
+    inputs = {
+        **{k: batches[k][0] for k in ("input_ids", "segment_ids", "input_mask")},
+        "labels": batches["label_ids"][0].reshape(-1),
+    }
     draws = reference["dropout_grad_norms"].shape[1]
     assert_noise_matches(gradient_norms(model, inputs, draws).mean(axis=0), reference["dropout_grad_norms"])
 
@@ -141,7 +155,7 @@ def test_every_dropout_site_draws_its_own_mask_in_eager_and_graph():
     for run in (lambda x: [site(x) for site in sites], Graph()):
         first, second = [[o.numpy() for o in run(x)] for _ in range(2)]
         assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
-        assert not np.array_equal(first[0], second[0])          # a new mask every call
+        assert not np.array_equal(first[0], second[0])  # a new mask every call
         kept = np.concatenate(first) != 0
         assert 0.88 < kept.mean() < 0.92
         np.testing.assert_allclose(np.concatenate(first)[kept], 1 / 0.9, rtol=1e-6)
@@ -161,8 +175,14 @@ def test_dropout_masks_follow_the_seed():
 def minilm3(minilm_dir: Path, head: dict, dropout: float):
     """The first 3 layers of the real all-MiniLM-L6-v2 with the fixture's 2-label head."""
     config, state, _ = read_hf(minilm_dir)
-    config = {**config, "num_hidden_layers": 3, "num_labels": 2, "hidden_dropout_prob": dropout,
-              "attention_probs_dropout_prob": dropout, "classifier_dropout": dropout}
+    config = {
+        **config,
+        "num_hidden_layers": 3,
+        "num_labels": 2,
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+        "classifier_dropout": dropout,
+    }
     state = {k: v for k, v in state.items() if not k.startswith(tuple(f"bert.encoder.layer.{i}." for i in (3, 4, 5)))}
     state.update({k: head[k] for k in ("classifier.weight", "classifier.bias")})
     model = io.build_model(config)
@@ -195,15 +215,26 @@ def test_dropout_gradient_noise_of_a_real_checkpoint_is_pytorchs(minilm_dir):
     """Where OneFlow's own nn.Dropout failed: on pretrained MiniLM layers its shared masks made the lower
     layers' gradients 0.1x (and, with hidden dropout alone, 40x) PyTorch's, and fine-tuning never learned."""
     ref = dict(np.load(FIXTURES / "minilm3_dropout.npz"))
-    np.testing.assert_allclose(gradient_norms(minilm3(minilm_dir, ref, 0.0), ref, 1)[0], ref["nodrop_grad_norms"],
-                               rtol=2e-3)
+    np.testing.assert_allclose(
+        gradient_norms(minilm3(minilm_dir, ref, 0.0), ref, 1)[0], ref["nodrop_grad_norms"], rtol=2e-3
+    )
     model = minilm3(minilm_dir, ref, 0.1)
     seed_dropout(model, 11)
     assert_noise_matches(gradient_norms(model, ref, ref["grad_norms"].shape[1]).mean(axis=0), ref["grad_norms"])
 
 
-@pytest.mark.parametrize("batch,seq,micro,expected", [(32, 128, 0, 4), (32, 64, 0, 2), (32, 32, 0, 1), (20, 128, 0, 4),
-                                                      (7, 128, 0, 1), (32, 128, 16, 2), (32, 32, 4, 8)])
+@pytest.mark.parametrize(
+    "batch,seq,micro,expected",
+    [
+        (32, 128, 0, 4),
+        (32, 64, 0, 2),
+        (32, 32, 0, 1),
+        (20, 128, 0, 4),
+        (7, 128, 0, 1),
+        (32, 128, 16, 2),
+        (32, 32, 4, 8),
+    ],
+)
 def test_a_step_is_cut_into_micro_batches_of_at_most_1024_tokens_unless_told(batch, seq, micro, expected):
     settings = TrainSettings(batch_size=batch, micro_batch_size=micro)
     assert micro_batch_count(settings, seq) == expected

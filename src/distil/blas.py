@@ -20,7 +20,6 @@ import glob
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional
 
 import numpy
 
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("blas_sgemm.c")
 
 
-def _numpy_openblas() -> Optional[ctypes.CDLL]:
+def _numpy_openblas() -> ctypes.CDLL | None:
     """numpy's bundled ILP64 OpenBLAS, if this numpy has one."""
     libs = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
     for path in sorted(glob.glob(str(libs / "libopenblas64_*.so*"))):
@@ -40,12 +39,12 @@ def _numpy_openblas() -> Optional[ctypes.CDLL]:
     return None
 
 
-def shim_command() -> List[str]:
+def shim_command() -> list[str]:
     """The compiler command that builds `blas_sgemm.c` (the output path follows)."""
     return [os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", str(SOURCE), "-o"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def use_numpy_sgemm() -> str:
     """Before `import oneflow`: route its sgemm to numpy's OpenBLAS when possible; returns which BLAS it uses
     (decided once per process)."""

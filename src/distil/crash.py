@@ -27,17 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
 
 from distil.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-WATCH_DIR = "DISTIL_WATCH_DIR"      # set for a watched process: the folder where it reports to its watcher
+WATCH_DIR = "DISTIL_WATCH_DIR"  # set for a watched process: the folder where it reports to its watcher
 WATCHER_PID = "DISTIL_WATCHER_PID"  # its watcher, whose death ends it too
-JOB_DIR = "DISTIL_JOB_DIR"          # set by a supervisor: where each watcher records a death
-ATTEMPT = "DISTIL_ATTEMPT"          # set by a supervisor: 0 on the first attempt, k after k restarts
+JOB_DIR = "DISTIL_JOB_DIR"  # set by a supervisor: where each watcher records a death
+ATTEMPT = "DISTIL_ATTEMPT"  # set by a supervisor: 0 on the first attempt, k after k restarts
 FAULTS_FILE, RUN_FILE, FINISHED_FILE = "faults.log", "run.json", "finished"
 CRASH_LOG = "crash.log"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # a request to stop: never restarted
@@ -46,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 _fault_file = None  # kept open for faulthandler, which writes to its descriptor when the process dies
 
 
-def _watch_dir() -> Optional[Path]:
+def _watch_dir() -> Path | None:
     folder = os.environ.get(WATCH_DIR)
     return Path(folder) if folder else None
 
@@ -58,7 +58,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def die_with_parent(parent: Optional[int] = None) -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (a killed supervisor leaves no orphans);
     exit at once if `parent` is already gone."""
     try:
@@ -87,8 +87,10 @@ def note_run(model_dir: Path, state_dir: Path) -> None:
     it trains saves its train_state/ (the same folder, or a nested one for a first stage)."""
     folder = _watch_dir()
     if folder is not None:
-        write_json_atomic(folder / RUN_FILE, {"model_dir": str(Path(model_dir).resolve()),
-                                              "state_dir": str(Path(state_dir).resolve())})
+        write_json_atomic(
+            folder / RUN_FILE,
+            {"model_dir": str(Path(model_dir).resolve()), "state_dir": str(Path(state_dir).resolve())},
+        )
 
 
 def report_finished(status: int) -> None:
@@ -119,13 +121,13 @@ class Death:
 
     who: str
     pid: int
-    status: int                      # exit status; -N: killed by signal N
+    status: int  # exit status; -N: killed by signal N
     time: float
-    model_dir: Optional[str] = None  # a training run's (crash.log) and its stage's (train_state/)
-    state_dir: Optional[str] = None
+    model_dir: str | None = None  # a training run's (crash.log) and its stage's (train_state/)
+    state_dir: str | None = None
 
     @property
-    def signal(self) -> Optional[int]:
+    def signal(self) -> int | None:
         return -self.status if self.status < 0 else None
 
     def describe(self) -> str:
@@ -134,7 +136,7 @@ class Death:
         return f"{self.who} died from {signal_name(self.signal)}"
 
 
-def _read(path: Path) -> Optional[str]:
+def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -143,10 +145,15 @@ def _read(path: Path) -> Optional[str]:
 
 def _crash_report(death: Death, stacks: str, attempt_number: int) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(death.time))
-    body = stacks.strip() or (f"(no Python stack: {signal_name(death.signal)} cannot be caught)"
-                              if death.signal == signal.SIGKILL else "(no Python stack was written)")
-    return f"=== {when} {death.who} (pid {death.pid} on {socket.gethostname()}) died from " \
-           f"{signal_name(death.signal)} (attempt {attempt_number + 1}) ===\n{body}\n"
+    body = stacks.strip() or (
+        f"(no Python stack: {signal_name(death.signal)} cannot be caught)"
+        if death.signal == signal.SIGKILL
+        else "(no Python stack was written)"
+    )
+    return (
+        f"=== {when} {death.who} (pid {death.pid} on {socket.gethostname()}) died from "
+        f"{signal_name(death.signal)} (attempt {attempt_number + 1}) ===\n{body}\n"
+    )
 
 
 def _report_death(death: Death, stacks: str, attempt_number: int) -> None:
@@ -162,14 +169,15 @@ def _report_death(death: Death, stacks: str, attempt_number: int) -> None:
     sys.stderr.flush()
 
 
-def _record(death: Death, job_dir: Optional[str]) -> None:
+def _record(death: Death, job_dir: str | None) -> None:
     """Leave the death where the supervisor looks (none: nothing to do)."""
     if job_dir and Path(job_dir).is_dir():
         write_json_atomic(Path(job_dir) / f"death-{death.pid}.json", dataclasses.asdict(death))
 
 
-def wait_handling_signals(process: subprocess.Popen, handler: Callable,
-                          meanwhile: Callable[[], None] = lambda: None) -> int:
+def wait_handling_signals(
+    process: subprocess.Popen, handler: Callable, meanwhile: Callable[[], None] = lambda: None
+) -> int:
     """`process`'s exit status, after `meanwhile()`; SIGTERM, SIGINT and SIGHUP go to `handler` until then, and
     back to what they were after."""
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
@@ -181,7 +189,7 @@ def wait_handling_signals(process: subprocess.Popen, handler: Callable,
             signal.signal(sig, old)
 
 
-def _finished(folder: Path) -> Optional[tuple]:
+def _finished(folder: Path) -> tuple | None:
     """(status, when) that a watched process reported with :func:`report_finished`, if it got that far."""
     path = folder / FINISHED_FILE
     text = _read(path)
@@ -190,7 +198,7 @@ def _finished(folder: Path) -> Optional[tuple]:
     return int(text), path.stat().st_mtime
 
 
-def watch(command: List[str], who: str, env: Optional[Dict[str, str]] = None, name_failures: bool = False) -> int:
+def watch(command: list[str], who: str, env: dict[str, str] | None = None, name_failures: bool = False) -> int:
     """Run `command` (a `python -m distil ...`) as a watched process and return its exit status (negative: the
     signal that killed it, unless it had reported its work finished before).
 
@@ -203,9 +211,10 @@ def watch(command: List[str], who: str, env: Optional[Dict[str, str]] = None, na
     env = dict(env if env is not None else os.environ)
     folder = Path(tempfile.mkdtemp(prefix="distil-watch-"))
     try:
-        child = subprocess.Popen(command, env=dict(env, PYTHONUNBUFFERED="1", **{
-            WATCH_DIR: str(folder), WATCHER_PID: str(os.getpid())}))
-        stopped: List[int] = []
+        child = subprocess.Popen(
+            command, env=dict(env, PYTHONUNBUFFERED="1", **{WATCH_DIR: str(folder), WATCHER_PID: str(os.getpid())})
+        )
+        stopped: list[int] = []
 
         def forward(signum, frame):
             stopped.append(signum)
@@ -235,7 +244,7 @@ def watch(command: List[str], who: str, env: Optional[Dict[str, str]] = None, na
 # ---------------------------------------------------------------- the supervisor
 
 
-def _deaths(job_dir: Path) -> List[Death]:
+def _deaths(job_dir: Path) -> list[Death]:
     deaths = []
     for path in job_dir.glob("death-*.json"):
         try:
@@ -245,17 +254,19 @@ def _deaths(job_dir: Path) -> List[Death]:
     return sorted(deaths, key=lambda d: d.time)
 
 
-def _resume_step(state_dir: Optional[str]) -> str:
+def _resume_step(state_dir: str | None) -> str:
     """Where a restarted run goes on: the step of its last saved train_state/."""
     if not state_dir:
         return "its last saved state"
     try:
-        return f"step {json.loads((Path(state_dir) / 'train_state' / 'state.json').read_text(encoding='utf-8'))['step']}"
+        return (
+            f"step {json.loads((Path(state_dir) / 'train_state' / 'state.json').read_text(encoding='utf-8'))['step']}"
+        )
     except (OSError, ValueError, KeyError):
         return "step 0 (nothing saved yet)"
 
 
-def supervise(run_attempt: Callable[[Dict[str, str]], int], max_restarts: int) -> int:
+def supervise(run_attempt: Callable[[dict[str, str]], int], max_restarts: int) -> int:
     """Run a job (`run_attempt(extra environment)` -> exit status) and start it again, up to `max_restarts`
     times, whenever the first of its processes to fail died from a signal other than a stop request.
 
@@ -274,11 +285,20 @@ def supervise(run_attempt: Callable[[Dict[str, str]], int], max_restarts: int) -
             if first.signal is None or first.signal in STOP_SIGNALS:
                 return status if status > 0 else 1
             if number == max_restarts:
-                log.error("%s; not restarting (--max_restarts %d %s)", first.describe(), max_restarts,
-                          "turns restarts off" if max_restarts == 0 else "reached")
+                log.error(
+                    "%s; not restarting (--max_restarts %d %s)",
+                    first.describe(),
+                    max_restarts,
+                    "turns restarts off" if max_restarts == 0 else "reached",
+                )
                 return 1
-            log.warning("restart %d of %d: %s; the job starts again and resumes from %s", number + 1, max_restarts,
-                        first.describe(), _resume_step(first.state_dir))
+            log.warning(
+                "restart %d of %d: %s; the job starts again and resumes from %s",
+                number + 1,
+                max_restarts,
+                first.describe(),
+                _resume_step(first.state_dir),
+            )
         return 1
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)

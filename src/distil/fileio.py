@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, Optional, Tuple, Union
+from typing import IO, Any
 
 from distil.errors import UsageError
 
@@ -40,7 +41,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_config_json(folder: Union[str, Path], kind: str, not_one: str) -> Dict[str, Any]:
+def read_config_json(folder: str | Path, kind: str, not_one: str) -> dict[str, Any]:
     """<folder>/config.json, with errors naming the folder: missing (`kind` says what it should be), no
     config.json (`not_one` follows the folder's name), or not valid JSON."""
     folder = Path(folder)
@@ -55,8 +56,7 @@ def read_config_json(folder: Union[str, Path], kind: str, not_one: str) -> Dict[
         raise UsageError(f"{path}: not valid JSON ({e})") from None
 
 
-def text_lines(path: Union[str, Path], stream: Optional[IO[bytes]] = None, keep_bom: bool = False
-               ) -> Iterator[Tuple[int, str]]:
+def text_lines(path: str | Path, stream: IO[bytes] | None = None, keep_bom: bool = False) -> Iterator[tuple[int, str]]:
     """(1-based line number, text without its line end) of a UTF-8 text file, or of a byte `stream` named `path`.
 
     Only '\\n' ends a line ('\\r' before it is dropped; text may hold a lone '\\r' or Unicode line separators); a
@@ -71,8 +71,10 @@ def text_lines(path: Union[str, Path], stream: Optional[IO[bytes]] = None, keep_
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise UsageError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
-                                 "of the line); save the file as UTF-8") from None
+                raise UsageError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                    "of the line); save the file as UTF-8"
+                ) from None
             yield number, line.rstrip("\n").rstrip("\r")
     finally:
         if stream is None:

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import IO, Dict, List, Optional
+from typing import IO
 
 from distil import crash
 from distil.errors import UsageError
@@ -28,8 +28,12 @@ LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("processes (data parallelism through python -m oneflow.distributed.launch)")
-    group.add_argument("--nproc_per_node", type=int, default=1,
-                       help="processes on this node (GPU_NUM_PER_NODE): one per GPU, or CPU processes without one")
+    group.add_argument(
+        "--nproc_per_node",
+        type=int,
+        default=1,
+        help="processes on this node (GPU_NUM_PER_NODE): one per GPU, or CPU processes without one",
+    )
     group.add_argument("--nnodes", type=int, default=1, help="nodes (NUM_NODES)")
     group.add_argument("--node_rank", type=int, default=0, help="this node's rank, 0 .. nnodes-1 (NODE_RANK)")
     group.add_argument("--node_ips", default="", help="comma-separated node addresses, the master first (NODE_IPS)")
@@ -53,34 +57,48 @@ def wants_launch(args: argparse.Namespace) -> bool:
 def _check(args: argparse.Namespace, probe_port: bool = True) -> str:
     """The master address, after checking every flag (and that the master's port is free, if `probe_port`)."""
     if args.nproc_per_node < 1 or args.nnodes < 1:
-        raise UsageError(f"--nproc_per_node (GPU_NUM_PER_NODE) and --nnodes (NUM_NODES) must be at least 1, got "
-                         f"{args.nproc_per_node} and {args.nnodes}")
+        raise UsageError(
+            f"--nproc_per_node (GPU_NUM_PER_NODE) and --nnodes (NUM_NODES) must be at least 1, got "
+            f"{args.nproc_per_node} and {args.nnodes}"
+        )
     if not 0 <= args.node_rank < args.nnodes:
-        raise UsageError(f"--node_rank (NODE_RANK) {args.node_rank} is outside [0, {args.nnodes}) for "
-                         f"{args.nnodes} node(s)")
+        raise UsageError(
+            f"--node_rank (NODE_RANK) {args.node_rank} is outside [0, {args.nnodes}) for {args.nnodes} node(s)"
+        )
     ips = [ip.strip() for ip in args.node_ips.split(",") if ip.strip()]
     if args.nnodes > 1 and len(ips) < args.nnodes:
-        raise UsageError(f"--nnodes (NUM_NODES) {args.nnodes} needs --node_ips (NODE_IPS) with {args.nnodes} "
-                         f"addresses, the master first; got {ips or 'none'}")
+        raise UsageError(
+            f"--nnodes (NUM_NODES) {args.nnodes} needs --node_ips (NODE_IPS) with {args.nnodes} "
+            f"addresses, the master first; got {ips or 'none'}"
+        )
     repeated = sorted({ip for ip in ips if ips.count(ip) > 1})
     if repeated:
-        raise UsageError(f"--node_ips (NODE_IPS) lists {', '.join(repeated)} more than once: OneFlow tells nodes apart "
-                         "by address, and two nodes on one address hang; for several processes on one machine use "
-                         "--nproc_per_node (GPU_NUM_PER_NODE)")
+        raise UsageError(
+            f"--node_ips (NODE_IPS) lists {', '.join(repeated)} more than once: OneFlow tells nodes apart "
+            "by address, and two nodes on one address hang; for several processes on one machine use "
+            "--nproc_per_node (GPU_NUM_PER_NODE)"
+        )
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is not a TCP port")
     if getattr(args, "export_onnx", False):
-        raise UsageError("--export_onnx (EXPORT_ONNX) needs a one-process run; after this one, export with: "
-                         "python -m distil export-onnx MODEL_DIR")
+        raise UsageError(
+            "--export_onnx (EXPORT_ONNX) needs a one-process run; after this one, export with: "
+            "python -m distil export-onnx MODEL_DIR"
+        )
     if getattr(args, "teacher_cache", "auto") == "onnxruntime":
-        raise UsageError("--teacher_cache onnxruntime (TEACHER_CACHE) runs the teacher's pass in one process "
-                         "(onnxruntime uses every core itself); drop --nproc_per_node or use auto")
+        raise UsageError(
+            "--teacher_cache onnxruntime (TEACHER_CACHE) runs the teacher's pass in one process "
+            "(onnxruntime uses every core itself); drop --nproc_per_node or use auto"
+        )
     if getattr(args, "engine", "auto") == "onnxruntime":
-        raise UsageError("--engine onnxruntime runs in one process (onnxruntime uses every core itself); drop "
-                         "--nproc_per_node or use --engine oneflow")
+        raise UsageError(
+            "--engine onnxruntime runs in one process (onnxruntime uses every core itself); drop "
+            "--nproc_per_node or use --engine oneflow"
+        )
     if hasattr(args, "inputs") and (not args.inputs or "-" in args.inputs):
-        raise UsageError("predict with several processes reads INPUT files, not standard input (every process "
-                         "reads the whole input)")
+        raise UsageError(
+            "predict with several processes reads INPUT files, not standard input (every process reads the whole input)"
+        )
     from distil.train.placement import resolve_device
 
     device = resolve_device(getattr(args, "device", "auto"), bool(getattr(args, "use_fp16", False)))
@@ -89,28 +107,50 @@ def _check(args: argparse.Namespace, probe_port: bool = True) -> str:
 
         gpus = import_oneflow().cuda.device_count()
         if args.nproc_per_node > gpus:
-            raise UsageError(f"--nproc_per_node (GPU_NUM_PER_NODE) {args.nproc_per_node} is more than the "
-                             f"{gpus} visible GPU(s); use --device cpu for CPU processes")
+            raise UsageError(
+                f"--nproc_per_node (GPU_NUM_PER_NODE) {args.nproc_per_node} is more than the "
+                f"{gpus} visible GPU(s); use --device cpu for CPU processes"
+            )
     if args.node_rank == 0 and probe_port:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind(("", args.master_port))
             except OSError:
-                raise UsageError(f"--master_port (MASTER_PORT) {args.master_port} is in use on this machine; "
-                                 "choose a free port") from None
+                raise UsageError(
+                    f"--master_port (MASTER_PORT) {args.master_port} is in use on this machine; choose a free port"
+                ) from None
     return ips[0] if ips else "127.0.0.1"
 
 
-def launch(args: argparse.Namespace, argv: List[str], env: Optional[Dict[str, str]] = None) -> int:
+def launch(args: argparse.Namespace, argv: list[str], env: dict[str, str] | None = None) -> int:
     """Start this node's processes, each `python -m distil.launch <argv>` watching its rank's `python -m distil
     <argv>`; return the job's exit status. `env`: extra environment for them (a supervisor's)."""
     # on a restart the port may still be held by the killed job's sockets: not probed then
-    master = _check(args, probe_port=crash.attempt(env or {}) == 0)  # a restart's port may still be held by the killed job's sockets
+    master = _check(
+        args, probe_port=crash.attempt(env or {}) == 0
+    )  # a restart's port may still be held by the killed job's sockets
     # `python -m distil.crash`: the launcher dies with this process, and its ranks with it (no orphans)
-    command = [sys.executable, "-m", "distil.crash", sys.executable, "-m", "oneflow.distributed.launch",
-               "--nproc_per_node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--node_rank",
-               str(args.node_rank), "--master_addr", master, "--master_port", str(args.master_port), "-m",
-               "distil.launch", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "distil.crash",
+        sys.executable,
+        "-m",
+        "oneflow.distributed.launch",
+        "--nproc_per_node",
+        str(args.nproc_per_node),
+        "--nnodes",
+        str(args.nnodes),
+        "--node_rank",
+        str(args.node_rank),
+        "--master_addr",
+        master,
+        "--master_port",
+        str(args.master_port),
+        "-m",
+        "distil.launch",
+        *argv,
+    ]
     launcher_env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     launcher_env.update(env or {})
     launcher_env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # (and prints no banner)
@@ -126,8 +166,10 @@ def launch(args: argparse.Namespace, argv: List[str], env: Optional[Dict[str, st
 
     status = crash.wait_handling_signals(launcher, stop, lambda: _relay_stdout(launcher.stdout))
     if status:
-        raise JobFailed(f"the {args.nproc_per_node * args.nnodes}-process job failed (exit status {status}); "
-                        "the failing rank's error is above, the other ranks were stopped")
+        raise JobFailed(
+            f"the {args.nproc_per_node * args.nnodes}-process job failed (exit status {status}); "
+            "the failing rank's error is above, the other ranks were stopped"
+        )
     return 0
 
 
@@ -169,12 +211,13 @@ def finish_rank(status: int) -> None:
     os.dup2(devnull, 2)
 
 
-def watch_rank(command: List[str]) -> int:
+def watch_rank(command: list[str]) -> int:
     """One launched process: run this rank's `command` (`python -m distil ...`) watched (`crash.watch`), so that
     a rank that fails or is killed outright (out of memory, SIGKILL, SIGSEGV) is named; 0, or non-zero for the
     launcher."""
-    status = crash.watch(command, f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}",
-                         name_failures=True)
+    status = crash.watch(
+        command, f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}", name_failures=True
+    )
     return 1 if status < 0 else status
 
 

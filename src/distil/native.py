@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -44,7 +43,7 @@ def library_path(stem: str, *sources: Path) -> Path:
     return cache / f"{stem}-{digest}.so"
 
 
-def build(command: List[str], target: Path) -> None:
+def build(command: list[str], target: Path) -> None:
     """Run a compiler `command` that writes its output to the path it is given last, then rename that to
     `target`: a failed or killed build leaves nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +57,7 @@ def build(command: List[str], target: Path) -> None:
             os.unlink(tmp)
 
 
-def load_global(path: Path, command: List[str]) -> Optional[ctypes.CDLL]:
+def load_global(path: Path, command: list[str]) -> ctypes.CDLL | None:
     """The library at `path`, built first by `command` (+ output path) if absent, loaded into the global scope;
     None when it cannot be built or loaded (a debug line says why)."""
     try:
@@ -70,7 +69,7 @@ def load_global(path: Path, command: List[str]) -> Optional[ctypes.CDLL]:
         return None
 
 
-def _liboneflow() -> Optional[Path]:
+def _liboneflow() -> Path | None:
     """The liboneflow that `import oneflow` would load, found without importing it."""
     spec = importlib.util.find_spec("oneflow")
     if spec is None or not spec.submodule_search_locations:
@@ -79,8 +78,8 @@ def _liboneflow() -> Optional[Path]:
     return next(iter(sorted(libs.glob("liboneflow-*.so"))), None)
 
 
-@functools.lru_cache(maxsize=None)
-def fix_lazy_job_queue() -> Optional[ctypes.CDLL]:
+@functools.cache
+def fix_lazy_job_queue() -> ctypes.CDLL | None:
     """Before `import oneflow`: load lazy_job_queue.cpp's definitions when this is the liboneflow they were made
     for; the library (with its counters) or None (decided once per process)."""
     if os.environ.get("DISTIL_LAZY_JOB_FIX", "on") == "off":
@@ -89,6 +88,16 @@ def fix_lazy_job_queue() -> Optional[ctypes.CDLL]:
     if found is None or found.name != FIXED_LIBONEFLOW:
         log.debug("liboneflow is %s, not %s: the lazy-job queue fix does not apply", found, FIXED_LIBONEFLOW)
         return None
-    return load_global(library_path("distil-lazy-job-queue", LAZY_JOB_SOURCE, LAZY_JOB_EXPORTS),
-                       [os.environ.get("CXX", "c++"), "-O2", "-shared", "-fPIC", "-D_GLIBCXX_USE_CXX11_ABI=0",
-                        f"-Wl,--version-script={LAZY_JOB_EXPORTS}", str(LAZY_JOB_SOURCE), "-o"])
+    return load_global(
+        library_path("distil-lazy-job-queue", LAZY_JOB_SOURCE, LAZY_JOB_EXPORTS),
+        [
+            os.environ.get("CXX", "c++"),
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-D_GLIBCXX_USE_CXX11_ABI=0",
+            f"-Wl,--version-script={LAZY_JOB_EXPORTS}",
+            str(LAZY_JOB_SOURCE),
+            "-o",
+        ],
+    )

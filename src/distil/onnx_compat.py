@@ -46,7 +46,7 @@ def patch() -> None:
     from oneflow_onnx.oneflow2onnx.handler import flow_op
 
     @flow_op("flip", onnx_op="Slice")
-    class Flip:  # noqa: F841  (registered by the decorator)
+    class Flip:  # registered by the decorator (as the two below)
         @classmethod
         def Version_10(cls, ctx, node, **kwargs):
             rank = len(ctx.get_shape(node.input_tensor_names[0]))
@@ -57,7 +57,7 @@ def patch() -> None:
             _const_input(ctx, node, "flip_steps", [-1] * len(dims))
 
     @flow_op("stack", onnx_op="Concat")
-    class Stack:  # noqa: F841
+    class Stack:
         @classmethod
         def Version_13(cls, ctx, node, **kwargs):
             rank = len(ctx.get_shape(node.input_tensor_names[0])) + 1
@@ -66,12 +66,14 @@ def patch() -> None:
             node.attrs.pop("max_dim_size", None)
             for index, name in enumerate(list(node.input_tensor_names)):
                 axes = ctx.MakeConst(_unique("stack_axes"), np.array([axis], dtype=np.int64))
-                unsqueezed = ctx.MakeNode("Unsqueeze", [name, axes.output_tensor_names[0]], name=_unique("stack_unsqueeze"))
+                unsqueezed = ctx.MakeNode(
+                    "Unsqueeze", [name, axes.output_tensor_names[0]], name=_unique("stack_unsqueeze")
+                )
                 node.input_tensor_names[index] = unsqueezed.output_tensor_names[0]
             node.attrs["axis"] = axis
 
     @flow_op("reduce_sum", onnx_op="ReduceSum")
-    class ReduceSum13:  # noqa: F841
+    class ReduceSum13:
         @classmethod
         def Version_13(cls, ctx, node, **kwargs):
             rank = len(ctx.get_shape(node.input_tensor_names[0]))

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -52,12 +52,12 @@ class InferenceGraph(flow.nn.Graph):
         return self.model.logits(input_ids, segment_ids, input_mask)
 
 
-def _model_sizes(model_config: Dict[str, Any]) -> List[int]:
+def _model_sizes(model_config: dict[str, Any]) -> list[int]:
     """The model's dimensions (its config's integers), which a traced size must not share."""
     return [v for v in model_config.values() if isinstance(v, int) and v >= 2]
 
 
-def trace_batch(model_config: Dict[str, Any], seq_length: int) -> int:
+def trace_batch(model_config: dict[str, Any], seq_length: int) -> int:
     """The smallest prime from 5 that divides no dimension of the model nor the traced `seq_length`, so that
     the traced shapes holding it, alone or merged with other axes, are the batch's; small, because an nn.Graph
     holds all its buffers (BERT-base: about 0.4 GB per row of 128 tokens)."""
@@ -65,19 +65,19 @@ def trace_batch(model_config: Dict[str, Any], seq_length: int) -> int:
     return next(p for p in PRIMES if all(size % p for size in sizes))
 
 
-def trace_length(model_config: Dict[str, Any]) -> int:
+def trace_length(model_config: dict[str, Any]) -> int:
     """The sequence length to trace a model with a dynamic sequence axis at: the smallest prime from 5 that
     divides no dimension of the model, so that a traced shape holding it is the sequence's."""
     return next(p for p in PRIMES if all(size % p for size in _model_sizes(model_config)))
 
 
-def check_lengths(seq_length: int, dynamic: bool) -> List[int]:
+def check_lengths(seq_length: int, dynamic: bool) -> list[int]:
     """The sequence lengths the self-check runs at: the full one and, when the axis is dynamic, about half of it
     and two tokens."""
     return sorted({seq_length, max(2, seq_length // 2), 2}) if dynamic else [seq_length]
 
 
-def sample_inputs(batch: int, seq_length: int, vocab_size: int, rng: np.random.Generator) -> List[np.ndarray]:
+def sample_inputs(batch: int, seq_length: int, vocab_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Random token ids with padding and two segments, as int32 like the converted data."""
     lengths = rng.integers(2, seq_length + 1, batch)
     positions = np.arange(seq_length)[None, :]
@@ -87,15 +87,17 @@ def sample_inputs(batch: int, seq_length: int, vocab_size: int, rng: np.random.G
     return [ids, segments, mask]
 
 
-def _constants_and_shapes(proto) -> Tuple[Dict[str, np.ndarray], Dict[str, List[int]]]:
+def _constants_and_shapes(proto) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
     """The graph's constants, and the shape of every value, constant or inferred (0 for a symbolic axis)."""
     import onnx
     from onnx import numpy_helper
 
     inferred = onnx.shape_inference.infer_shapes(proto).graph
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.value_info, *inferred.input, *inferred.output)
+    }
     return constants, {**{name: list(value.shape) for name, value in constants.items()}, **shapes}
 
 
@@ -117,8 +119,11 @@ def free_batch_axis(proto, batch: int) -> None:
         if node.op_type == "Slice" and len(node.input) > 3 and node.input[2] in initializers:
             ends, axes = initializers[node.input[2]].copy(), initializers.get(node.input[3])
             dims = shapes.get(node.input[0])
-            batch_axes = [i for i, axis in enumerate(axes if axes is not None else [])
-                          if dims and dims[axis] == batch and ends[i] == batch]
+            batch_axes = [
+                i
+                for i, axis in enumerate(axes if axes is not None else [])
+                if dims and dims[axis] == batch and ends[i] == batch
+            ]
             if batch_axes:  # a slice over the whole batch axis: to its end, whatever its size
                 ends[batch_axes] = np.iinfo(np.int64).max
                 _own_constant(proto, node, 2, ends)
@@ -145,14 +150,19 @@ def free_sequence_axis(proto, length: int) -> None:
     initializers, shapes = _constants_and_shapes(proto)
     measured = "sequence/length"  # (1,) int64: the inputs' sequence length
     proto.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "sequence/axis"))
-    nodes = [helper.make_node("Shape", [proto.graph.input[0].name], ["sequence/shape"], name="sequence/shape"),
-             helper.make_node("Gather", ["sequence/shape", "sequence/axis"], [measured], name=measured, axis=0)]
+    nodes = [
+        helper.make_node("Shape", [proto.graph.input[0].name], ["sequence/shape"], name="sequence/shape"),
+        helper.make_node("Gather", ["sequence/shape", "sequence/axis"], [measured], name=measured, axis=0),
+    ]
     for node in proto.graph.node:
         dims = (shapes.get(node.input[0]) or []) if node.input else []
         if node.op_type == "Slice" and len(node.input) > 3 and {node.input[2], node.input[3]} <= set(initializers):
             ends, axes = initializers[node.input[2]], initializers[node.input[3]]
-            prefix = [i for i, axis in enumerate(axes)
-                      if ends[i] == length and -len(dims) <= axis < len(dims) and dims[axis] > length]
+            prefix = [
+                i
+                for i, axis in enumerate(axes)
+                if ends[i] == length and -len(dims) <= axis < len(dims) and dims[axis] > length
+            ]
             if prefix:  # the ends as a Concat of constants and the measured length
                 parts = []
                 for i, end in enumerate(ends):
@@ -183,7 +193,7 @@ def drop_stale_shapes_and_constants(proto) -> None:
     proto.graph.initializer.extend(kept)
 
 
-def module_subgraph(proto, scope: str) -> Tuple[List[int], str, str]:
+def module_subgraph(proto, scope: str) -> tuple[list[int], str, str]:
     """The indices of the nodes a module's forward became, its one input and its one output; an error if they do
     not form such a block. Its ops' outputs carry the module's scope; nodes the exporter added between them
     (a Reshape-Gemm-Reshape for a matmul) carry none and belong to it when fed and read only by it."""
@@ -191,7 +201,7 @@ def module_subgraph(proto, scope: str) -> Tuple[List[int], str, str]:
     constants = {t.name for t in proto.graph.initializer}
     scoped = {i for i, n in enumerate(nodes) if n.output and all(o.startswith(scope + "-") for o in n.output)}
     unscoped = {i for i, n in enumerate(nodes) if not any(o.startswith(scope.split(".")[0] + ".") for o in n.output)}
-    readers: Dict[str, List[int]] = {}
+    readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for name in n.input:
             readers.setdefault(name, []).append(i)
@@ -207,46 +217,55 @@ def module_subgraph(proto, scope: str) -> Tuple[List[int], str, str]:
             break
         group |= fed
     while True:  # ... and read only by it
-        leaking = {i for i in group - scoped if any(o in graph_outputs or set(readers.get(o, ())) - group
-                                                    for o in nodes[i].output)}
+        leaking = {
+            i
+            for i in group - scoped
+            if any(o in graph_outputs or set(readers.get(o, ())) - group for o in nodes[i].output)
+        }
         if not leaking:
             break
         group -= leaking
     inputs = {name for i in group for name in nodes[i].input if name and name not in constants} - made(group)
     outputs = {o for i in group for o in nodes[i].output if o in graph_outputs or set(readers.get(o, ())) - group}
     if len(inputs) != 1 or len(outputs) != 1:
-        raise RuntimeError(f"ONNX export: the ops of {scope} have inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
-                           f"expected one of each")
+        raise RuntimeError(
+            f"ONNX export: the ops of {scope} have inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+            f"expected one of each"
+        )
     return sorted(group), inputs.pop(), outputs.pop()
 
 
-def layer_norm_nodes(x: str, y: str, prefix: str, eps: str, two: str, gamma: str, beta: str) -> List[Any]:
+def layer_norm_nodes(x: str, y: str, prefix: str, eps: str, two: str, gamma: str, beta: str) -> list[Any]:
     """LayerNorm over the last axis as the op pattern onnxruntime fuses into one LayerNormalization kernel."""
     from onnx import helper
 
-    def node(op: str, inputs: List[str], output: str, **attrs) -> Any:
+    def node(op: str, inputs: list[str], output: str, **attrs) -> Any:
         return helper.make_node(op, inputs, [output], name=output, **attrs)
 
-    return [node("ReduceMean", [x], f"{prefix}/mean", axes=[-1], keepdims=1),
-            node("Sub", [x, f"{prefix}/mean"], f"{prefix}/centered"),
-            node("Pow", [f"{prefix}/centered", two], f"{prefix}/squared"),
-            node("ReduceMean", [f"{prefix}/squared"], f"{prefix}/variance", axes=[-1], keepdims=1),
-            node("Add", [f"{prefix}/variance", eps], f"{prefix}/variance_eps"),
-            node("Sqrt", [f"{prefix}/variance_eps"], f"{prefix}/std"),
-            node("Div", [f"{prefix}/centered", f"{prefix}/std"], f"{prefix}/normalized"),
-            node("Mul", [f"{prefix}/normalized", gamma], f"{prefix}/scaled"),
-            node("Add", [f"{prefix}/scaled", beta], y)]
+    return [
+        node("ReduceMean", [x], f"{prefix}/mean", axes=[-1], keepdims=1),
+        node("Sub", [x, f"{prefix}/mean"], f"{prefix}/centered"),
+        node("Pow", [f"{prefix}/centered", two], f"{prefix}/squared"),
+        node("ReduceMean", [f"{prefix}/squared"], f"{prefix}/variance", axes=[-1], keepdims=1),
+        node("Add", [f"{prefix}/variance", eps], f"{prefix}/variance_eps"),
+        node("Sqrt", [f"{prefix}/variance_eps"], f"{prefix}/std"),
+        node("Div", [f"{prefix}/centered", f"{prefix}/std"], f"{prefix}/normalized"),
+        node("Mul", [f"{prefix}/normalized", gamma], f"{prefix}/scaled"),
+        node("Add", [f"{prefix}/scaled", beta], y),
+    ]
 
 
-def gelu_nodes(x: str, y: str, prefix: str, sqrt2: str, one: str, half: str) -> List[Any]:
+def gelu_nodes(x: str, y: str, prefix: str, sqrt2: str, one: str, half: str) -> list[Any]:
     """The erf GELU as the op pattern onnxruntime fuses into one Gelu kernel."""
     from onnx import helper
 
-    return [helper.make_node("Div", [x, sqrt2], [f"{prefix}/scaled"], name=f"{prefix}/scaled"),
-            helper.make_node("Erf", [f"{prefix}/scaled"], [f"{prefix}/erf"], name=f"{prefix}/erf"),
-            helper.make_node("Add", [f"{prefix}/erf", one], [f"{prefix}/erf_1"], name=f"{prefix}/erf_1"),
-            helper.make_node("Mul", [x, f"{prefix}/erf_1"], [f"{prefix}/x_erf_1"], name=f"{prefix}/x_erf_1"),
-            helper.make_node("Mul", [f"{prefix}/x_erf_1", half], [y], name=y)]
+    return [
+        helper.make_node("Div", [x, sqrt2], [f"{prefix}/scaled"], name=f"{prefix}/scaled"),
+        helper.make_node("Erf", [f"{prefix}/scaled"], [f"{prefix}/erf"], name=f"{prefix}/erf"),
+        helper.make_node("Add", [f"{prefix}/erf", one], [f"{prefix}/erf_1"], name=f"{prefix}/erf_1"),
+        helper.make_node("Mul", [x, f"{prefix}/erf_1"], [f"{prefix}/x_erf_1"], name=f"{prefix}/x_erf_1"),
+        helper.make_node("Mul", [f"{prefix}/x_erf_1", half], [y], name=y),
+    ]
 
 
 def fusable_forms(proto, model: flow.nn.Module) -> int:
@@ -276,8 +295,11 @@ def fusable_forms(proto, model: flow.nn.Module) -> int:
             new = gelu_nodes(x, y, scope, sqrt2, one, half)
         nodes = list(proto.graph.node)
         del proto.graph.node[:]  # the new nodes where the module's last node was: after x, before y's readers
-        proto.graph.node.extend([n for i, n in enumerate(nodes[:group[-1]]) if i not in group] + new +
-                                [n for i, n in enumerate(nodes) if i > group[-1] and i not in group])
+        proto.graph.node.extend(
+            [n for i, n in enumerate(nodes[: group[-1]]) if i not in group]
+            + new
+            + [n for i, n in enumerate(nodes) if i > group[-1] and i not in group]
+        )
         rewritten += 1
     return rewritten
 
@@ -293,7 +315,7 @@ def rename_io(proto) -> None:
         node.output[:] = [renames.get(name, name) for name in node.output]
 
 
-def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> float:
+def max_difference(session, model: flow.nn.Module, inputs: list[np.ndarray]) -> float:
     """The largest |logit difference| between onnxruntime and OneFlow on `inputs`; infinite when onnxruntime
     returns another shape or cannot run them (a size the export left baked in)."""
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
@@ -310,15 +332,22 @@ def max_difference(session, model: flow.nn.Module, inputs: List[np.ndarray]) -> 
     return float(np.abs(got - expected).max())
 
 
-def export_onnx(model_dir: Path, out: Optional[Path] = None, quantize: str = "", data_root: Path = Path(),
-                max_metric_drop: float = 1.0, batch_size: int = 32) -> Dict[str, Any]:
+def export_onnx(
+    model_dir: Path,
+    out: Path | None = None,
+    quantize: str = "",
+    data_root: Path = Path(),
+    max_metric_drop: float = 1.0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Write `out` (default MODEL_DIR/model.onnx) and return what was checked; with `quantize` int8 also its INT8
     version beside it (model.int8.onnx), once that file's dev metric is within `max_metric_drop` points of FP32's."""
     if quantize not in QUANTIZE:
         raise UsageError(f"--quantize must be int8 (or not given), got '{quantize}'")
     if quantize and not (max_metric_drop >= 0 and batch_size >= 1):
-        raise UsageError(f"--max_metric_drop must be >= 0 and --eval_batch_size >= 1, got {max_metric_drop} and "
-                         f"{batch_size}")
+        raise UsageError(
+            f"--max_metric_drop must be >= 0 and --eval_batch_size >= 1, got {max_metric_drop} and {batch_size}"
+        )
     config = io.read_config(model_dir)
     io.weights_mtime(model_dir)  # (an error without weights)
     seq_length = (config.get("data") or {}).get("seq_length")
@@ -349,7 +378,7 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def open_dev_split(model_dir: Path, config: Dict[str, Any], data_root: Path):
+def open_dev_split(model_dir: Path, config: dict[str, Any], data_root: Path):
     """The model's dev split under `data_root` (as `eval` reads it), checked against the model's vocabulary."""
     from distil.train.run import open_eval_splits
 
@@ -358,8 +387,7 @@ def open_dev_split(model_dir: Path, config: Dict[str, Any], data_root: Path):
     return open_eval_splits(model_dir, config, data_root)["eval"]  # (an error naming missing data)
 
 
-def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str],
-                     batch_size: int) -> Dict[str, float]:
+def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: list[str], batch_size: int) -> dict[str, float]:
     """The task's metrics of an ONNX file on the dev split, batches cut to their length as `eval` cuts them."""
     from distil.data.dataset import OFRecordDataset
     from distil.predict import OnnxEngine
@@ -370,7 +398,7 @@ def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str
     engine, placement = OnnxEngine(path), Placement("cpu")
     data = OFRecordDataset(split, batch_size, features=(*MODEL_INPUTS, "label_ids"), placement=placement)
 
-    def compute(_: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+    def compute(_: flow.nn.Module, batch: dict[str, flow.Tensor]) -> dict[str, flow.Tensor]:
         logits = engine({name: batch[name].numpy() for name in MODEL_INPUTS})
         return {"logits": flow.tensor(logits), "labels": batch["label_ids"]}
 
@@ -378,8 +406,15 @@ def onnx_dev_metrics(path: Path, model: flow.nn.Module, split, metrics: List[str
     return compute_metrics(metrics, values["logits"], values["labels"])
 
 
-def quantize_int8(model_dir: Path, fp32: Path, model: flow.nn.Module, split, config: Dict[str, Any],
-                  max_metric_drop: float, batch_size: int) -> Dict[str, Any]:
+def quantize_int8(
+    model_dir: Path,
+    fp32: Path,
+    model: flow.nn.Module,
+    split,
+    config: dict[str, Any],
+    max_metric_drop: float,
+    batch_size: int,
+) -> dict[str, Any]:
     """Write the INT8 file beside `fp32` (MODEL_DIR/model.int8.onnx): onnxruntime's dynamic quantization of `fp32`
     (weights int8, activations uint8 quantized per batch: no calibration data), refused when the dev metric drops
     more than `max_metric_drop` points.
@@ -396,26 +431,47 @@ def quantize_int8(model_dir: Path, fp32: Path, model: flow.nn.Module, split, con
     reduce_range = not cpu_has_vnni()
     with tempfile.TemporaryDirectory(prefix=".onnx-int8-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
-        quantize_dynamic(str(fp32), str(staged), op_types_to_quantize=list(INT8_OPERATORS),
-                         weight_type=QuantType.QInt8, reduce_range=reduce_range)
+        quantize_dynamic(
+            str(fp32),
+            str(staged),
+            op_types_to_quantize=list(INT8_OPERATORS),
+            weight_type=QuantType.QInt8,
+            reduce_range=reduce_range,
+        )
         before = onnx_dev_metrics(fp32, model, split, metrics, batch_size)
         after = onnx_dev_metrics(staged, model, split, metrics, batch_size)
         drop = 100.0 * (before[main] - after[main])
-        report = {"onnx": str(out), "operators": list(INT8_OPERATORS), "weight_type": "int8",
-                  "reduce_range": reduce_range, "dev_fp32": before, "dev_int8": after,
-                  f"{main}_drop_points": round(drop, 3), "max_metric_drop": max_metric_drop,
-                  "size_mb_fp32": round(fp32.stat().st_size / 2**20, 2),
-                  "size_mb_int8": round(staged.stat().st_size / 2**20, 2)}
+        report = {
+            "onnx": str(out),
+            "operators": list(INT8_OPERATORS),
+            "weight_type": "int8",
+            "reduce_range": reduce_range,
+            "dev_fp32": before,
+            "dev_int8": after,
+            f"{main}_drop_points": round(drop, 3),
+            "max_metric_drop": max_metric_drop,
+            "size_mb_fp32": round(fp32.stat().st_size / 2**20, 2),
+            "size_mb_int8": round(staged.stat().st_size / 2**20, 2),
+        }
         if not drop <= max_metric_drop:
-            raise UsageError(f"{model_dir}: INT8 dev {main} {after[main]:.4f} is {drop:.2f} points below FP32's "
-                             f"{before[main]:.4f} (--max_metric_drop {max_metric_drop}); {out.name} not written")
+            raise UsageError(
+                f"{model_dir}: INT8 dev {main} {after[main]:.4f} is {drop:.2f} points below FP32's "
+                f"{before[main]:.4f} (--max_metric_drop {max_metric_drop}); {out.name} not written"
+            )
         os.replace(staged, out)
-    log.info("INT8: %s (%.1f MB, FP32 %.1f MB); dev %s %.4f vs FP32 %.4f", out, report["size_mb_int8"],
-             report["size_mb_fp32"], main, after[main], before[main])
+    log.info(
+        "INT8: %s (%.1f MB, FP32 %.1f MB); dev %s %.4f vs FP32 %.4f",
+        out,
+        report["size_mb_int8"],
+        report["size_mb_fp32"],
+        main,
+        after[main],
+        before[main],
+    )
     return report
 
 
-def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -> Dict[str, Any]:
+def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -> dict[str, Any]:
     """Write the logits of `model` (local, on the CPU, in eval mode) for `seq_length` tokens (or, for a model type
     in DYNAMIC_SEQUENCE, any number up to it) to `out` once onnxruntime reproduces them; `what` names the model in
     messages."""
@@ -447,19 +503,36 @@ def export_model(model: flow.nn.Module, seq_length: int, out: Path, what: str) -
         onnx.save(proto, str(staged))
         session = onnxruntime.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
         shapes = [(batch, length), *((b, n) for n in check_lengths(seq_length, dynamic) for b in CHECK_BATCHES)]
-        differences = {(b, n): max_difference(session, model, traced_inputs if (b, n) == (batch, length) else
-                                              sample_inputs(b, n, vocab_size, rng)) for b, n in shapes}
+        differences = {
+            (b, n): max_difference(
+                session, model, traced_inputs if (b, n) == (batch, length) else sample_inputs(b, n, vocab_size, rng)
+            )
+            for b, n in shapes
+        }
         worst = max(differences.values())
         if not worst <= TOLERANCE:
             listed = ", ".join(f"{b}x{n}: {d:.2g}" for (b, n), d in differences.items())
-            raise UsageError(f"{what}: the ONNX export disagrees with OneFlow (max |logit difference| per batch size x "
-                             f"sequence length: {listed}); not written")
+            raise UsageError(
+                f"{what}: the ONNX export disagrees with OneFlow (max |logit difference| per batch size x "
+                f"sequence length: {listed}); not written"
+            )
         os.replace(staged, out)
     axes = {0: "batch", 1: "sequence"} if dynamic else {0: "batch"}
-    summary = {"onnx": str(out), "opset": onnx_compat.OPSET, "inputs": list(INPUTS),
-               "dynamic_axes": {**{name: axes for name in INPUTS}, OUTPUT: {0: "batch"}},
-               "nodes": len(proto.graph.node), "max_abs_logit_difference": worst,
-               "checked_shapes": sorted([b, n] for b, n in differences)}
-    log.info("exported %s to %s (%d nodes, %s; onnxruntime matches OneFlow within %.1e)", what, out,
-             len(proto.graph.node), "dynamic batch and sequence axes" if dynamic else "dynamic batch axis", worst)
+    summary = {
+        "onnx": str(out),
+        "opset": onnx_compat.OPSET,
+        "inputs": list(INPUTS),
+        "dynamic_axes": {**{name: axes for name in INPUTS}, OUTPUT: {0: "batch"}},
+        "nodes": len(proto.graph.node),
+        "max_abs_logit_difference": worst,
+        "checked_shapes": sorted([b, n] for b, n in differences),
+    }
+    log.info(
+        "exported %s to %s (%d nodes, %s; onnxruntime matches OneFlow within %.1e)",
+        what,
+        out,
+        len(proto.graph.node),
+        "dynamic batch and sequence axes" if dynamic else "dynamic batch axis",
+        worst,
+    )
     return summary

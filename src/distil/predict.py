@@ -21,8 +21,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -48,7 +49,7 @@ class Line:
     source: str
     line: int
     text_a: str
-    text_b: Optional[str]
+    text_b: str | None
 
 
 def _lines(source: str) -> Iterator[tuple]:
@@ -58,7 +59,7 @@ def _lines(source: str) -> Iterator[tuple]:
             yield number, line.split("\t")
 
 
-def _tsv_layout(task: TaskSpec, first: List[str]) -> Optional[SplitSpec]:
+def _tsv_layout(task: TaskSpec, first: list[str]) -> SplitSpec | None:
     """The task split whose layout the first row shows (a header naming its columns, or CoLA's 4 columns)."""
     for spec in (task.splits.get("eval"), task.splits.get("test")):
         if spec is None:
@@ -87,23 +88,27 @@ def read_lines(source: str, task: TaskSpec) -> Iterator[Line]:
         rows = rows if spec.header else iter([first, *rows])
         for number, fields in rows:
             if len(fields) != width:
-                raise UsageError(f"{source}:{number}: {len(fields)} tab-separated fields, but the {task.name} TSV "
-                                 f"layout of line {first[0]} has {width}")
+                raise UsageError(
+                    f"{source}:{number}: {len(fields)} tab-separated fields, but the {task.name} TSV "
+                    f"layout of line {first[0]} has {width}"
+                )
             yield Line(source, number, fields[columns[0]], fields[columns[1]] if len(columns) > 1 else None)
         return
     want = 2 if task.is_pair else 1
     for number, fields in iter([first, *rows]):
         if len(fields) != want:
             kind = "a sentence pair: two tab-separated fields" if task.is_pair else "one sentence, no tab"
-            raise UsageError(f"{source}:{number}: {len(fields)} tab-separated fields; a {task.name} example is "
-                             f"{kind} (or give a {task.name} TSV with its header)")
+            raise UsageError(
+                f"{source}:{number}: {len(fields)} tab-separated fields; a {task.name} example is "
+                f"{kind} (or give a {task.name} TSV with its header)"
+            )
         yield Line(source, number, fields[0], fields[1] if task.is_pair else None)
 
 
 class Featurizer:
     """Model inputs of raw text, as the model's training data was converted (convert.py)."""
 
-    def __init__(self, model_dir: Path, config: Dict[str, Any]):
+    def __init__(self, model_dir: Path, config: dict[str, Any]):
         data = config.get("data") or {}
         self.format, self.seq_length = data.get("format", "bert"), data.get("seq_length")
         lower = data.get("do_lower_case", True)
@@ -112,10 +117,12 @@ class Featurizer:
         self.tokenizer = FullTokenizer(str(model_dir / io.VOCAB_FILE), lower)
         self.words = load_vocab(model_dir / io.VOCAB_FILE) if self.format == "lstm" else None
 
-    def __call__(self, lines: Sequence[Line]) -> Dict[str, np.ndarray]:
+    def __call__(self, lines: Sequence[Line]) -> dict[str, np.ndarray]:
         rows = [self._one(line) for line in lines]
-        return {name: np.array([row[i] for row in rows], dtype=np.int32)
-                for i, name in enumerate(("input_ids", "input_mask", "segment_ids"))}
+        return {
+            name: np.array([row[i] for row in rows], dtype=np.int32)
+            for i, name in enumerate(("input_ids", "input_mask", "segment_ids"))
+        }
 
     def _one(self, line: Line):
         basic, wordpiece = self.tokenizer.basic_tokenizer, self.tokenizer.wordpiece_tokenizer
@@ -132,14 +139,17 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def prediction(line: Line, logits: np.ndarray, task: TaskSpec) -> Dict[str, Any]:
+def prediction(line: Line, logits: np.ndarray, task: TaskSpec) -> dict[str, Any]:
     """One output line: where the example came from, and the label with every label's probability."""
     where = {"source": line.source, "line": line.line}
     if task.is_regression:
         return {**where, "score": float(logits[0])}
     probabilities = _softmax(logits.astype(np.float64))
-    return {**where, "label": task.labels[int(np.argmax(logits))],
-            "probabilities": {label: float(p) for label, p in zip(task.labels, probabilities)}}
+    return {
+        **where,
+        "label": task.labels[int(np.argmax(logits))],
+        "probabilities": {label: float(p) for label, p in zip(task.labels, probabilities)},
+    }
 
 
 class OneFlowEngine:
@@ -156,7 +166,7 @@ class OneFlowEngine:
         self.placement = Placement(device)
         self.model = self.placement.module(io.load_model(model_dir)).eval()
 
-    def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         from distil.train.graph import MODEL_INPUTS
 
         flow, rows = self.flow, len(features["input_ids"])
@@ -165,13 +175,15 @@ class OneFlowEngine:
             logits = self.placement.gather(self.model.logits(*(batch[name] for name in MODEL_INPUTS)))
         return io.as_numpy(logits)[:rows]
 
-    def own_rows(self, features: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def own_rows(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """This process's equal share of the rows (every process sees all of them; the last row is repeated to
         make the shares equal, and its copies are dropped from the gathered logits)."""
         world, rank = self.placement.world_size, self.placement.rank
         share = -(-len(features["input_ids"]) // world)
-        return {k: np.concatenate([v, np.repeat(v[-1:], share * world - len(v), axis=0)])[rank * share:(rank + 1) * share]
-                for k, v in features.items()}
+        return {
+            k: np.concatenate([v, np.repeat(v[-1:], share * world - len(v), axis=0)])[rank * share : (rank + 1) * share]
+            for k, v in features.items()
+        }
 
 
 class OnnxEngine:
@@ -185,7 +197,7 @@ class OnnxEngine:
 
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def __call__(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         from distil.onnx_export import INPUTS, OUTPUT
 
         return self.session.run([OUTPUT], {name: features[name] for name in INPUTS})[0]
@@ -200,7 +212,7 @@ ENGINES = ("auto", "oneflow", "onnxruntime")
 PRECISIONS = ("fp32", "int8")  # int8: the dynamically quantized file of `export-onnx --quantize int8`
 
 
-def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], device: str, precision: str = "fp32"):
+def choose_engine(model_dir: Path, engine: str, onnx_file: Path | None, device: str, precision: str = "fp32"):
     """onnxruntime when asked, or (auto) when the ONNX file exists and is newer than the weights; else OneFlow.
     INT8 is only the quantized ONNX file: onnxruntime, and an error when it is missing or stale.
 
@@ -218,10 +230,14 @@ def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], devic
         return OneFlowEngine(model_dir, device)
     if not path.is_file():
         how = " --quantize int8" if int8 else ""
-        raise UsageError(f"{'--precision int8' if int8 else '--engine onnxruntime'}: no {path} (export it: "
-                         f"python -m distil export-onnx {model_dir}{how})")
+        raise UsageError(
+            f"{'--precision int8' if int8 else '--engine onnxruntime'}: no {path} (export it: "
+            f"python -m distil export-onnx {model_dir}{how})"
+        )
     if path.stat().st_mtime < io.weights_mtime(model_dir):
-        message = f"{path} is older than {model_dir / io.WEIGHTS_DIR}/ (re-export: python -m distil export-onnx {model_dir})"
+        message = (
+            f"{path} is older than {model_dir / io.WEIGHTS_DIR}/ (re-export: python -m distil export-onnx {model_dir})"
+        )
         if engine == "onnxruntime" or int8:
             raise UsageError(message)
         log.warning("%s; using OneFlow", message)
@@ -229,7 +245,7 @@ def choose_engine(model_dir: Path, engine: str, onnx_file: Optional[Path], devic
     return OnnxEngine(path)
 
 
-def _write_lines(out: IO[str], results: Sequence[Dict[str, Any]]) -> None:
+def _write_lines(out: IO[str], results: Sequence[dict[str, Any]]) -> None:
     for result in results:
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
 
@@ -237,8 +253,14 @@ def _write_lines(out: IO[str], results: Sequence[Dict[str, Any]]) -> None:
 CHUNK_BATCHES = 64  # batches sorted by length together (as group_by_length's mega-batches)
 
 
-def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, cut: bool,
-                     on_batch: Callable[[int], None], call_cost: Optional[int] = None) -> np.ndarray:
+def logits_by_length(
+    engine,
+    features: dict[str, np.ndarray],
+    batch_size: int,
+    cut: bool,
+    on_batch: Callable[[int], None],
+    call_cost: int | None = None,
+) -> np.ndarray:
     """The engine's logits of every row, in row order, from batches of rows of similar length (sorted, stably),
     each cut to its longest member when `cut` (the padding left out is work saved). Batches hold `batch_size`
     rows, or, given `call_cost` (an engine call's fixed cost in tokens), as many as `length_groups` chooses."""
@@ -248,7 +270,7 @@ def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, c
         groups = length_groups(lengths[order], batch_size, call_cost)
     else:
         groups = [(start, min(start + batch_size, len(order))) for start in range(0, len(order), batch_size)]
-    logits: Optional[np.ndarray] = None
+    logits: np.ndarray | None = None
     for start, end in groups:
         rows = order[start:end]
         width = max(1, int(lengths[rows].max())) if cut else features["input_ids"].shape[1]
@@ -260,7 +282,7 @@ def logits_by_length(engine, features: Dict[str, np.ndarray], batch_size: int, c
     return logits
 
 
-def length_groups(sorted_lengths: np.ndarray, batch_size: int, call_cost: int) -> List[Tuple[int, int]]:
+def length_groups(sorted_lengths: np.ndarray, batch_size: int, call_cost: int) -> list[tuple[int, int]]:
     """Split rows sorted by length into [start, end) runs of at most `batch_size` that minimise the tokens
     computed (rows x the run's longest length, padding included) plus `call_cost` tokens per engine call.
 
@@ -271,8 +293,9 @@ def length_groups(sorted_lengths: np.ndarray, batch_size: int, call_cost: int) -
     best, cut_at = [0] * (n + 1), [0] * (n + 1)
     for end in range(1, n + 1):
         width = max(1, int(sorted_lengths[end - 1]))
-        best[end], cut_at[end] = min((best[start] + call_cost + (end - start) * width, start)
-                                     for start in range(max(0, end - batch_size), end))
+        best[end], cut_at[end] = min(
+            (best[start] + call_cost + (end - start) * width, start) for start in range(max(0, end - batch_size), end)
+        )
     runs, end = [], n
     while end > 0:
         runs.append((cut_at[end], end))
@@ -280,9 +303,17 @@ def length_groups(sorted_lengths: np.ndarray, batch_size: int, call_cost: int) -
     return runs[::-1]
 
 
-def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batch_size: int, device: str,
-            engine: str = "auto", onnx_file: Optional[Path] = None, length_buckets: str = "auto",
-            precision: str = "fp32") -> Dict:
+def predict(
+    model_dir: Path,
+    inputs: Sequence[str],
+    output: Path | None,
+    batch_size: int,
+    device: str,
+    engine: str = "auto",
+    onnx_file: Path | None = None,
+    length_buckets: str = "auto",
+    precision: str = "fp32",
+) -> dict:
     """Classify every example of `inputs`; JSON lines into `output` (atomically) or onto stdout, in input order.
     With `length_buckets` auto, examples are batched by length and each batch cut to its longest member."""
     if batch_size < 1:
@@ -303,10 +334,11 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
     staged = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output and writer else None
     out = open(staged, "w", encoding="utf-8") if staged else sys.stdout if writer else open(os.devnull, "w")
     try:
-        with tqdm(total=len(lines), desc="predict", unit="example", dynamic_ncols=True,
-                  disable=None if writer else True) as progress:
+        with tqdm(
+            total=len(lines), desc="predict", unit="example", dynamic_ncols=True, disable=None if writer else True
+        ) as progress:
             for start in range(0, len(lines), batch_size * CHUNK_BATCHES):
-                chunk = lines[start:start + batch_size * CHUNK_BATCHES]
+                chunk = lines[start : start + batch_size * CHUNK_BATCHES]
                 logits = logits_by_length(engine, featurize(chunk), batch_size, cut, progress.update)
                 _write_lines(out, [prediction(line, row, task) for line, row in zip(chunk, logits)])
         if staged:
@@ -317,8 +349,14 @@ def predict(model_dir: Path, inputs: Sequence[str], output: Optional[Path], batc
             out.close()
         if staged:
             staged.unlink(missing_ok=True)
-    summary = {"model_dir": str(model_dir), "task": task.name, "examples": len(lines), "engine": engine.name,
-               "precision": precision, "length_buckets": "auto" if cut else "off",
-               "output": str(output) if output else "stdout"}
+    summary = {
+        "model_dir": str(model_dir),
+        "task": task.name,
+        "examples": len(lines),
+        "engine": engine.name,
+        "precision": precision,
+        "length_buckets": "auto" if cut else "off",
+        "output": str(output) if output else "stdout",
+    }
     log.info("predicted %d examples with %s (%s)", len(lines), model_dir, engine.name)
     return summary

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from distil.errors import UsageError
 from distil.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-def find_model_dirs(paths: Sequence[Path]) -> List[Path]:
+
+def find_model_dirs(paths: Sequence[Path]) -> list[Path]:
     """Trained task models (config.json with a task, and weights/) under `paths`, skipping training stages."""
     found = []
     for root in paths:
@@ -35,7 +37,7 @@ def find_model_dirs(paths: Sequence[Path]) -> List[Path]:
     return found
 
 
-def _architecture(config: Dict[str, Any]) -> Dict[str, Any]:
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
     model = config["model"]
     if model.get("model_type") == "bilstm":
         return {"layers": 1, "hidden": model["hidden_size"], "ffn": model["fc_size"]}
@@ -45,8 +47,14 @@ def _architecture(config: Dict[str, Any]) -> Dict[str, Any]:
 TIMED_PASSES = 3
 
 
-def measure(model_dir: Path, data_root: Path, batch_size: int, device: str, length_buckets: str = "auto",
-            passes: int = TIMED_PASSES) -> Dict[str, Any]:
+def measure(
+    model_dir: Path,
+    data_root: Path,
+    batch_size: int,
+    device: str,
+    length_buckets: str = "auto",
+    passes: int = TIMED_PASSES,
+) -> dict[str, Any]:
     """One model's row before the teacher-relative columns: sizes, a fresh dev evaluation (which also warms
     up), then the median throughput of `passes` more passes, as the benchmarks time (one pass of a busy
     machine once made a student look 3x slower than it is)."""
@@ -71,19 +79,33 @@ def measure(model_dir: Path, data_root: Path, batch_size: int, device: str, leng
     metric = task.metrics[0]
     saved = model_dir / "results_eval.json"
     if saved.is_file() and abs(json.loads(saved.read_text())[metric] - values[metric]) > 1e-6:
-        log.warning("%s: %s %.4f now, %.4f in results_eval.json", model_dir, metric, values[metric],
-                    json.loads(saved.read_text())[metric])
-    return {"model": model_dir.name, "algorithm": config["algorithm"]["name"], "task": task.name,
-            **_architecture(config), "parameters": size["parameters"], "size_mb": size["size_on_disk_mb"],
-            "examples_per_second": round(statistics.median(speeds), 1), "timed_passes": passes,
-            "metric": metric, "value": values[metric]}
+        log.warning(
+            "%s: %s %.4f now, %.4f in results_eval.json",
+            model_dir,
+            metric,
+            values[metric],
+            json.loads(saved.read_text())[metric],
+        )
+    return {
+        "model": model_dir.name,
+        "algorithm": config["algorithm"]["name"],
+        "task": task.name,
+        **_architecture(config),
+        "parameters": size["parameters"],
+        "size_mb": size["size_on_disk_mb"],
+        "examples_per_second": round(statistics.median(speeds), 1),
+        "timed_passes": passes,
+        "metric": metric,
+        "value": values[metric],
+    }
 
 
-def build_report(model_dirs: Sequence[Path], data_root: Path, batch_size: int = 32,
-                 device: str = "cpu", length_buckets: str = "auto") -> List[Dict[str, Any]]:
+def build_report(
+    model_dirs: Sequence[Path], data_root: Path, batch_size: int = 32, device: str = "cpu", length_buckets: str = "auto"
+) -> list[dict[str, Any]]:
     rows = [measure(d, data_root, batch_size, device, length_buckets) for d in model_dirs]
     teachers = [r for r in rows if r["algorithm"] == "teacher"]
-    teacher: Optional[Dict[str, Any]] = teachers[0] if teachers else None
+    teacher: dict[str, Any] | None = teachers[0] if teachers else None
     for row in rows:
         if teacher is not None and row["task"] == teacher["task"]:
             row["compression"] = round(teacher["parameters"] / row["parameters"], 2)
@@ -93,27 +115,49 @@ def build_report(model_dirs: Sequence[Path], data_root: Path, batch_size: int = 
     return sorted(rows, key=lambda r: (order.index(r["algorithm"]) if r["algorithm"] in order else 99, r["model"]))
 
 
-def to_markdown(rows: List[Dict[str, Any]]) -> str:
-    header = ["model", "algorithm", "layers", "hidden", "FFN", "parameters", "size (MB)", "compression",
-              "examples/s", "speed-up", "metric", "retained"]
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    header = [
+        "model",
+        "algorithm",
+        "layers",
+        "hidden",
+        "FFN",
+        "parameters",
+        "size (MB)",
+        "compression",
+        "examples/s",
+        "speed-up",
+        "metric",
+        "retained",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["model"], r["algorithm"], r["layers"], r["hidden"], r["ffn"], f"{r['parameters']:,}",
-                 f"{r['size_mb']:.2f}", _times(r.get("compression")), f"{r['examples_per_second']:.0f}",
-                 _times(r.get("speedup")), f"{r['metric']} {r['value']:.4f}",
-                 "" if r.get("retained_percent") is None else f"{r['retained_percent']:.1f} %"]
+        cells = [
+            r["model"],
+            r["algorithm"],
+            r["layers"],
+            r["hidden"],
+            r["ffn"],
+            f"{r['parameters']:,}",
+            f"{r['size_mb']:.2f}",
+            _times(r.get("compression")),
+            f"{r['examples_per_second']:.0f}",
+            _times(r.get("speedup")),
+            f"{r['metric']} {r['value']:.4f}",
+            "" if r.get("retained_percent") is None else f"{r['retained_percent']:.1f} %",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _times(value: Optional[float]) -> str:
+def _times(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}×"
 
 
 LABEL_OFFSETS = [(5, 4), (5, -12), (-8, 4), (-8, -12), (5, 16), (-8, 16), (5, -24), (-8, -24)]  # points
 
 
-def place_labels(ax, points: Sequence[Tuple[float, float]], labels: Sequence[str]) -> list:
+def place_labels(ax, points: Sequence[tuple[float, float]], labels: Sequence[str]) -> list:
     """Annotate each point with its label at the first offset where the label's box stays inside the axes and
     overlaps no label placed before it (two models with the same speed-up and metric must both stay
     readable): LABEL_OFFSETS around the point, then higher and higher above it."""
@@ -123,8 +167,14 @@ def place_labels(ax, points: Sequence[Tuple[float, float]], labels: Sequence[str
     placed, boxes = [], []
     for (x, y), label in zip(points, labels):
         for dx, dy in offsets:
-            note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
-                               ha="left" if dx >= 0 else "right")
+            note = ax.annotate(
+                label,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                fontsize=8,
+                ha="left" if dx >= 0 else "right",
+            )
             box = note.get_window_extent(renderer)
             inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
             if (inside and not any(box.overlaps(other) for other in boxes)) or (dx, dy) == offsets[-1]:
@@ -135,7 +185,7 @@ def place_labels(ax, points: Sequence[Tuple[float, float]], labels: Sequence[str
     return placed
 
 
-def plot(rows: List[Dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Metric against speed-up, one labelled point per model."""
     import matplotlib
 
@@ -158,7 +208,7 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_report(rows: List[Dict[str, Any]], output: Path) -> Dict[str, str]:
+def write_report(rows: list[dict[str, Any]], output: Path) -> dict[str, str]:
     """<output>.md, <output>.json and <output>.png, each written atomically."""
     output.parent.mkdir(parents=True, exist_ok=True)
     markdown = output.with_suffix(".md")
@@ -167,4 +217,8 @@ def write_report(rows: List[Dict[str, Any]], output: Path) -> Dict[str, str]:
     tmp.replace(markdown)
     write_json_atomic(output.with_suffix(".json"), rows)
     plot(rows, output.with_suffix(".png"))
-    return {"markdown": str(markdown), "json": str(output.with_suffix(".json")), "chart": str(output.with_suffix(".png"))}
+    return {
+        "markdown": str(markdown),
+        "json": str(output.with_suffix(".json")),
+        "chart": str(output.with_suffix(".png")),
+    }

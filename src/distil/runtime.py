@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from types import ModuleType
-from typing import Optional
 
 import numpy  # noqa: F401  (loaded first, so its own OpenBLAS never sees the setting below)
 
 from distil import blas, native
 
-_flow: Optional[ModuleType] = None
+_flow: ModuleType | None = None
 
 
 def _cpu_flags() -> set:

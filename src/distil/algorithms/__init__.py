@@ -11,10 +11,17 @@ import importlib
 from distil.errors import UsageError
 
 # name -> (module, class)
-ALGORITHMS = {"teacher": ("teacher", "Teacher"), "kd": ("kd", "KD"), "distilled_lstm": ("distilled_lstm", "DistilledLstm"),
-              "bert_pkd": ("bert_pkd", "BertPKD"), "tinybert": ("tinybert", "TinyBert"), "theseus": ("theseus", "Theseus"),
-              "recipe": ("recipe", "Recipe"), "general_tinybert": ("general", "GeneralTinyBert"),
-              "general_minilm": ("general", "GeneralMiniLM")}
+ALGORITHMS = {
+    "teacher": ("teacher", "Teacher"),
+    "kd": ("kd", "KD"),
+    "distilled_lstm": ("distilled_lstm", "DistilledLstm"),
+    "bert_pkd": ("bert_pkd", "BertPKD"),
+    "tinybert": ("tinybert", "TinyBert"),
+    "theseus": ("theseus", "Theseus"),
+    "recipe": ("recipe", "Recipe"),
+    "general_tinybert": ("general", "GeneralTinyBert"),
+    "general_minilm": ("general", "GeneralMiniLM"),
+}
 
 
 def get_algorithm(name: str):

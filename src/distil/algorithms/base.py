@@ -6,7 +6,7 @@ the same way for all of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any
 
 from distil.algorithms.options import Options
 from distil.data.tasks import TASKS, TaskSpec, get_task
@@ -17,8 +17,9 @@ from distil.train.settings import TrainSettings
 __all__ = ["Algorithm", "Built", "RunConfig", "Stage", "format_lr", "format_number", "table"]
 
 
-def table(rows: Dict[str, Tuple[float, int, float]],
-          default: Tuple[float, int, float] = (2e-5, 5, 0.0001)) -> Dict[str, Tuple[float, int, float]]:
+def table(
+    rows: dict[str, tuple[float, int, float]], default: tuple[float, int, float] = (2e-5, 5, 0.0001)
+) -> dict[str, tuple[float, int, float]]:
     """A per-task (learning rate, epochs, weight decay) table: the original's rows, MNLI's row elsewhere.
 
     The original scripts give MNLI and WNLI (2e-5, 5, 0.0001) for every algorithm; tasks they
@@ -42,27 +43,27 @@ class Algorithm:
     """Subclasses set `name`, `options` (their dataclass), the per-task table and implement `build`."""
 
     name = "base"
-    eval_script = ""               # the scripts/ command that evaluates this algorithm's models
-    options: Type[Options] = Options
+    eval_script = ""  # the scripts/ command that evaluates this algorithm's models
+    options: type[Options] = Options
     # (learning rate, epochs, weight decay) per task, from the original's run_train_*.sh
-    task_settings: Dict[str, Tuple[float, int, float]] = {}
+    task_settings: dict[str, tuple[float, int, float]] = {}
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         raise NotImplementedError
 
     def task(self, name: str) -> TaskSpec:
         """The task trained: the GLUE task named (general distillation has its own)."""
         return get_task(name)
 
-    def data(self, run: RunConfig, task: TaskSpec) -> Tuple[Path, Dict[str, Path]]:
+    def data(self, run: RunConfig, task: TaskSpec) -> tuple[Path, dict[str, Path]]:
         """(train split, {eval split name: dir}): <data_root>/<TASK><data_suffix>/ by default."""
         return data_dirs(run.data_root, task, self.data_suffix(run.options), self.train_split(run.options))
 
-    def evaluator(self, built: Built, split, settings: TrainSettings, placement) -> Optional[Any]:
+    def evaluator(self, built: Built, split, settings: TrainSettings, placement) -> Any | None:
         """What scores a stage on its dev split each epoch; None: the task's metrics on the model's logits."""
         return None
 
-    def stages(self, run: RunConfig) -> List[Stage]:
+    def stages(self, run: RunConfig) -> list[Stage]:
         """One stage by default; TinyBERT two-stage and Theseus chain two, the first in a nested directory."""
         return [Stage("train", run.model_save_dir, run.settings)]
 
@@ -74,16 +75,20 @@ class Algorithm:
         """The split to train on (TinyBERT can train on the augmented one)."""
         return "train"
 
-    def defaults(self, task: TaskSpec) -> Tuple[float, int, float]:
+    def defaults(self, task: TaskSpec) -> tuple[float, int, float]:
         if task.name not in self.task_settings:
-            raise UsageError(f"{self.name} has no default settings for {task.name} (tasks with defaults: "
-                             f"{', '.join(self.task_settings)}); give --learning_rate, --epochs, --weight_decay")
+            raise UsageError(
+                f"{self.name} has no default settings for {task.name} (tasks with defaults: "
+                f"{', '.join(self.task_settings)}); give --learning_rate, --epochs, --weight_decay"
+            )
         return self.task_settings[task.name]
 
     def model_id(self, task: TaskSpec, settings: TrainSettings, options: Options) -> str:
         """The original's id scheme: <prefix>_epoch-E_lr-LR_wd-WD[_kd_alpha-A][_kd_beta-B]."""
-        return f"{self.id_prefix(task, options)}_epoch-{settings.epochs}_lr-{format_lr(settings.learning_rate)}" \
-               f"_wd-{format_number(settings.weight_decay)}{self.id_suffix(options)}"
+        return (
+            f"{self.id_prefix(task, options)}_epoch-{settings.epochs}_lr-{format_lr(settings.learning_rate)}"
+            f"_wd-{format_number(settings.weight_decay)}{self.id_suffix(options)}"
+        )
 
     def id_prefix(self, task: TaskSpec, options: Options) -> str:
         return self.name

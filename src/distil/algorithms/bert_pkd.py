@@ -13,12 +13,17 @@ Original: examples/bert-pkd/task_student_bert-pkd.py.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, format_number, table
 from distil.algorithms.options import PKDOptions, parse_layer_list, parse_layer_map
-from distil.algorithms.students import (build_bert_student, check_layer_mapping, fit_dense, load_teacher,
-                                        student_from_teacher)
+from distil.algorithms.students import (
+    build_bert_student,
+    check_layer_mapping,
+    fit_dense,
+    load_teacher,
+    student_from_teacher,
+)
 from distil.data.tasks import TaskSpec
 from distil.models import io
 from distil.train.step import DistillStep, hard_label, hidden_states, soft_labels
@@ -28,16 +33,19 @@ class BertPKD(Algorithm):
     name = "bert_pkd"
     eval_script = "run_eval_student_bert_pkd.sh"
     options = PKDOptions
-    task_settings = table({"CoLA": (5e-5, 100, 0.0001), "MRPC": (2e-5, 5, 0.001), "SST-2": (2e-5, 4, 0.0001),
-                           "RTE": (3e-5, 5, 0.0001)})
+    task_settings = table(
+        {"CoLA": (5e-5, 100, 0.0001), "MRPC": (2e-5, 5, 0.001), "SST-2": (2e-5, 4, 0.0001), "RTE": (3e-5, 5, 0.0001)}
+    )
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         options: PKDOptions = run.options
         teacher, teacher_config = load_teacher(options, task, train_meta)
         layers = parse_layer_list(options.layer_list, teacher_config["num_hidden_layers"])
         if options.student_model or options.from_scratch:
-            defaults = {**{k: teacher_config[k] for k in ("hidden_size", "num_attention_heads", "intermediate_size")},
-                        "num_hidden_layers": len(layers)}
+            defaults = {
+                **{k: teacher_config[k] for k in ("hidden_size", "num_attention_heads", "intermediate_size")},
+                "num_hidden_layers": len(layers),
+            }
             student, config, vocab, _ = build_bert_student(options, teacher_config, task, defaults, train_meta)
         else:
             student, config = student_from_teacher(teacher, teacher_config, layers)
@@ -45,9 +53,11 @@ class BertPKD(Algorithm):
         mapping = parse_layer_map(options.pkd_layer_map)
         check_layer_mapping(config, teacher_config, mapping, "LAYER_LIST / --layer_list, or --pkd_layer_map")
         operator = "pkd_patient" if options.pkd_loss == "patient" else "layer_distill"
-        terms = [hard_label(1 - options.kd_alpha),
-                 soft_labels(options.kd_alpha, options.temperature, options.pred_distill_mode),
-                 hidden_states(options.kd_beta, mapping, operator=operator)]
+        terms = [
+            hard_label(1 - options.kd_alpha),
+            soft_labels(options.kd_alpha, options.temperature, options.pred_distill_mode),
+            hidden_states(options.kd_beta, mapping, operator=operator),
+        ]
         projection = fit_dense(config["hidden_size"], teacher_config["hidden_size"])
         return Built(student, config, DistillStep(student, terms, teacher, projection), vocab)
 

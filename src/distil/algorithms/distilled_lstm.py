@@ -11,7 +11,7 @@ Original: examples/distilled-bilstm/task_student_kd_lstm.py.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, format_number, table
 from distil.algorithms.options import LstmOptions
@@ -26,25 +26,41 @@ class DistilledLstm(Algorithm):
     name = "distilled_lstm"
     eval_script = "run_eval_student_distilled_lstm.sh"
     options = LstmOptions
-    task_settings = table({"CoLA": (5e-5, 100, 0.0001), "MRPC": (5e-6, 30, 0.001), "SST-2": (1e-4, 5, 0.0001),
-                           "QQP": (7e-5, 10, 0.0001), "RTE": (2e-5, 30, 0.0001)})
+    task_settings = table(
+        {
+            "CoLA": (5e-5, 100, 0.0001),
+            "MRPC": (5e-6, 30, 0.001),
+            "SST-2": (1e-4, 5, 0.0001),
+            "QQP": (7e-5, 10, 0.0001),
+            "RTE": (2e-5, 30, 0.0001),
+        }
+    )
 
     def data_suffix(self, options: LstmOptions) -> str:
         return f"_lstm_{options.lstm_seq_length}"
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         options: LstmOptions = run.options
         if train_meta.get("format") != "lstm":
             raise UsageError(f"{train_meta.get('source')}: not Distilled-BiLSTM data (run glue_process.sh)")
         teacher, _ = load_teacher(options, task, train_meta, vocab_meta_key="teacher_vocab")
         vocab = train_meta["vocab"]
-        student = io.build_model({
-            "model_type": "bilstm", "vocab_size": vocab["size"], "pad_token_id": vocab["pad_id"],
-            "num_labels": task.num_labels, "pair_mode": options.lstm_pair_mode if task.is_pair else "single",
-            "embedding_size": options.lstm_embedding_size, "hidden_size": options.lstm_hidden_size,
-            "fc_size": options.lstm_fc_size})
-        terms = [hard_label(1 - options.kd_alpha),  # original: alpha weights the soft term here
-                 soft_labels(options.kd_alpha, options.temperature, options.pred_distill_mode)]
+        student = io.build_model(
+            {
+                "model_type": "bilstm",
+                "vocab_size": vocab["size"],
+                "pad_token_id": vocab["pad_id"],
+                "num_labels": task.num_labels,
+                "pair_mode": options.lstm_pair_mode if task.is_pair else "single",
+                "embedding_size": options.lstm_embedding_size,
+                "hidden_size": options.lstm_hidden_size,
+                "fc_size": options.lstm_fc_size,
+            }
+        )
+        terms = [
+            hard_label(1 - options.kd_alpha),  # original: alpha weights the soft term here
+            soft_labels(options.kd_alpha, options.temperature, options.pred_distill_mode),
+        ]
         step = DistillStep(student, terms, teacher, teacher_view="teacher_")
         vocab_file = run.data_root / f"{task.name}{self.data_suffix(options)}" / io.VOCAB_FILE
         return Built(student, student.config.to_dict(), step, vocab_file)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage
 from distil.algorithms.kd import TINY_STUDENT
@@ -39,18 +39,20 @@ class General(Algorithm):
     def task(self, name: str) -> TaskSpec:
         return PRETRAINING
 
-    def data(self, run: RunConfig, task: TaskSpec) -> Tuple[Path, Dict[str, Path]]:
+    def data(self, run: RunConfig, task: TaskSpec) -> tuple[Path, dict[str, Path]]:
         """CORPUS_DIR/train and CORPUS_DIR/dev as pregenerate writes them."""
         train, dev = run.data_root / "train", run.data_root / "dev"
         for split in (train, dev):
             if not (split / ofrecord.META_FILE).is_file():
-                raise UsageError(f"no pregenerated data at {split} (run: CORPUS=<text file> bash "
-                                 f"scripts/run_pregenerate_training_data.sh, then give its OUTPUT_DIR as --data_root)")
+                raise UsageError(
+                    f"no pregenerated data at {split} (run: CORPUS=<text file> bash "
+                    f"scripts/run_pregenerate_training_data.sh, then give its OUTPUT_DIR as --data_root)"
+                )
         if ofrecord.read_meta(train).get("format") != "pretraining":
             raise UsageError(f"{train} is not pregenerated text (python -m distil pregenerate writes it)")
         return train, {"eval": dev}
 
-    def stages(self, run: RunConfig) -> List[Stage]:
+    def stages(self, run: RunConfig) -> list[Stage]:
         return [Stage("general", run.model_save_dir, dataclasses.replace(run.settings, select_best=False))]
 
     def evaluator(self, built: Built, split, settings, placement):
@@ -61,7 +63,7 @@ class General(Algorithm):
     def default_dir(self, models_root: Path, task: TaskSpec, model_id: str) -> Path:
         return models_root / "general_student" / model_id
 
-    def pair(self, run: RunConfig, stage: Stage, train_meta: Dict[str, Any]):
+    def pair(self, run: RunConfig, stage: Stage, train_meta: dict[str, Any]):
         """(teacher, its config, student, its config, vocab file, a checkpoint's fit_dense weights)."""
         from distil.algorithms.students import build_bert_student, load_pretrained_teacher
 
@@ -69,15 +71,16 @@ class General(Algorithm):
         if not options.teacher_model:
             raise UsageError("--teacher_model is required: a pretrained BERT (a model dir or a Hugging Face folder)")
         teacher, teacher_config = load_pretrained_teacher(Path(options.teacher_model), train_meta)
-        student, config, vocab, projection = build_bert_student(options, teacher_config, PRETRAINING, TINY_STUDENT,
-                                                                train_meta)
+        student, config, vocab, projection = build_bert_student(
+            options, teacher_config, PRETRAINING, TINY_STUDENT, train_meta
+        )
         return teacher, teacher_config, student, config, vocab, projection
 
 
 class GeneralTinyBert(General):
     name = "general_tinybert"
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         from distil.algorithms.options import parse_layer_map
         from distil.algorithms.students import check_layer_mapping, fit_dense
         from distil.train.step import DistillStep, attention, hidden_states
@@ -85,12 +88,15 @@ class GeneralTinyBert(General):
         teacher, teacher_config, student, config, vocab, projection = self.pair(run, stage, train_meta)
         heads = (config["num_attention_heads"], teacher_config["num_attention_heads"])
         if heads[0] != heads[1]:
-            raise UsageError(f"TinyBERT compares attention head by head: the student has {heads[0]} heads, the "
-                             f"teacher {heads[1]} (--student_num_attention_heads)")
+            raise UsageError(
+                f"TinyBERT compares attention head by head: the student has {heads[0]} heads, the "
+                f"teacher {heads[1]} (--student_num_attention_heads)"
+            )
         mapping = parse_layer_map(run.options.layer_map, "--layer_map")
         check_layer_mapping(config, teacher_config, mapping, "--layer_map (e.g. 0,2,3,5,6 for 4 of 6 layers)")
-        fit = fit_dense(config["hidden_size"], teacher_config["hidden_size"], projection,
-                        str(run.options.student_model))
+        fit = fit_dense(
+            config["hidden_size"], teacher_config["hidden_size"], projection, str(run.options.student_model)
+        )
         if fit is not None:
             student.fit_dense = fit  # saved with the student's weights, for task TinyBERT to start from
         terms = [attention(mapping=mapping), hidden_states(1.0, mapping)]
@@ -100,7 +106,7 @@ class GeneralTinyBert(General):
 class GeneralMiniLM(General):
     name = "general_minilm"
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         from distil.train.step import DistillStep, LossTerm
 
         teacher, teacher_config, student, config, vocab, _ = self.pair(run, stage, train_meta)
@@ -111,7 +117,8 @@ class GeneralMiniLM(General):
             operators = ("query_relation", "key_relation", "value_relation")
         for width, who in ((config["hidden_size"], "student"), (teacher_config["hidden_size"], "teacher")):
             if width % heads:
-                raise UsageError(f"MiniLM's relations use the student's {heads} heads, which must divide the {who}'s "
-                                 f"width {width}")
+                raise UsageError(
+                    f"MiniLM's relations use the student's {heads} heads, which must divide the {who}'s width {width}"
+                )
         terms = [LossTerm(f"{operator}_loss", operator) for operator in operators]
         return Built(student, config, DistillStep(student, terms, teacher), vocab)

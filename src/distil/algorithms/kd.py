@@ -8,7 +8,7 @@ random init, kd_alpha 0.8, T 1).
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, format_number, table
 from distil.algorithms.options import KDOptions
@@ -23,15 +23,18 @@ class KD(Algorithm):
     name = "kd"
     eval_script = "run_eval_student_kd.sh"
     options = KDOptions
-    task_settings = table({"CoLA": (5e-5, 70, 0.0001), "MRPC": (2e-5, 5, 0.001), "SST-2": (2e-5, 4, 0.0001),
-                           "QQP": (5e-5, 5, 0.0001)})
+    task_settings = table(
+        {"CoLA": (5e-5, 70, 0.0001), "MRPC": (2e-5, 5, 0.001), "SST-2": (2e-5, 4, 0.0001), "QQP": (5e-5, 5, 0.0001)}
+    )
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         options: KDOptions = run.options
         teacher, teacher_config = load_teacher(options, task, train_meta, several=True)
         student, config, vocab, _ = build_bert_student(options, teacher_config, task, TINY_STUDENT, train_meta)
-        terms = [hard_label(options.kd_alpha),
-                 soft_labels(1 - options.kd_alpha, options.temperature, options.pred_distill_mode)]
+        terms = [
+            hard_label(options.kd_alpha),
+            soft_labels(1 - options.kd_alpha, options.temperature, options.pred_distill_mode),
+        ]
         return Built(student, config, DistillStep(student, terms, teacher), vocab)
 
     def id_prefix(self, task: TaskSpec, options: KDOptions) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -25,25 +25,36 @@ from distil.runtime import import_oneflow
 flow = import_oneflow()
 log = logging.getLogger(__name__)
 
-def teacher_dirs(options: StudentOptions) -> List[Path]:
+
+def teacher_dirs(options: StudentOptions) -> list[Path]:
     """`--teacher_model` as a list: one model directory, or several separated by commas."""
     if not options.teacher_model:
         return []
     return [Path(p.strip()) for p in str(options.teacher_model).split(",") if p.strip()]
 
 
-def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any], vocab_meta_key: str = "vocab",
-                 several: bool = False, weights: Optional[List[float]] = None) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+def load_teacher(
+    options: StudentOptions,
+    task: TaskSpec,
+    meta: dict[str, Any],
+    vocab_meta_key: str = "vocab",
+    several: bool = False,
+    weights: list[float] | None = None,
+) -> tuple[flow.nn.Module, dict[str, Any]]:
     """The fine-tuned teacher of `--teacher_model`, frozen and in eval mode, checked against task and data; with
     `several` (algorithms whose teacher terms read logits only), a comma list of teachers as one
     `TeacherEnsemble` (the first one's config)."""
     paths = teacher_dirs(options)
     if not paths:
-        raise UsageError("--teacher_model is required: the fine-tuned teacher's model directory "
-                         "(bash scripts/run_train_teacher.sh writes one)")
+        raise UsageError(
+            "--teacher_model is required: the fine-tuned teacher's model directory "
+            "(bash scripts/run_train_teacher.sh writes one)"
+        )
     if len(paths) > 1 and not several:
-        raise UsageError(f"--teacher_model names {len(paths)} teachers; several teachers average their logits, so "
-                         "they serve algorithms whose teacher terms read logits only (kd, or a recipe of such terms)")
+        raise UsageError(
+            f"--teacher_model names {len(paths)} teachers; several teachers average their logits, so "
+            "they serve algorithms whose teacher terms read logits only (kd, or a recipe of such terms)"
+        )
     rng = flow.get_rng_state()  # loading draws random initial weights: the student's must not depend on it
     try:
         loaded = [_load_one_teacher(path, task, meta, vocab_meta_key) for path in paths]
@@ -54,7 +65,7 @@ def load_teacher(options: StudentOptions, task: TaskSpec, meta: Dict[str, Any], 
     return TeacherEnsemble([teacher for teacher, _ in loaded], weights, paths), loaded[0][1]
 
 
-def load_pretrained_teacher(path: Path, meta: Dict[str, Any]) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+def load_pretrained_teacher(path: Path, meta: dict[str, Any]) -> tuple[flow.nn.Module, dict[str, Any]]:
     """A pretrained (not fine-tuned) BERT teacher for general distillation, frozen and in eval mode: a model dir
     or a Hugging Face folder whose vocabulary is the data's; its head, never read, stays as initialised."""
     pretrained = io.read_pretrained(path)
@@ -74,14 +85,18 @@ def load_pretrained_teacher(path: Path, meta: Dict[str, Any]) -> Tuple[flow.nn.M
     return teacher.eval(), config
 
 
-def _load_one_teacher(path: Path, task: TaskSpec, meta: Dict[str, Any], vocab_meta_key: str
-                      ) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+def _load_one_teacher(
+    path: Path, task: TaskSpec, meta: dict[str, Any], vocab_meta_key: str
+) -> tuple[flow.nn.Module, dict[str, Any]]:
     config = io.read_config(path)
     teacher_task = (config.get("task") or {}).get("name")
     if teacher_task != task.name:
         raise UsageError(f"the teacher {path} was fine-tuned for {teacher_task}, not {task.name}")
-    check_vocab(Path(path) / io.VOCAB_FILE, {"vocab": meta.get(vocab_meta_key, {}), "source": meta.get("source")},
-                f"the teacher {path}")
+    check_vocab(
+        Path(path) / io.VOCAB_FILE,
+        {"vocab": meta.get(vocab_meta_key, {}), "source": meta.get("source")},
+        f"the teacher {path}",
+    )
     teacher = io.load_model(path)
     for parameter in teacher.parameters():
         parameter.requires_grad = False
@@ -93,7 +108,7 @@ class TeacherEnsemble(flow.nn.Module):
     normalised to sum to 1 (equal by default), as TextBrewer's MultiTeacherDistiller averages them. It has
     logits only: hidden-state and attention terms compare against one teacher's layers."""
 
-    def __init__(self, teachers: List[flow.nn.Module], weights: Optional[List[float]], names: List[Path]):
+    def __init__(self, teachers: list[flow.nn.Module], weights: list[float] | None, names: list[Path]):
         super().__init__()
         weights = list(weights) if weights else [1.0] * len(teachers)
         if len(weights) != len(teachers) or min(weights) <= 0:
@@ -112,13 +127,18 @@ class TeacherEnsemble(flow.nn.Module):
             total = logits if total is None else total + logits
         return total
 
-    def forward(self, *inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+    def forward(self, *inputs: flow.Tensor) -> dict[str, flow.Tensor]:
         return {"logits": self.logits(*inputs)}
 
 
-def build_bert_student(options: BertStudentOptions, teacher_config: Dict[str, Any], task: TaskSpec,
-                       defaults: Dict[str, int], meta: Dict[str, Any], init: Optional[Path] = None
-                       ) -> Tuple[flow.nn.Module, Dict[str, Any], Path, Dict[str, Any]]:
+def build_bert_student(
+    options: BertStudentOptions,
+    teacher_config: dict[str, Any],
+    task: TaskSpec,
+    defaults: dict[str, int],
+    meta: dict[str, Any],
+    init: Path | None = None,
+) -> tuple[flow.nn.Module, dict[str, Any], Path, dict[str, Any]]:
     """(student, its config, its vocab file, a checkpoint's fit_dense weights): random init with the teacher's
     vocab, or from `init` (default `--student_model`)."""
     init = init or options.student_model
@@ -137,8 +157,9 @@ def build_bert_student(options: BertStudentOptions, teacher_config: Dict[str, An
     return student, config, pretrained.vocab_file, pretrained.projection
 
 
-def fit_dense(student_width: int, teacher_width: int, state: Optional[Dict[str, Any]] = None,
-              source: str = "") -> Optional[flow.nn.Linear]:
+def fit_dense(
+    student_width: int, teacher_width: int, state: dict[str, Any] | None = None, source: str = ""
+) -> flow.nn.Linear | None:
     """The recipe's width projection of student hidden states (TinyBERT's fit_dense), or None when widths match.
 
     `state` ({"weight", "bias"}, e.g. a General TinyBERT's own) initialises it; else N(0, 0.02) and zeros.
@@ -160,25 +181,31 @@ def fit_dense(student_width: int, teacher_width: int, state: Optional[Dict[str, 
     return layer
 
 
-def check_layer_mapping(student_config: Dict[str, Any], teacher_config: Dict[str, Any], mapping: Any = "uniform",
-                        flag: str = "--student_num_hidden_layers") -> None:
+def check_layer_mapping(
+    student_config: dict[str, Any],
+    teacher_config: dict[str, Any],
+    mapping: Any = "uniform",
+    flag: str = "--student_num_hidden_layers",
+) -> None:
     """Fail before training (not at graph compile time) when the layers cannot be mapped."""
     try:
         layer_mapping(student_config["num_hidden_layers"], teacher_config["num_hidden_layers"], mapping)
     except ValueError as e:
-        raise UsageError(f"{str(e).split('; ')[0]}; choose a student layer count that divides the teacher's "
-                         f"({flag})") from None
+        raise UsageError(
+            f"{str(e).split('; ')[0]}; choose a student layer count that divides the teacher's ({flag})"
+        ) from None
 
 
-def student_from_teacher(teacher: flow.nn.Module, teacher_config: Dict[str, Any],
-                         layers: List[int]) -> Tuple[flow.nn.Module, Dict[str, Any]]:
+def student_from_teacher(
+    teacher: flow.nn.Module, teacher_config: dict[str, Any], layers: list[int]
+) -> tuple[flow.nn.Module, dict[str, Any]]:
     """A BERT whose layer j is a copy of teacher layer layers[j]; embeddings, pooler, classifier copied too."""
     config = {**teacher_config, "num_hidden_layers": len(layers)}
     student = io.build_model(config)
     state = {}
     for name, value in teacher.state_dict().items():
         if name.startswith("bert.encoder.layer."):
-            index, rest = name[len("bert.encoder.layer."):].split(".", 1)
+            index, rest = name[len("bert.encoder.layer.") :].split(".", 1)
             if int(index) in layers:
                 state[f"bert.encoder.layer.{layers.index(int(index))}.{rest}"] = value
         else:
@@ -187,13 +214,19 @@ def student_from_teacher(teacher: flow.nn.Module, teacher_config: Dict[str, Any]
     return student, config
 
 
-def generate_student(teacher_dir: Path, student_dir: Path, layer_list: str) -> Dict[str, Any]:
+def generate_student(teacher_dir: Path, student_dir: Path, layer_list: str) -> dict[str, Any]:
     """Write the student built from teacher layers as a model dir (original: bert-pkd_generate_student_model.py)."""
     teacher = io.load_model(teacher_dir)
     config = io.read_config(teacher_dir)
     layers = parse_layer_list(layer_list, config["model"]["num_hidden_layers"])
     student, model_config = student_from_teacher(teacher, config["model"], layers)
-    io.write_new_model_dir(student_dir, student, model_config, teacher_dir / io.VOCAB_FILE,
-                           {"name": "bert_pkd_init", "teacher": str(teacher_dir), "layer_list": layers},
-                           task=config["task"], data=config["data"])
+    io.write_new_model_dir(
+        student_dir,
+        student,
+        model_config,
+        teacher_dir / io.VOCAB_FILE,
+        {"name": "bert_pkd_init", "teacher": str(teacher_dir), "layer_list": layers},
+        task=config["task"],
+        data=config["data"],
+    )
     return {"model_dir": str(student_dir), "teacher": str(teacher_dir), "layer_list": layers}

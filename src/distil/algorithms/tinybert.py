@@ -14,7 +14,7 @@ Original: examples/tinybert/task_student_tinybert.py.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any
 
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, table
 from distil.algorithms.kd import TINY_STUDENT
@@ -31,34 +31,46 @@ class TinyBert(Algorithm):
     name = "tinybert"
     eval_script = "run_eval_student_tinybert.sh"
     options = TinyBertOptions
-    task_settings = table({"CoLA": (7e-5, 100, 0.0001), "MRPC": (2e-5, 30, 0.001), "SST-2": (2e-5, 4, 0.0001),
-                           "QQP": (1e-4, 5, 0.0001)})
+    task_settings = table(
+        {"CoLA": (7e-5, 100, 0.0001), "MRPC": (2e-5, 30, 0.001), "SST-2": (2e-5, 4, 0.0001), "QQP": (1e-4, 5, 0.0001)}
+    )
 
     def train_split(self, options: TinyBertOptions) -> str:
         return "train_aug" if options.aug_train else "train"
 
-    def stages(self, run: RunConfig) -> List[Stage]:
+    def stages(self, run: RunConfig) -> list[Stage]:
         options: TinyBertOptions = run.options
         if options.tinybert_mode == "one_stage":
             return [Stage("one_stage", run.model_save_dir, run.settings)]
         epochs = options.intermediate_epochs or INTERMEDIATE_EPOCHS.get(run.task, 20)
-        intermediate = Stage("intermediate", run.model_save_dir / "intermediate_stage", dataclasses.replace(
-            run.settings, epochs=epochs, learning_rate=options.intermediate_learning_rate, select_best=False),
-                             final=False)
+        intermediate = Stage(
+            "intermediate",
+            run.model_save_dir / "intermediate_stage",
+            dataclasses.replace(
+                run.settings, epochs=epochs, learning_rate=options.intermediate_learning_rate, select_best=False
+            ),
+            final=False,
+        )
         return [intermediate, Stage("prediction", run.model_save_dir, run.settings, init=intermediate.model_dir)]
 
-    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: Dict[str, Any]) -> Built:
+    def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         options: TinyBertOptions = run.options
         teacher, teacher_config = load_teacher(options, task, train_meta)
-        student, config, vocab, projection = build_bert_student(options, teacher_config, task, TINY_STUDENT,
-                                                                train_meta, init=stage.init)
+        student, config, vocab, projection = build_bert_student(
+            options, teacher_config, task, TINY_STUDENT, train_meta, init=stage.init
+        )
         if config["num_attention_heads"] != teacher_config["num_attention_heads"]:
-            raise UsageError(f"TinyBERT compares attention head by head: the student has "
-                             f"{config['num_attention_heads']} heads, the teacher {teacher_config['num_attention_heads']}")
+            raise UsageError(
+                f"TinyBERT compares attention head by head: the student has "
+                f"{config['num_attention_heads']} heads, the teacher {teacher_config['num_attention_heads']}"
+            )
         check_layer_mapping(config, teacher_config)
         terms = [] if stage.name == "prediction" else [attention(), hidden_states(1.0)]
         if stage.name != "intermediate":
             terms.append(soft_labels(1.0, options.temperature, options.pred_distill_mode))
-        fit = None if stage.name == "prediction" else fit_dense(config["hidden_size"], teacher_config["hidden_size"],
-                                                                projection, str(options.student_model))
+        fit = (
+            None
+            if stage.name == "prediction"
+            else fit_dense(config["hidden_size"], teacher_config["hidden_size"], projection, str(options.student_model))
+        )
         return Built(student, config, DistillStep(student, terms, teacher, fit), vocab)

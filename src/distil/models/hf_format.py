@@ -150,7 +150,7 @@ def _read_legacy(path: Path) -> Dict[str, np.ndarray]:
     with open(path, "rb") as f:
         try:
             magic = pickle.load(f)
-        except Exception:  # noqa: BLE001  (any unpickling failure means: not a checkpoint)
+        except Exception:  # (any unpickling failure means: not a checkpoint)
             magic = None
         if magic != LEGACY_MAGIC:
             raise UsageError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor the legacy format)")

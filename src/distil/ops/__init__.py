@@ -8,5 +8,12 @@ from distil.ops.distill import att_distill, layer_distill, layer_mapping, pkd_pa
 from distil.ops.losses import hard_label_loss
 from distil.ops.theseus import TheseusEncoder
 
-__all__ = ["TheseusEncoder", "att_distill", "hard_label_loss", "layer_distill", "layer_mapping",
-           "pkd_patient_loss", "pred_distill"]
+__all__ = [
+    "TheseusEncoder",
+    "att_distill",
+    "hard_label_loss",
+    "layer_distill",
+    "layer_mapping",
+    "pkd_patient_loss",
+    "pred_distill",
+]

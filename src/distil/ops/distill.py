@@ -7,22 +7,26 @@ so gradients reach the student only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from numbers import Integral
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from distil.runtime import import_oneflow
 
 flow = import_oneflow()
 F = flow.nn.functional
 
-LayerMap = Union[str, Sequence[int]]
+LayerMap = str | Sequence[int]
 PRED_MODES = ("soft_ce", "kl", "mse")
 MAPPINGS = ("uniform", "last")
 MASKED = -100.0  # attention scores at or below this are padding keys (the model adds -10000)
 
 
-def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor,
-                 temperature: Union[float, flow.Tensor] = 1.0, mode: str = "soft_ce") -> flow.Tensor:
+def pred_distill(
+    student_logits: flow.Tensor,
+    teacher_logits: flow.Tensor,
+    temperature: float | flow.Tensor = 1.0,
+    mode: str = "soft_ce",
+) -> flow.Tensor:
     """Soft-label (prediction) distillation; p_t = softmax(z_t/T), log q_s = log_softmax(z_s/T).
 
     soft_ce (the original): mean over all B·C elements of -p_t·log q_s (no T²);
@@ -38,16 +42,18 @@ def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor,
     if mode not in PRED_MODES:
         raise ValueError(f"unknown pred_distill mode '{mode}'; valid modes: {', '.join(PRED_MODES)}")
     if tuple(student_logits.shape) != tuple(teacher_logits.shape):
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ in shape")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape"
+        )
     teacher_logits = teacher_logits.detach()
     if mode == "mse" or student_logits.shape[-1] == 1:
         return F.mse_loss(student_logits, teacher_logits)
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)        # (B, C)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)  # (B, C)
     if mode == "soft_ce":
         return (-F.softmax(teacher_logits / temperature, dim=-1) * log_q).mean()
-    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)        # (B, C)
-    kl = (flow.exp(log_p) * (log_p - log_q)).sum(dim=-1)               # (B,)
+    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)  # (B, C)
+    kl = (flow.exp(log_p) * (log_p - log_q)).sum(dim=-1)  # (B,)
     if isinstance(temperature, flow.Tensor):
         return (kl * (temperature * temperature).reshape(-1)).mean()
     return kl.mean() * (temperature * temperature)
@@ -56,8 +62,14 @@ def pred_distill(student_logits: flow.Tensor, teacher_logits: flow.Tensor,
 TEMPERATURE_SCHEDULES = ("constant", "flsw", "cwsm")
 
 
-def dynamic_temperature(schedule: str, student_logits: flow.Tensor, teacher_logits: flow.Tensor, base: float,
-                        beta: float = 1.0, gamma: float = 1.0) -> Union[float, flow.Tensor]:
+def dynamic_temperature(
+    schedule: str,
+    student_logits: flow.Tensor,
+    teacher_logits: flow.Tensor,
+    base: float,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+) -> float | flow.Tensor:
     """The soft-label temperature, per example (B, 1), from the batch's logits (arXiv 1911.07471, as TextBrewer's
     temperature schedulers compute it; no gradient flows through it):
     flsw: w = (1 - cos(z_s, z_t))^gamma, T = base + beta·(mean(w) - w) (examples the student already matches
@@ -78,7 +90,7 @@ def dynamic_temperature(schedule: str, student_logits: flow.Tensor, teacher_logi
     return base + (w.mean() - w) * beta
 
 
-def layer_mapping(num_student_layers: int, num_teacher_layers: int, mapping: LayerMap = "uniform") -> List[int]:
+def layer_mapping(num_student_layers: int, num_teacher_layers: int, mapping: LayerMap = "uniform") -> list[int]:
     """The teacher index for each student index 0..L_s (0 = embeddings, i = layer i).
 
     "uniform": i·(L_t/L_s); "last": 0, then L_t - L_s + i; or an explicit list of L_s+1 indices in [0, L_t].
@@ -89,29 +101,36 @@ def layer_mapping(num_student_layers: int, num_teacher_layers: int, mapping: Lay
     if isinstance(mapping, str):
         if mapping == "uniform":
             if n_t % n_s:
-                raise ValueError(f"teacher has {n_t} layers, student {n_s}: {n_t} is not divisible by {n_s}; "
-                                 "give an explicit mapping")
+                raise ValueError(
+                    f"teacher has {n_t} layers, student {n_s}: {n_t} is not divisible by {n_s}; "
+                    "give an explicit mapping"
+                )
             return [i * (n_t // n_s) for i in range(n_s + 1)]
         if mapping == "last":
             if n_s > n_t:
-                raise ValueError(f"mapping 'last' needs a student no deeper than its teacher (student {n_s} "
-                                 f"layers, teacher {n_t})")
+                raise ValueError(
+                    f"mapping 'last' needs a student no deeper than its teacher (student {n_s} layers, teacher {n_t})"
+                )
             return [0] + [n_t - n_s + i for i in range(1, n_s + 1)]
-        raise ValueError(f"unknown layer mapping '{mapping}'; use one of {', '.join(MAPPINGS)} or a list of "
-                         "teacher indices")
+        raise ValueError(
+            f"unknown layer mapping '{mapping}'; use one of {', '.join(MAPPINGS)} or a list of teacher indices"
+        )
     if not isinstance(mapping, (list, tuple)):
-        raise ValueError(f"a layer mapping is a name ({', '.join(MAPPINGS)}) or a list/tuple, "
-                         f"not {type(mapping).__name__}")
+        raise ValueError(
+            f"a layer mapping is a name ({', '.join(MAPPINGS)}) or a list/tuple, not {type(mapping).__name__}"
+        )
     if len(mapping) != n_s + 1:
-        raise ValueError(f"an explicit mapping needs {n_s + 1} teacher indices (student indices 0..{n_s}), "
-                         f"got {len(mapping)}: {list(mapping)}")
+        raise ValueError(
+            f"an explicit mapping needs {n_s + 1} teacher indices (student indices 0..{n_s}), "
+            f"got {len(mapping)}: {list(mapping)}"
+        )
     bad = [m for m in mapping if isinstance(m, bool) or not isinstance(m, Integral) or not 0 <= m <= n_t]
     if bad:
         raise ValueError(f"explicit mapping {list(mapping)} has entries {bad} outside the teacher indices 0..{n_t}")
     return [int(m) for m in mapping]
 
 
-def _pairs(student: Sequence[flow.Tensor], teacher: Sequence[flow.Tensor], mapping: LayerMap) -> List[tuple]:
+def _pairs(student: Sequence[flow.Tensor], teacher: Sequence[flow.Tensor], mapping: LayerMap) -> list[tuple]:
     """(student index, teacher index) for hidden-state lists (index 0 = embeddings)."""
     return list(enumerate(layer_mapping(len(student) - 1, len(teacher) - 1, mapping)))
 
@@ -119,12 +138,17 @@ def _pairs(student: Sequence[flow.Tensor], teacher: Sequence[flow.Tensor], mappi
 def _check_shapes(kind: str, i: int, j: int, s: flow.Tensor, t: flow.Tensor) -> None:
     if tuple(s.shape) != tuple(t.shape):
         hint = " (project the student to the teacher width first)" if kind == "layer" else ""
-        raise ValueError(f"{kind} pair student {i} <-> teacher {j}: shapes {tuple(s.shape)} and {tuple(t.shape)} "
-                         f"differ{hint}")
+        raise ValueError(
+            f"{kind} pair student {i} <-> teacher {j}: shapes {tuple(s.shape)} and {tuple(t.shape)} differ{hint}"
+        )
 
 
-def layer_distill(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
-                  mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def layer_distill(
+    student_reps: Sequence[flow.Tensor],
+    teacher_reps: Sequence[flow.Tensor],
+    mapping: LayerMap = "uniform",
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """Σ over mapped pairs (i, m(i)), i = 0..L_s, of mean((h_s[i] - h_t[m(i)])²): over every position (the
     original, padding included) or, given `mask`, over the real tokens only (TextBrewer's masked loss), a
     value that does not change when a batch is cut to a shorter length.
@@ -157,8 +181,12 @@ def _masked_mean_squared(s: flow.Tensor, t: flow.Tensor, real: flow.Tensor) -> f
     return ((diff * diff).sum(dim=-1) * real).sum() / (real.sum() * s.shape[-1])
 
 
-def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
-                mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def att_distill(
+    student_atts: Sequence[flow.Tensor],
+    teacher_atts: Sequence[flow.Tensor],
+    mapping: LayerMap = "uniform",
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """Σ over student layers i = 1..L_s of mean((A_s[i] - A_t[m(i)])²), where entries <= -100 (padding keys)
     of both score tensors are set to 0 first (TinyBERT). m is `layer_mapping`; list index = layer - 1.
     Given `mask`, the mean runs over the (query, key) pairs of real tokens only (padding pairs weigh 0, so
@@ -180,8 +208,9 @@ def att_distill(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow
     return total
 
 
-def attention_pairs(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
-                    mapping: LayerMap = "uniform") -> Iterator[Tuple[flow.Tensor, flow.Tensor]]:
+def attention_pairs(
+    student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor], mapping: LayerMap = "uniform"
+) -> Iterator[tuple[flow.Tensor, flow.Tensor]]:
     """(student scores of layer i, teacher scores of layer m(i), detached) for i = 1..L_s, checked: the
     teacher embeddings have no attention, and maps compare head by head."""
     targets = layer_mapping(len(student_atts), len(teacher_atts), mapping)
@@ -191,8 +220,10 @@ def attention_pairs(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[
             raise ValueError(f"student layer {i} is mapped to the teacher embeddings (0), which have no attention")
         s, t = student_atts[i - 1], teacher_atts[j - 1].detach()
         if s.shape[1] != t.shape[1]:
-            raise ValueError(f"attention maps can only be compared head by head: student layer {i} has "
-                             f"{s.shape[1]} heads, teacher layer {j} has {t.shape[1]}")
+            raise ValueError(
+                f"attention maps can only be compared head by head: student layer {i} has "
+                f"{s.shape[1]} heads, teacher layer {j} has {t.shape[1]}"
+            )
         _check_shapes("attention", i, j, s, t)
         yield s, t
 
@@ -213,14 +244,15 @@ def _real_pairs_mse(s: flow.Tensor, t: flow.Tensor, real: flow.Tensor) -> flow.T
     """
     batch, heads, seq, _ = s.shape
     diff = s - t
-    per_query = flow.matmul(diff * diff, real.unsqueeze(1).unsqueeze(-1))          # (B, heads, S, 1)
-    per_query = per_query.reshape(batch, heads, seq).sum(dim=1)                     # (B, S)
+    per_query = flow.matmul(diff * diff, real.unsqueeze(1).unsqueeze(-1))  # (B, heads, S, 1)
+    per_query = per_query.reshape(batch, heads, seq).sum(dim=1)  # (B, S)
     pairs = (real.sum(dim=1) * real.sum(dim=1)).sum() * heads
     return (per_query * real).sum() / pairs
 
 
-def pkd_patient_loss(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
-                     mapping: LayerMap = "uniform") -> flow.Tensor:
+def pkd_patient_loss(
+    student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor], mapping: LayerMap = "uniform"
+) -> flow.Tensor:
     """BERT-PKD's patient loss (Sun et al. 2019) as its official code scales it: the mean over batch ×
     intermediate pairs (i = 1..L_s-1, teacher layer m(i)) × hidden of (c_s[i]/‖c_s[i]‖ - c_t[m(i)]/‖c_t[m(i)]‖)²,
     c = the [CLS] vector (position 0); mapped uniformly this is the paper's PKD-skip.
@@ -233,11 +265,13 @@ def pkd_patient_loss(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence
         A scalar tensor.
     """
     if len(student_reps) < 3:
-        raise ValueError(f"the patient loss needs a student with at least 2 layers (intermediate layers "
-                         f"exclude the last one); got {len(student_reps) - 1}")
+        raise ValueError(
+            f"the patient loss needs a student with at least 2 layers (intermediate layers "
+            f"exclude the last one); got {len(student_reps) - 1}"
+        )
     pairs = _pairs(student_reps, teacher_reps, mapping)[1:-1]
     for i, j in pairs:
         _check_shapes("layer", i, j, student_reps[i], teacher_reps[j])
-    s = F.normalize(flow.stack([student_reps[i][:, 0] for i, _ in pairs], dim=1), p=2.0, dim=-1)       # (B, L, H)
+    s = F.normalize(flow.stack([student_reps[i][:, 0] for i, _ in pairs], dim=1), p=2.0, dim=-1)  # (B, L, H)
     t = F.normalize(flow.stack([teacher_reps[j].detach()[:, 0] for _, j in pairs], dim=1), p=2.0, dim=-1)
     return F.mse_loss(s, t)

@@ -10,8 +10,6 @@ and selected with `where`, a constant rate, and trainable LayerNorms in the "fro
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from distil.models.bert import additive_attention_mask
 from distil.ops.losses import hard_label_loss
 from distil.runtime import import_oneflow
@@ -32,21 +30,24 @@ class TheseusEncoder(flow.nn.Module):
     def __init__(self, predecessors: flow.nn.ModuleList, successors: flow.nn.ModuleList):
         super().__init__()
         if len(predecessors) % len(successors):
-            raise ValueError(f"{len(predecessors)} predecessor layers cannot be split into {len(successors)} "
-                             "equal blocks; choose a successor count that divides it")
+            raise ValueError(
+                f"{len(predecessors)} predecessor layers cannot be split into {len(successors)} "
+                "equal blocks; choose a successor count that divides it"
+            )
         self.block = len(predecessors) // len(successors)
         self.predecessors, self.successors = predecessors, successors
         for parameter in predecessors.parameters():
             parameter.requires_grad = False
         self.train()  # a teacher's layers arrive in eval mode; predecessors follow the encoder's mode
 
-    def forward(self, hidden: flow.Tensor, additive_mask: flow.Tensor, replacing_rate: float
-                ) -> Tuple[flow.Tensor, List[flow.Tensor], List[flow.Tensor]]:
+    def forward(
+        self, hidden: flow.Tensor, additive_mask: flow.Tensor, replacing_rate: float
+    ) -> tuple[flow.Tensor, list[flow.Tensor], list[flow.Tensor]]:
         """(last hidden state, hidden states after each layer run, their attention scores)."""
         hidden_states, scores = [hidden], []
         for j, successor in enumerate(self.successors):
             replace = not self.training or float(flow.rand(1).numpy()[0]) < replacing_rate
-            layers = [successor] if replace else self.predecessors[j * self.block:(j + 1) * self.block]
+            layers = [successor] if replace else self.predecessors[j * self.block : (j + 1) * self.block]
             for layer in layers:
                 hidden, layer_scores = layer(hidden, additive_mask)
                 hidden_states.append(hidden)
@@ -69,7 +70,7 @@ class TheseusStep(flow.nn.Module):
         self.successor = successor
         self.encoder = TheseusEncoder(teacher.bert.encoder.layer, successor.bert.encoder.layer)
 
-    def forward(self, batch: Dict[str, flow.Tensor], replacing_rate: float) -> Dict[str, flow.Tensor]:
+    def forward(self, batch: dict[str, flow.Tensor], replacing_rate: float) -> dict[str, flow.Tensor]:
         bert = self.successor.bert
         hidden = bert.embeddings(batch["input_ids"], batch["segment_ids"])
         hidden, _, _ = self.encoder(hidden, additive_attention_mask(batch["input_mask"]), replacing_rate)

@@ -10,19 +10,28 @@ On the CPU, OneFlow 0.9 broadcasts a (B, S, 1) mask over (B, S, H) ~25x slower t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Integral
-from typing import Optional, Sequence, Tuple
 
 from distil.ops.distill import F, LayerMap, _check_shapes, _pairs, attention_pairs, flow
 
 __all__ = ["att_ce", "fsp", "gram", "hidden_cos", "mmd", "nst"]
 
 COS_EPS = 1e-12  # torch's cosine_embedding_loss adds this to each squared norm (aten Loss.cpp EPSILON)
-FspPairs = Sequence[Tuple[Tuple[int, int], Tuple[int, int]]]
+FspPairs = Sequence[tuple[tuple[int, int], tuple[int, int]]]
 
 
-def hidden_cos(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
-               mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def _over_h(x: flow.Tensor, ones: flow.Tensor) -> flow.Tensor:
+    """(B, S, H) -> (B, S): Σ over H as a matmul with `ones` (B, 1, H); sum(dim=-1)'s backward is 3x slower."""
+    return flow.matmul(x, ones, transpose_b=True).reshape(x.shape[0], x.shape[1])
+
+
+def hidden_cos(
+    student_reps: Sequence[flow.Tensor],
+    teacher_reps: Sequence[flow.Tensor],
+    mapping: LayerMap = "uniform",
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """DistilBERT's cosine loss (TextBrewer `cos_loss`): Σ over mapped pairs (i, m(i)), i = 0..L_s, of the mean over
     positions (real tokens only, given `mask`) of 1 - cos(h_s[i], h_t[m(i)]), where, as torch's
     cosine_embedding_loss computes it, cos = s·t / sqrt((‖s‖² + 1e-12)(‖t‖² + 1e-12)).
@@ -38,20 +47,20 @@ def hidden_cos(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.
         s, t = student_reps[i], teacher_reps[j].detach()
         batch, seq, _ = s.shape
         real = _real(mask, batch, seq) if real is None else real
-        ones = _ones(t[:, :1, :])                                                      # (B, 1, H)
-
-        def over_h(x: flow.Tensor) -> flow.Tensor:  # Σ over H as a matmul: sum(dim=-1)'s backward is 3x slower
-            return flow.matmul(x, ones, transpose_b=True).reshape(batch, seq)
-
-        norms = (over_h(s * s) + COS_EPS) * (over_h(t * t) + COS_EPS)                  # (B, S)
-        distance = 1.0 - over_h(s * t) * flow.rsqrt(norms)                              # (B, S)
+        ones = _ones(t[:, :1, :])  # (B, 1, H)
+        norms = (_over_h(s * s, ones) + COS_EPS) * (_over_h(t * t, ones) + COS_EPS)  # (B, S)
+        distance = 1.0 - _over_h(s * t, ones) * flow.rsqrt(norms)  # (B, S)
         term = distance.mean() if mask is None else (distance * real).sum() / real.sum()
         total = term if total is None else total + term
     return total
 
 
-def att_ce(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tensor],
-           mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def att_ce(
+    student_atts: Sequence[flow.Tensor],
+    teacher_atts: Sequence[flow.Tensor],
+    mapping: LayerMap = "uniform",
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """Attention cross-entropy (TextBrewer `att_ce_loss`): Σ over student
     layers i = 1..L_s (teacher layer m(i), `att_distill`'s pairing) of -Σ_k softmax(A_t)_k · log_softmax(A_s)_k
     over keys k, averaged over (batch, head, query) positions; given `mask`, over real queries only, with padding
@@ -76,12 +85,12 @@ def att_ce(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tens
     for s, t in attention_pairs(student_atts, teacher_atts, mapping):
         batch, heads, seq, _ = s.shape
         real = _real(mask, batch, seq) if real is None else real
-        ones = _ones(t[:, :1, :, :1])                                                        # (B, 1, S, 1)
-        keys = ones if mask is None else real.unsqueeze(1).unsqueeze(-1)                     # (B, 1, S, 1)
-        p = F.softmax(t, dim=-1)                                                             # (B, h, S, S)
-        weight = flow.matmul(p, keys)                                                        # Σ_k p_k m_k
-        cross = flow.matmul(p * s, keys)                                                     # Σ_k p_k m_k s_k
-        per_query = _logsumexp(s, ones) * weight - cross                                     # (B, h, S, 1)
+        ones = _ones(t[:, :1, :, :1])  # (B, 1, S, 1)
+        keys = ones if mask is None else real.unsqueeze(1).unsqueeze(-1)  # (B, 1, S, 1)
+        p = F.softmax(t, dim=-1)  # (B, h, S, S)
+        weight = flow.matmul(p, keys)  # Σ_k p_k m_k
+        cross = flow.matmul(p * s, keys)  # Σ_k p_k m_k s_k
+        per_query = _logsumexp(s, ones) * weight - cross  # (B, h, S, 1)
         if mask is None:
             term = per_query.mean()
         else:
@@ -90,8 +99,12 @@ def att_ce(student_atts: Sequence[flow.Tensor], teacher_atts: Sequence[flow.Tens
     return total
 
 
-def nst(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
-        mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def nst(
+    student_reps: Sequence[flow.Tensor],
+    teacher_reps: Sequence[flow.Tensor],
+    mapping: LayerMap = "uniform",
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """Neuron selectivity transfer as TextBrewer computes it (`mmd_loss` with layer_S = [i, i], layer_T =
     [m(i), m(i)]; a variant of NST, arXiv 1707.01219, with a linear kernel over tokens): Σ over mapped pairs
     (i, m(i)), i = 0..L_s, of mean((h_s h_sᵀ / H_s - h_t h_tᵀ / H_t)²) over the (S, S) token-token entries of each
@@ -110,11 +123,14 @@ def nst(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor]
     for i, j in _pairs(student_reps, teacher_reps, mapping):
         s, t = student_reps[i], teacher_reps[j].detach()
         if tuple(s.shape[:2]) != tuple(t.shape[:2]):
-            raise ValueError(f"nst pair student {i} <-> teacher {j}: (batch, length) {tuple(s.shape[:2])} and "
-                             f"{tuple(t.shape[:2])} differ (only the widths may differ)")
+            raise ValueError(
+                f"nst pair student {i} <-> teacher {j}: (batch, length) {tuple(s.shape[:2])} and "
+                f"{tuple(t.shape[:2])} differ (only the widths may differ)"
+            )
         real = _real(mask, s.shape[0], s.shape[1]) if real is None else real
-        diff = (flow.matmul(s, s, transpose_b=True) * (1.0 / s.shape[-1])
-                - flow.matmul(t, t, transpose_b=True) * (1.0 / t.shape[-1]))                # (B, S, S)
+        diff = flow.matmul(s, s, transpose_b=True) * (1.0 / s.shape[-1]) - flow.matmul(t, t, transpose_b=True) * (
+            1.0 / t.shape[-1]
+        )  # (B, S, S)
         term = (diff * diff).mean() if mask is None else _real_pairs_mean(diff * diff, real)
         total = term if total is None else total + term
     return total
@@ -123,8 +139,12 @@ def nst(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor]
 mmd = nst
 
 
-def gram(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor],
-         mapping: LayerMap = "uniform", mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def gram(
+    student_reps: Sequence[flow.Tensor],
+    teacher_reps: Sequence[flow.Tensor],
+    mapping: LayerMap = "uniform",
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """Gram-matrix (feature-correlation) loss: TextBrewer's 'gram' match loss, which is `fsp_loss` with layer_S =
     [i, i], layer_T = [m(i), m(i)] (0.2.1 has no separate gram_loss): Σ over mapped pairs (i, m(i)),
     i = 0..L_s, of mean((h_sᵀ h_s / n - h_tᵀ h_t / n)²) over the (B, H, H) entries, n = the example's length
@@ -144,8 +164,12 @@ def gram(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor
     return total
 
 
-def fsp(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor], pairs: FspPairs,
-        mask: Optional[flow.Tensor] = None) -> flow.Tensor:
+def fsp(
+    student_reps: Sequence[flow.Tensor],
+    teacher_reps: Sequence[flow.Tensor],
+    pairs: FspPairs,
+    mask: flow.Tensor | None = None,
+) -> flow.Tensor:
     """Flow-of-solution-procedure loss (Yim et al., CVPR 2017) as TextBrewer computes it (`fsp_loss`): Σ over
     ((s_a, s_b), (t_a, t_b)) in `pairs` of mean((h_s[s_a]ᵀ h_s[s_b] / n - h_t[t_a]ᵀ h_t[t_b] / n)²) over the
     (B, H_a, H_b) entries, n = the example's length (its number of real tokens given `mask`, whose padded rows are
@@ -164,22 +188,26 @@ def fsp(student_reps: Sequence[flow.Tensor], teacher_reps: Sequence[flow.Tensor]
         for i, j in ((sa, ta), (sb, tb)):
             _check_shapes("fsp layer", i, j, student_reps[i], teacher_reps[j])
         if tuple(student_reps[sa].shape[:2]) != tuple(student_reps[sb].shape[:2]):
-            raise ValueError(f"fsp pair student layers {sa} and {sb}: (batch, length) "
-                             f"{tuple(student_reps[sa].shape[:2])} and {tuple(student_reps[sb].shape[:2])} differ")
-        term = _fsp_term(student_reps[sa], student_reps[sb], teacher_reps[ta].detach(), teacher_reps[tb].detach(),
-                         mask, weights)
+            raise ValueError(
+                f"fsp pair student layers {sa} and {sb}: (batch, length) "
+                f"{tuple(student_reps[sa].shape[:2])} and {tuple(student_reps[sb].shape[:2])} differ"
+            )
+        term = _fsp_term(
+            student_reps[sa], student_reps[sb], teacher_reps[ta].detach(), teacher_reps[tb].detach(), mask, weights
+        )
         total = term if total is None else total + term
     return total
 
 
 # ---------------------------------------------------------------- helpers
-def _real(mask: Optional[flow.Tensor], batch: int, seq: int) -> Optional[flow.Tensor]:
+def _real(mask: flow.Tensor | None, batch: int, seq: int) -> flow.Tensor | None:
     """The mask as float32 (B, S), after checking its shape against the tensors it masks."""
     if mask is None:
         return None
     if tuple(mask.shape) != (batch, seq):
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, the tensors it masks need (batch, length) = "
-                         f"{(batch, seq)}")
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}, the tensors it masks need (batch, length) = {(batch, seq)}"
+        )
     return flow.cast(mask, flow.float32)
 
 
@@ -205,13 +233,14 @@ def _logsumexp(s: flow.Tensor, ones: flow.Tensor) -> flow.Tensor:
 def _real_pairs_mean(x: flow.Tensor, real: flow.Tensor) -> flow.Tensor:
     """Mean of x (B, S, S) over the (row, column) pairs of real tokens: columns weighted by a matmul, rows after."""
     batch, seq, _ = x.shape
-    per_row = flow.matmul(x, real.unsqueeze(-1)).reshape(batch, seq)                   # (B, S)
+    per_row = flow.matmul(x, real.unsqueeze(-1)).reshape(batch, seq)  # (B, S)
     lengths = real.sum(dim=1)
     return (per_row * real).sum() / (lengths * lengths).sum()
 
 
-def _fsp_term(sa: flow.Tensor, sb: flow.Tensor, ta: flow.Tensor, tb: flow.Tensor, mask: Optional[flow.Tensor],
-              weights: dict) -> flow.Tensor:
+def _fsp_term(
+    sa: flow.Tensor, sb: flow.Tensor, ta: flow.Tensor, tb: flow.Tensor, mask: flow.Tensor | None, weights: dict
+) -> flow.Tensor:
     """mean((saᵀ W sb - taᵀ W tb)²) over (B, H_a, H_b), W = diag(m_bs / n_b) (1/S without a mask). Only the
     first factor is weighted: for a 0/1 mask that equals TextBrewer's masking of both. `weights` caches the
     (B, S, H_a) weight tensor per width for the next pair."""
@@ -222,9 +251,9 @@ def _fsp_term(sa: flow.Tensor, sb: flow.Tensor, ta: flow.Tensor, tb: flow.Tensor
         return (diff * diff).mean()
     if width not in weights:
         real = _real(mask, batch, seq)
-        per_row = (real / real.sum(dim=1, keepdim=True)).unsqueeze(-1)                    # (B, S, 1)
+        per_row = (real / real.sum(dim=1, keepdim=True)).unsqueeze(-1)  # (B, S, 1)
         # a (B, S, 1) x (B, 1, H_a) matmul instead of a broadcast
-        weights[width] = flow.matmul(per_row, _ones(ta[:, :1, :]))                          # (B, S, H_a)
+        weights[width] = flow.matmul(per_row, _ones(ta[:, :1, :]))  # (B, S, H_a)
     w = weights[width]
     diff = flow.matmul(sa * w, sb, transpose_a=True) - flow.matmul(ta * w, tb, transpose_a=True)
     return (diff * diff).mean()
@@ -232,10 +261,14 @@ def _fsp_term(sa: flow.Tensor, sb: flow.Tensor, ta: flow.Tensor, tb: flow.Tensor
 
 def _fsp_pairs(pairs: FspPairs, n_student: int, n_teacher: int) -> list:
     """`pairs` as a list of ((s_a, s_b), (t_a, t_b)) ints, each checked against the layer counts."""
+
     def layer_pair(entry, part, n):
         x = entry[part]
-        if (not isinstance(x, (list, tuple)) or len(x) != 2
-                or any(isinstance(k, bool) or not isinstance(k, Integral) or not 0 <= k <= n for k in x)):
+        if (
+            not isinstance(x, (list, tuple))
+            or len(x) != 2
+            or any(isinstance(k, bool) or not isinstance(k, Integral) or not 0 <= k <= n for k in x)
+        ):
             side = ("student", "teacher")[part]
             raise ValueError(f"fsp pair {entry!r}: the {side} part must be two layer indices in 0..{n}, got {x!r}")
         return int(x[0]), int(x[1])

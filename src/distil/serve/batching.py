@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -61,7 +61,7 @@ class BatchFailed(Exception):
 
 @dataclasses.dataclass
 class _Queued:
-    features: Dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
     future: asyncio.Future
     queued: float  # time.perf_counter() when queued
 
@@ -77,9 +77,9 @@ class Batcher:
         self.model, self.max_batch_size, self.metrics = model, max_batch_size, metrics
         self.delay = max_queue_delay_us / 1e6
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-{model.name}")
-        self.held: Optional[_Queued] = None  # the request that did not fit into the last batch
-        self.queue: Optional[asyncio.Queue] = None
-        self.task: Optional[asyncio.Task] = None
+        self.held: _Queued | None = None  # the request that did not fit into the last batch
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -92,13 +92,13 @@ class Batcher:
             await self.task
         self.executor.shutdown(wait=True)
 
-    async def infer(self, features: Dict[str, np.ndarray]) -> Tuple[np.ndarray, float, float]:
+    async def infer(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
         """The request's logits, its seconds in the queue and its batch's seconds of compute."""
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Queued(features, future, time.perf_counter()))
         return await future
 
-    async def _next_batch(self) -> List[_Queued]:
+    async def _next_batch(self) -> list[_Queued]:
         first = self.held or await self.queue.get()
         self.held = None
         batch, rows, deadline = [first], first.rows, first.queued + self.delay
@@ -117,12 +117,12 @@ class Batcher:
             rows += item.rows
         return batch
 
-    def _compute(self, features: List[Dict[str, np.ndarray]]) -> Tuple[np.ndarray, int]:
+    def _compute(self, features: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, int]:
         """(On the worker thread) the logits of the batch's rows in order, and how many engine calls gave them:
         the rows sorted by length and split into calls, each cut to its longest text, where the padding saved
         outweighs a call's fixed cost (`length_groups`)."""
         rows = {name: np.concatenate([f[name] for f in features]) for name in features[0]}
-        calls: List[int] = []
+        calls: list[int] = []
         engine = self.model.engine
         logits = logits_by_length(engine, rows, self.max_batch_size, engine.cuts, calls.append, CALL_COST_TOKENS)
         return logits, len(calls)
@@ -134,17 +134,21 @@ class Batcher:
             started = time.perf_counter()
             try:
                 logits, calls = await loop.run_in_executor(self.executor, self._compute, [q.features for q in batch])
-            except Exception as e:  # noqa: BLE001  (the batch's requests fail, the server goes on)
+            except Exception as e:  # (the batch's requests fail, the server goes on)
                 log.exception("model %s: a batch of %d requests failed", self.model.name, len(batch))
                 for queued in batch:
                     if not queued.future.done():
-                        queued.future.set_exception(BatchFailed(f"model '{self.model.name}' failed on the batch "
-                                                                f"holding this request: {type(e).__name__}: {e}"))
+                        queued.future.set_exception(
+                            BatchFailed(
+                                f"model '{self.model.name}' failed on the batch "
+                                f"holding this request: {type(e).__name__}: {e}"
+                            )
+                        )
                 continue
             computed = time.perf_counter() - started
             self.metrics.add(self.model.name, exec_count=calls)
             start = 0
             for queued in batch:
                 if not queued.future.done():
-                    queued.future.set_result((logits[start:start + queued.rows], started - queued.queued, computed))
+                    queued.future.set_result((logits[start : start + queued.rows], started - queued.queued, computed))
                 start += queued.rows

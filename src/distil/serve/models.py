@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -26,27 +26,33 @@ class Model:
     engine: Any
 
     @property
-    def inputs(self) -> Tuple[str, ...]:
+    def inputs(self) -> tuple[str, ...]:
         return ("text", "text_pair") if self.task.is_pair else ("text",)
 
     @property
-    def outputs(self) -> Dict[str, Tuple[str, List[int]]]:
+    def outputs(self) -> dict[str, tuple[str, list[int]]]:
         """Output name -> (datatype, shape)."""
         if self.task.is_regression:
             return {"score": ("FP32", [-1])}
         return {"probabilities": ("FP32", [-1, self.task.num_labels]), "label": ("BYTES", [-1])}
 
-    def metadata(self) -> Dict[str, Any]:
-        return {"name": self.name, "versions": [VERSION], "platform": self.engine.name,
-                "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in self.inputs],
-                "outputs": [{"name": n, "datatype": d, "shape": s} for n, (d, s) in self.outputs.items()]}
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [VERSION],
+            "platform": self.engine.name,
+            "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in self.inputs],
+            "outputs": [{"name": n, "datatype": d, "shape": s} for n, (d, s) in self.outputs.items()],
+        }
 
-    def results(self, logits: np.ndarray) -> Dict[str, Any]:
+    def results(self, logits: np.ndarray) -> dict[str, Any]:
         """Every output of a request's logits, as `predict` computes them."""
         if self.task.is_regression:
             return {"score": logits[:, 0].astype(np.float32)}
-        return {"probabilities": _softmax(logits.astype(np.float64)).astype(np.float32),
-                "label": [self.task.labels[int(i)] for i in np.argmax(logits, axis=-1)]}
+        return {
+            "probabilities": _softmax(logits.astype(np.float64)).astype(np.float32),
+            "label": [self.task.labels[int(i)] for i in np.argmax(logits, axis=-1)],
+        }
 
 
 def load_model(name: str, model_dir: Path, engine: str, precision: str, device: str) -> Model:
@@ -55,5 +61,9 @@ def load_model(name: str, model_dir: Path, engine: str, precision: str, device: 
     if not config.get("task"):
         raise UsageError(f"{model_dir} has no task (a pretrained model); fine-tune it first")
     io.weights_mtime(model_dir)  # (an error without weights)
-    return Model(name, get_task(config["task"]["name"]), Featurizer(model_dir, config),
-                 choose_engine(model_dir, engine, None, device, precision))
+    return Model(
+        name,
+        get_task(config["task"]["name"]),
+        Featurizer(model_dir, config),
+        choose_engine(model_dir, engine, None, device, precision),
+    )

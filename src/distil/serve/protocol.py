@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from starlette.responses import Response
 
@@ -27,7 +27,7 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The request's JSON object and the binary tensor data after it (binary tensor data extension)."""
     binary = b""
     if header_length is not None:
@@ -36,8 +36,9 @@ def split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any
         except ValueError:
             size = -1
         if not 0 <= size <= len(body):
-            raise RequestError(f"{HEADER_LENGTH} is '{header_length}', not a byte count within the body's "
-                               f"{len(body)} bytes")
+            raise RequestError(
+                f"{HEADER_LENGTH} is '{header_length}', not a byte count within the body's {len(body)} bytes"
+            )
         body, binary = body[:size], body[size:]
     try:
         request = json.loads(body.decode("utf-8"))
@@ -50,44 +51,49 @@ def split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any
     return request, binary
 
 
-def _bytes_elements(data: bytes, name: str) -> List[str]:
+def _bytes_elements(data: bytes, name: str) -> list[str]:
     """The texts of a BYTES tensor in binary form: each a 4-byte little-endian length, then its UTF-8 bytes."""
-    texts: List[str] = []
+    texts: list[str] = []
     at = 0
     while at < len(data):
         if at + 4 > len(data):
-            raise RequestError(f"input '{name}': its binary data ends inside the 4-byte length of element "
-                               f"{len(texts)}")
+            raise RequestError(f"input '{name}': its binary data ends inside the 4-byte length of element {len(texts)}")
         (size,) = struct.unpack_from("<I", data, at)
         if at + 4 + size > len(data):
-            raise RequestError(f"input '{name}': element {len(texts)} claims {size} bytes, past the end of the "
-                               f"input's binary_data_size")
+            raise RequestError(
+                f"input '{name}': element {len(texts)} claims {size} bytes, past the end of the "
+                f"input's binary_data_size"
+            )
         try:
-            texts.append(data[at + 4:at + 4 + size].decode("utf-8"))
+            texts.append(data[at + 4 : at + 4 + size].decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise RequestError(f"input '{name}': element {len(texts)} is not UTF-8 text ({e.reason} at byte "
-                               f"{e.start})") from None
+            raise RequestError(
+                f"input '{name}': element {len(texts)} is not UTF-8 text ({e.reason} at byte {e.start})"
+            ) from None
         at += 4 + size
     return texts
 
 
-def read_inputs(request: Dict[str, Any], binary: bytes, model: Model) -> List[List[str]]:
+def read_inputs(request: dict[str, Any], binary: bytes, model: Model) -> list[list[str]]:
     """The texts of each of the model's inputs, checked against the protocol and the model's metadata."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list):
         raise RequestError("the request has no 'inputs' list")
-    texts: Dict[str, List[str]] = {}
+    texts: dict[str, list[str]] = {}
     used = 0
     for tensor in inputs:
         name = tensor.get("name") if isinstance(tensor, dict) else None
         if name not in model.inputs:
-            raise RequestError(f"unexpected input {json.dumps(name)}: model '{model.name}' takes "
-                               f"{', '.join(model.inputs)}")
+            raise RequestError(
+                f"unexpected input {json.dumps(name)}: model '{model.name}' takes {', '.join(model.inputs)}"
+            )
         if name in texts:
             raise RequestError(f"input '{name}' appears twice")
         if tensor.get("datatype") != "BYTES":
-            raise RequestError(f"input '{name}' has datatype {json.dumps(tensor.get('datatype'))}; expected BYTES "
-                               "(one UTF-8 text per example)")
+            raise RequestError(
+                f"input '{name}' has datatype {json.dumps(tensor.get('datatype'))}; expected BYTES "
+                "(one UTF-8 text per example)"
+            )
         shape = tensor.get("shape")
         if not (isinstance(shape, list) and len(shape) == 1 and _count(shape[0])):
             raise RequestError(f"input '{name}' has shape {json.dumps(shape)}; expected [N], one text per example")
@@ -95,9 +101,11 @@ def read_inputs(request: Dict[str, Any], binary: bytes, model: Model) -> List[Li
         size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is not None:
             if not _count(size) or used + size > len(binary):
-                raise RequestError(f"input '{name}': binary_data_size {size} does not add up: the inputs' binary "
-                                   f"data so far run past the {len(binary)} bytes after the JSON header")
-            elements = _bytes_elements(binary[used:used + size], name)
+                raise RequestError(
+                    f"input '{name}': binary_data_size {size} does not add up: the inputs' binary "
+                    f"data so far run past the {len(binary)} bytes after the JSON header"
+                )
+            elements = _bytes_elements(binary[used : used + size], name)
             used += size
         else:
             elements = tensor.get("data")
@@ -107,8 +115,9 @@ def read_inputs(request: Dict[str, Any], binary: bytes, model: Model) -> List[Li
             raise RequestError(f"input '{name}' has shape {shape} but {len(elements)} elements")
         texts[name] = elements
     if used != len(binary):
-        raise RequestError(f"the inputs' binary_data_size add up to {used} bytes, but {len(binary)} bytes follow "
-                           "the JSON header")
+        raise RequestError(
+            f"the inputs' binary_data_size add up to {used} bytes, but {len(binary)} bytes follow the JSON header"
+        )
     missing = [name for name in model.inputs if name not in texts]
     if missing:
         raise RequestError(f"missing input '{missing[0]}': model '{model.name}' takes {', '.join(model.inputs)}")
@@ -120,7 +129,7 @@ def read_inputs(request: Dict[str, Any], binary: bytes, model: Model) -> List[Li
     return [texts[name] for name in model.inputs]
 
 
-def requested_outputs(request: Dict[str, Any], model: Model) -> List[Tuple[str, bool]]:
+def requested_outputs(request: dict[str, Any], model: Model) -> list[tuple[str, bool]]:
     """(name, binary) of each output to return: the requested ones in order, or all of them."""
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -133,24 +142,29 @@ def requested_outputs(request: Dict[str, Any], model: Model) -> List[Tuple[str, 
     for output in outputs:
         name = output.get("name") if isinstance(output, dict) else None
         if name not in model.outputs:
-            raise RequestError(f"unknown output {json.dumps(name)}: model '{model.name}' has "
-                               f"{', '.join(model.outputs)}")
+            raise RequestError(
+                f"unknown output {json.dumps(name)}: model '{model.name}' has {', '.join(model.outputs)}"
+            )
         own = output.get("parameters") or {}
         wanted.append((name, own.get("binary_data", binary) is True if isinstance(own, dict) else binary))
     return wanted
 
 
-def encode_response(model: Model, request_id: Optional[str], outputs: List[Tuple[str, bool]],
-                    results: Dict[str, Any]) -> Response:
+def encode_response(
+    model: Model, request_id: str | None, outputs: list[tuple[str, bool]], results: dict[str, Any]
+) -> Response:
     """The response: JSON, or JSON then binary tensor data when any output is asked for in binary."""
     tensors, chunks = [], []
     for name, binary in outputs:
         datatype, value = model.outputs[name][0], results[name]
         shape = [len(value)] if datatype == "BYTES" else list(value.shape)
-        tensor: Dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            raw = b"".join(struct.pack("<I", len(b)) + b for b in (t.encode() for t in value)) \
-                if datatype == "BYTES" else value.astype("<f4").tobytes()
+            raw = (
+                b"".join(struct.pack("<I", len(b)) + b for b in (t.encode() for t in value))
+                if datatype == "BYTES"
+                else value.astype("<f4").tobytes()
+            )
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -162,5 +176,6 @@ def encode_response(model: Model, request_id: Optional[str], outputs: List[Tuple
     header = json.dumps(answer, separators=(",", ":")).encode()
     if not chunks:
         return Response(header, media_type="application/json")
-    return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(header))})
+    return Response(
+        header + b"".join(chunks), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))}
+    )

@@ -6,8 +6,9 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, Optional, Sequence, Tuple
+from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,15 +23,21 @@ from distil.errors import UsageError
 from distil.predict import Line
 from distil.serve.batching import Batcher, BatchFailed, Metrics
 from distil.serve.models import VERSION, Model, load_model
-from distil.serve.protocol import (HEADER_LENGTH, RequestError, encode_response, read_inputs, requested_outputs,
-                                   split_body)
+from distil.serve.protocol import (
+    HEADER_LENGTH,
+    RequestError,
+    encode_response,
+    read_inputs,
+    requested_outputs,
+    split_body,
+)
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("binary_tensor_data",)
 
 
-def _error(message: str, status: int, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -42,11 +49,12 @@ async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
 class Server:
     """The served models, their batchers and metrics, and the protocol's HTTP routes."""
 
-    def __init__(self, models: Dict[str, Model], max_batch_size: int, max_queue_delay_us: int, max_body_bytes: int):
+    def __init__(self, models: dict[str, Model], max_batch_size: int, max_queue_delay_us: int, max_body_bytes: int):
         self.models, self.max_body_bytes = models, max_body_bytes
         self.metrics = Metrics(list(models))
-        self.batchers = {name: Batcher(m, max_batch_size, max_queue_delay_us, self.metrics)
-                         for name, m in models.items()}
+        self.batchers = {
+            name: Batcher(m, max_batch_size, max_queue_delay_us, self.metrics) for name, m in models.items()
+        }
         self.stopping = False
         self.accepted = self.answered = self.refused = 0  # inference requests, for the drain and the summary
         self.running_at_stop = 0  # accepted inference requests not yet answered when the stop signal came
@@ -57,11 +65,18 @@ class Server:
 
     def app(self) -> Starlette:
         model = "/v2/models/{model}"
-        routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready),
-                  Route("/v2", self.server_metadata), Route("/metrics", self.prometheus)]
+        routes = [
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.ready),
+            Route("/v2", self.server_metadata),
+            Route("/metrics", self.prometheus),
+        ]
         for path in (model, model + "/versions/{version}"):
-            routes += [Route(path, self.model_metadata), Route(path + "/ready", self.model_ready),
-                       Route(path + "/infer", self.infer, methods=["POST"])]
+            routes += [
+                Route(path, self.model_metadata),
+                Route(path + "/ready", self.model_ready),
+                Route(path + "/infer", self.infer, methods=["POST"]),
+            ]
         return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: _http_error})
 
     @contextlib.asynccontextmanager
@@ -123,13 +138,18 @@ class Server:
             response = _error(str(e), e.status)
         except BatchFailed as e:
             response = _error(str(e), 500)
-        except Exception as e:  # noqa: BLE001  (a bug here fails this request, not the server)
+        except Exception as e:  # (a bug here fails this request, not the server)
             log.exception("model %s: an inference request failed", model.name)
             response = _error(f"internal error: {type(e).__name__}: {e}", 500)
         else:
-            self.metrics.add(model.name, request_success=1, count=examples, queue_duration_us=queued * 1e6,
-                             compute_infer_duration_us=computed * 1e6,
-                             request_duration_us=(time.perf_counter() - started) * 1e6)
+            self.metrics.add(
+                model.name,
+                request_success=1,
+                count=examples,
+                queue_duration_us=queued * 1e6,
+                compute_infer_duration_us=computed * 1e6,
+                request_duration_us=(time.perf_counter() - started) * 1e6,
+            )
         finally:
             self.answered += 1
         if response.status_code != 200:
@@ -150,7 +170,7 @@ class Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _infer(self, model: Model, request: Request) -> Tuple[Response, int, float, float]:
+    async def _infer(self, model: Model, request: Request) -> tuple[Response, int, float, float]:
         """The response to a good request, its example count, and its seconds queued and computed."""
         body, binary = split_body(await self._body(request), request.headers.get(HEADER_LENGTH))
         request_id = body.get("id")
@@ -183,8 +203,12 @@ class _Uvicorn(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.served.stopping and not self.should_exit:
             if counter % 10 == 0 or not self.announced:
-                log.info("stopping: new inference requests get 503; %d accepted ones were running at the signal, "
-                         "%d still are", self.served.running_at_stop, self.served.in_flight)
+                log.info(
+                    "stopping: new inference requests get 503; %d accepted ones were running at the signal, "
+                    "%d still are",
+                    self.served.running_at_stop,
+                    self.served.in_flight,
+                )
                 self.announced = True
             if self.served.in_flight == 0:
                 log.info("stopping: every accepted inference request has been answered")
@@ -192,26 +216,60 @@ class _Uvicorn(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(model_dirs: Sequence[Path], host: str, port: int, max_batch_size: int, max_queue_delay_us: int,
-          engine: str, precision: str, max_body_bytes: int, device: str) -> Dict[str, Any]:
+def serve(
+    model_dirs: Sequence[Path],
+    host: str,
+    port: int,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    engine: str,
+    precision: str,
+    max_body_bytes: int,
+    device: str,
+) -> dict[str, Any]:
     """Serve the model directories until SIGTERM/SIGINT; then a summary of the inference requests handled."""
-    for flag, value, least in (("--max_batch_size", max_batch_size, 1), ("--max_queue_delay_us", max_queue_delay_us, 0),
-                               ("--max_body_bytes", max_body_bytes, 1), ("--port", port, 0)):
+    for flag, value, least in (
+        ("--max_batch_size", max_batch_size, 1),
+        ("--max_queue_delay_us", max_queue_delay_us, 0),
+        ("--max_body_bytes", max_body_bytes, 1),
+        ("--port", port, 0),
+    ):
         if value < least:
             raise UsageError(f"{flag} must be at least {least}, got {value}")
     names = [Path(os.path.abspath(d)).name for d in model_dirs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise UsageError(f"two model directories named {', '.join(repeated)}: a model is served under its "
-                         "directory's name, which must be unique")
+        raise UsageError(
+            f"two model directories named {', '.join(repeated)}: a model is served under its "
+            "directory's name, which must be unique"
+        )
     models = {name: load_model(name, Path(d), engine, precision, device) for name, d in zip(names, model_dirs)}
     server = Server(models, max_batch_size, max_queue_delay_us, max_body_bytes)
-    config = uvicorn.Config(server.app(), host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=None, http="httptools", loop="uvloop")
+    config = uvicorn.Config(
+        server.app(),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=None,
+        http="httptools",
+        loop="uvloop",
+    )
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    log.info("serving %s at %s/v2/models/<model>/infer (metrics: %s/metrics)",
-             ", ".join(f"{m.name} ({m.task.name}, {m.engine.name})" for m in models.values()), url, url)
+    log.info(
+        "serving %s at %s/v2/models/<model>/infer (metrics: %s/metrics)",
+        ", ".join(f"{m.name} ({m.task.name}, {m.engine.name})" for m in models.values()),
+        url,
+        url,
+    )
     _Uvicorn(config, server).run()
-    return {"url": url, "models": list(models), "inference_requests": {
-        "accepted": server.accepted, "answered": server.answered, "running_at_stop": server.running_at_stop,
-        "refused_while_stopping": server.refused}}
+    return {
+        "url": url,
+        "models": list(models),
+        "inference_requests": {
+            "accepted": server.accepted,
+            "answered": server.answered,
+            "running_at_stop": server.running_at_stop,
+            "refused_while_stopping": server.refused,
+        },
+    }

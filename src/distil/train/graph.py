@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ flow = import_oneflow()
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
 
 
-def _sum_losses(outputs: Dict[str, flow.Tensor]) -> flow.Tensor:
+def _sum_losses(outputs: dict[str, flow.Tensor]) -> flow.Tensor:
     losses = [value for name, value in outputs.items() if name.endswith("_loss")]
     total = losses[0]
     for value in losses[1:]:
@@ -46,8 +46,15 @@ class TrainGraph(flow.nn.Graph):
     Python float read in `build` would be frozen when the graph compiles.
     """
 
-    def __init__(self, step_module: flow.nn.Module, features: Sequence[str], optimizer, schedule,
-                 placement: Placement, micro_batches: int = 1):
+    def __init__(
+        self,
+        step_module: flow.nn.Module,
+        features: Sequence[str],
+        optimizer,
+        schedule,
+        placement: Placement,
+        micro_batches: int = 1,
+    ):
         super().__init__()
         for parameter in step_module.parameters():
             parameter.grad = None  # another graph's build may have left its lazy gradients there
@@ -61,17 +68,18 @@ class TrainGraph(flow.nn.Graph):
         self.config.allow_fuse_add_to_output(True)
         if placement.fp16:
             self.config.enable_amp(True)
-            self.set_grad_scaler(flow.amp.GradScaler(init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
-                                                     growth_interval=2000))
+            self.set_grad_scaler(
+                flow.amp.GradScaler(init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
+            )
 
-    def build(self, *inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+    def build(self, *inputs: flow.Tensor) -> dict[str, flow.Tensor]:
         batch = dict(zip(self.features, inputs))
-        outputs = self.step_module(batch, *inputs[len(self.features):])
+        outputs = self.step_module(batch, *inputs[len(self.features) :])
         total = _sum_losses(outputs)
         total.backward()
         return {**outputs, "loss": total}
 
-    def step(self, batch: Dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+    def step(self, batch: dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> dict[str, flow.Tensor]:
         return self(*(batch[name] for name in self.features), *step_inputs)
 
 
@@ -85,13 +93,13 @@ class TrainGraphs:
     run; same interface as TrainGraph.
     """
 
-    def __init__(self, build: Callable[[int, int], TrainGraph], length_of: Callable[[Dict[str, flow.Tensor]], int]):
+    def __init__(self, build: Callable[[int, int], TrainGraph], length_of: Callable[[dict[str, flow.Tensor]], int]):
         self.build, self.length_of = build, length_of
-        self.graphs: Dict[int, TrainGraph] = {}
-        self.loaded: Dict[str, flow.Tensor] = {}  # a resumed run's optimizer state, for the first graph
+        self.graphs: dict[int, TrainGraph] = {}
+        self.loaded: dict[str, flow.Tensor] = {}  # a resumed run's optimizer state, for the first graph
         self.steps = 0
 
-    def step(self, batch: Dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+    def step(self, batch: dict[str, flow.Tensor], *step_inputs: flow.Tensor) -> dict[str, flow.Tensor]:
         length = self.length_of(batch)
         graph = self.graphs.get(length) or self._add(length)
         self.steps += 1
@@ -106,13 +114,13 @@ class TrainGraphs:
         return graph
 
     @property
-    def lengths(self) -> List[int]:
+    def lengths(self) -> list[int]:
         return sorted(self.graphs)
 
-    def state_dict(self) -> Dict:
+    def state_dict(self) -> dict:
         return next(iter(self.graphs.values())).state_dict()
 
-    def load_state_dict(self, state: Dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """The optimizer state (the trainer loads the step module's weights itself), before any step."""
         self.loaded = dict(state)
 
@@ -127,7 +135,7 @@ class EagerStep:
     def __init__(self, step_module: flow.nn.Module, optimizer, schedule, clip_grad: float):
         self.step_module, self.optimizer, self.schedule, self.clip_grad = step_module, optimizer, schedule, clip_grad
 
-    def step(self, batch: Dict[str, flow.Tensor], *step_inputs) -> Dict[str, flow.Tensor]:
+    def step(self, batch: dict[str, flow.Tensor], *step_inputs) -> dict[str, flow.Tensor]:
         outputs = self.step_module(batch, *step_inputs)
         total = _sum_losses(outputs)
         if total.requires_grad:  # a Theseus step that sampled only frozen predecessors has nothing to learn
@@ -139,18 +147,21 @@ class EagerStep:
         self.optimizer.zero_grad()
         return {**outputs, "loss": total}
 
-    def state_dict(self) -> Dict:
+    def state_dict(self) -> dict:
         """Keyed as a TrainGraph's: the step module's weights under "step_module", then the rest."""
-        return {"step_module": self.step_module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict()}
+        return {
+            "step_module": self.step_module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+        }
 
-    def load_state_dict(self, state: Dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """The optimizer and schedule (the trainer loads the step module's weights itself)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
 
 
-Compute = Callable[[flow.nn.Module, Dict[str, flow.Tensor]], Dict[str, flow.Tensor]]
+Compute = Callable[[flow.nn.Module, dict[str, flow.Tensor]], dict[str, flow.Tensor]]
 GRAPH_PASS_BUDGET = 8_000_000  # rows x seq x layers x hidden of one pass below which a graph stays small
 
 
@@ -176,13 +187,15 @@ class PassGraph(flow.nn.Graph):
         if placement.fp16:
             self.config.enable_amp(True)
 
-    def build(self) -> Dict[str, flow.Tensor]:
+    def build(self) -> dict[str, flow.Tensor]:
         return _gathered(self.compute(self.model, self.placement.batch(self.data())), self.placement)
 
 
-def _gathered(values: Dict[str, flow.Tensor], placement: Placement) -> Dict[str, flow.Tensor]:
-    return {name: placement.gather(flow.cast(v, flow.float32) if v.dtype == flow.float16 else v)
-            for name, v in values.items()}
+def _gathered(values: dict[str, flow.Tensor], placement: Placement) -> dict[str, flow.Tensor]:
+    return {
+        name: placement.gather(flow.cast(v, flow.float32) if v.dtype == flow.float16 else v)
+        for name, v in values.items()
+    }
 
 
 class InputsPassGraph(flow.nn.Graph):
@@ -194,7 +207,7 @@ class InputsPassGraph(flow.nn.Graph):
         if placement.fp16:
             self.config.enable_amp(True)
 
-    def build(self, *inputs: flow.Tensor) -> Dict[str, flow.Tensor]:
+    def build(self, *inputs: flow.Tensor) -> dict[str, flow.Tensor]:
         return _gathered(self.compute(self.model, dict(zip(self.features, inputs))), self.placement)
 
 
@@ -211,24 +224,31 @@ class SplitPass:
     sequence axis (logits, labels).
     """
 
-    def __init__(self, compute: Compute, model: flow.nn.Module, data: OFRecordDataset, placement: Placement,
-                 graph: bool = False, cut: bool = False):
+    def __init__(
+        self,
+        compute: Compute,
+        model: flow.nn.Module,
+        data: OFRecordDataset,
+        placement: Placement,
+        graph: bool = False,
+        cut: bool = False,
+    ):
         self.compute, self.model, self.data, self.placement = compute, model, data, placement
         self.stream = EvalStream(data.num_examples, data.batch_size // data.shards, data.shards)
         self.cut = cut
         self.graph = PassGraph(compute, model, data, placement) if graph and not self.cut else None
-        self.cut_graphs: Optional[Dict[int, InputsPassGraph]] = {} if graph and self.cut else None
+        self.cut_graphs: dict[int, InputsPassGraph] | None = {} if graph and self.cut else None
         if self.cut:
             self.mask = next(name for name in data.names if name.endswith("input_mask"))
             self.seq_length = data.meta["features"][self.mask]["shape"][-1]
             self.sequences = {name for name in data.names if data.meta["features"][name]["shape"] == [self.seq_length]}
             self.buckets = buckets.boundaries_for(data.meta, self.seq_length) or [self.seq_length]
 
-    def run(self, on_batch: Callable[[], None] = lambda: None) -> Dict[str, np.ndarray]:
+    def run(self, on_batch: Callable[[], None] = lambda: None) -> dict[str, np.ndarray]:
         if self.cut:
             return self._run_cut(on_batch)
 
-        def next_batch() -> Dict[str, np.ndarray]:
+        def next_batch() -> dict[str, np.ndarray]:
             if self.graph is not None:
                 values = self.graph()
             else:
@@ -239,46 +259,58 @@ class SplitPass:
 
         return self.stream.run(next_batch)
 
-    def _run_cut(self, on_batch: Callable[[], None]) -> Dict[str, np.ndarray]:
+    def _run_cut(self, on_batch: Callable[[], None]) -> dict[str, np.ndarray]:
         steps = math.ceil(max(self.stream.sizes) / self.stream.batch_size)  # the reads of one pass, no more
-        ready: List[Dict[str, np.ndarray]] = []
+        ready: list[dict[str, np.ndarray]] = []
         read = 0
 
-        def next_batch() -> Dict[str, np.ndarray]:
+        def next_batch() -> dict[str, np.ndarray]:
             nonlocal read
             if not ready:
                 count = min(buckets.CHUNK_BATCHES, steps - read)
                 read += count
-                ready.extend(self._by_length([{name: io.as_numpy(value) for name, value in self.data().items()}
-                                              for _ in range(count)], on_batch))
+                ready.extend(
+                    self._by_length(
+                        [{name: io.as_numpy(value) for name, value in self.data().items()} for _ in range(count)],
+                        on_batch,
+                    )
+                )
             return ready.pop(0)
 
         return self.stream.run(next_batch)
 
-    def _by_length(self, batches: List[Dict[str, np.ndarray]], on_batch: Callable[[], None]
-                   ) -> List[Dict[str, np.ndarray]]:
+    def _by_length(
+        self, batches: list[dict[str, np.ndarray]], on_batch: Callable[[], None]
+    ) -> list[dict[str, np.ndarray]]:
         """The outputs of `batches` (this rank's rows, in their order) computed on their rows sorted by length;
         with N ranks, as global batches (each rank's rows in turn)."""
         rows = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
         lengths = rows[self.mask].sum(axis=1)
         size = len(batches[0][self.mask])
         groups = buckets.groups_by_length(lengths, size)
-        widths = self.placement.largest([buckets.width_of(lengths[chosen], self.buckets if self.cut_graphs is not None
-                                                          else None) for chosen in groups])
+        widths = self.placement.largest(
+            [
+                buckets.width_of(lengths[chosen], self.buckets if self.cut_graphs is not None else None)
+                for chosen in groups
+            ]
+        )
         mine = slice(self.placement.rank * size, (self.placement.rank + 1) * size)  # this rank's rows of a batch
-        outputs: Dict[str, np.ndarray] = {}
+        outputs: dict[str, np.ndarray] = {}
         for chosen, width in zip(groups, widths):
             full = np.concatenate([chosen, np.repeat(chosen[-1:], size - len(chosen))])  # one shape per bucket
             values = self._compute(buckets.cut(rows, full, width, self.sequences), width)
             for name, value in values.items():
-                outputs.setdefault(name, np.empty((len(lengths), *value.shape[1:]), dtype=value.dtype))[chosen] = \
-                    value[mine][:len(chosen)]
+                outputs.setdefault(name, np.empty((len(lengths), *value.shape[1:]), dtype=value.dtype))[chosen] = value[
+                    mine
+                ][: len(chosen)]
             on_batch()
         everyone = {name: self.placement.everyones(value) for name, value in outputs.items()}  # (ranks, rows, ...)
-        return [{name: np.concatenate(list(value[:, i * size:(i + 1) * size])) for name, value in everyone.items()}
-                for i in range(len(batches))]
+        return [
+            {name: np.concatenate(list(value[:, i * size : (i + 1) * size])) for name, value in everyone.items()}
+            for i in range(len(batches))
+        ]
 
-    def _compute(self, batch: Dict[str, np.ndarray], width: int) -> Dict[str, np.ndarray]:
+    def _compute(self, batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
         tensors = self.placement.batch({name: flow.tensor(value) for name, value in batch.items()})
         if self.cut_graphs is not None:
             if width not in self.cut_graphs:
@@ -290,15 +322,22 @@ class SplitPass:
         return {name: io.as_numpy(value) for name, value in values.items()}
 
 
-def _logits_and_labels(model: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+def _logits_and_labels(model: flow.nn.Module, batch: dict[str, flow.Tensor]) -> dict[str, flow.Tensor]:
     return {"logits": model.logits(*(batch[name] for name in MODEL_INPUTS)), "labels": batch["label_ids"]}
 
 
 class Evaluator:
     """Evaluates a model on one split, every example exactly once, and times its throughput."""
 
-    def __init__(self, model: flow.nn.Module, split: SplitLike, metrics: Sequence[str], batch_size: int,
-                 placement: Placement, length_buckets: str = "auto"):
+    def __init__(
+        self,
+        model: flow.nn.Module,
+        split: SplitLike,
+        metrics: Sequence[str],
+        batch_size: int,
+        placement: Placement,
+        length_buckets: str = "auto",
+    ):
         cut = buckets.check_mode(length_buckets)
         self.model, self.metrics, self.placement = placement.module(model), tuple(metrics), placement
         split = as_split(split)
@@ -313,23 +352,26 @@ class Evaluator:
     def num_examples(self) -> int:
         return self.data.num_examples
 
-    def run(self) -> Tuple[Dict[str, float], Dict[str, np.ndarray], Dict[str, float]]:
+    def run(self) -> tuple[dict[str, float], dict[str, np.ndarray], dict[str, float]]:
         """(metrics, {"logits", "labels"} in file order, timing) for one pass over the split.
 
         Timing leaves out the first batch, which includes warming up.
         """
         was_training = self.model.training
         self.model.eval()
-        marks: List[float] = []
+        marks: list[float] = []
 
         start = time.perf_counter()
         outputs = self.passes.run(lambda: marks.append(time.perf_counter()))
         self.model.train(was_training)
         timed_examples = self.num_examples - min(self.data.batch_size, self.num_examples)
         timed_seconds = marks[-1] - marks[0]
-        timing = {"seconds": marks[-1] - start,
-                  "examples_per_second": timed_examples / timed_seconds if timed_examples and timed_seconds else
-                  self.num_examples / (marks[-1] - start)}
+        timing = {
+            "seconds": marks[-1] - start,
+            "examples_per_second": timed_examples / timed_seconds
+            if timed_examples and timed_seconds
+            else self.num_examples / (marks[-1] - start),
+        }
         return compute_metrics(self.metrics, outputs["logits"], outputs["labels"]), outputs, timing
 
 
@@ -348,11 +390,11 @@ class LossEvaluator:
         return self.split.num_examples
 
     @staticmethod
-    def _losses(step_module: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+    def _losses(step_module: flow.nn.Module, batch: dict[str, flow.Tensor]) -> dict[str, flow.Tensor]:
         rows = batch["input_mask"].shape[0]
         return {"loss": _sum_losses(step_module(batch)).reshape(1).repeat(rows)}
 
-    def run(self) -> Tuple[Dict[str, float], Dict[str, np.ndarray], Dict[str, float]]:
+    def run(self) -> tuple[dict[str, float], dict[str, np.ndarray], dict[str, float]]:
         was_training = self.model.training
         self.model.eval()
         start = time.perf_counter()
@@ -360,6 +402,8 @@ class LossEvaluator:
         outputs = SplitPass(self._losses, self.step_module, data, self.placement).run()  # the same batches each time
         self.model.train(was_training)
         seconds = time.perf_counter() - start
-        return ({"dev_loss": float(outputs["loss"].mean())}, outputs,
-                {"seconds": seconds, "examples_per_second": self.num_examples / max(seconds, 1e-9)})
-
+        return (
+            {"dev_loss": float(outputs["loss"].mean())},
+            outputs,
+            {"seconds": seconds, "examples_per_second": self.num_examples / max(seconds, 1e-9)},
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,13 +52,15 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(_ranks(x), _ranks(y))
 
 
-def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The task's metrics from (N, C) logits and (N, 1) labels; C == 1 is regression."""
     labels = labels.reshape(-1)
     if logits.shape[-1] == 1:
         scores = logits.reshape(-1).astype(np.float64)
-        values = {"pearson": pearson(scores, labels.astype(np.float64)),
-                  "spearman": spearman(scores, labels.astype(np.float64))}
+        values = {
+            "pearson": pearson(scores, labels.astype(np.float64)),
+            "spearman": spearman(scores, labels.astype(np.float64)),
+        }
         values["mse"] = float(np.mean((scores - labels) ** 2))
         return {k: values[k] for k in (*names, "mse") if k in values}
     pred = logits.argmax(axis=-1)

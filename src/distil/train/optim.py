@@ -10,7 +10,7 @@ all of them at once (`EagerStep`). Both are checked step by step against PyTorch
 
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from collections.abc import Iterable
 
 from distil.runtime import import_oneflow
 from distil.train.schedules import warmup_steps
@@ -30,13 +30,20 @@ class GraphAdamW(flow.optim.AdamW):
         return confs
 
 
-def trainable(named_parameters: Iterable[Tuple[str, "flow.nn.Parameter"]]) -> List[Tuple[str, "flow.nn.Parameter"]]:
+def trainable(named_parameters: Iterable[tuple[str, flow.nn.Parameter]]) -> list[tuple[str, flow.nn.Parameter]]:
     return [(name, param) for name, param in named_parameters if param.requires_grad]
 
 
-def build_optimizer(named_parameters: Iterable[Tuple[str, "flow.nn.Parameter"]], learning_rate: float,
-                    weight_decay: float, total_steps: int, warmup_proportion: float = 0.1,
-                    clip_grad: float = 1.0, epsilon: float = 1e-6, graph: bool = True):
+def build_optimizer(
+    named_parameters: Iterable[tuple[str, flow.nn.Parameter]],
+    learning_rate: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_proportion: float = 0.1,
+    clip_grad: float = 1.0,
+    epsilon: float = 1e-6,
+    graph: bool = True,
+):
     """AdamW over the trainable parameters and its LR schedule (stepped inside the graph when `graph`).
 
     `graph`: one group that the graph clips by the global norm `clip_grad` (0 = no clipping); else two
@@ -45,8 +52,9 @@ def build_optimizer(named_parameters: Iterable[Tuple[str, "flow.nn.Parameter"]],
     params = trainable(named_parameters)
     if graph:
         clip = {"clip_grad_max_norm": clip_grad, "clip_grad_norm_type": 2.0} if clip_grad > 0 else {}
-        optimizer = GraphAdamW([{"params": [p for _, p in params], "weight_decay": weight_decay, **clip}],
-                               lr=learning_rate, eps=epsilon)
+        optimizer = GraphAdamW(
+            [{"params": [p for _, p in params], "weight_decay": weight_decay, **clip}], lr=learning_rate, eps=epsilon
+        )
     else:
         decay = [p for name, p in params if not any(s in name for s in NO_DECAY)]
         no_decay = [p for name, p in params if any(s in name for s in NO_DECAY)]
@@ -54,11 +62,13 @@ def build_optimizer(named_parameters: Iterable[Tuple[str, "flow.nn.Parameter"]],
         optimizer = flow.optim.AdamW(groups, lr=learning_rate, eps=epsilon)
     warmup = warmup_steps(total_steps, warmup_proportion)
     decay_schedule = flow.optim.lr_scheduler.PolynomialLR(
-        optimizer, decay_batch=max(1, total_steps - warmup), end_learning_rate=0.0, power=1.0)
+        optimizer, decay_batch=max(1, total_steps - warmup), end_learning_rate=0.0, power=1.0
+    )
     if warmup == 0:
         return optimizer, decay_schedule
-    schedule = flow.optim.lr_scheduler.WarmupLR(decay_schedule, warmup_factor=0.0, warmup_iters=warmup,
-                                                warmup_method="linear", warmup_prefix=True)
+    schedule = flow.optim.lr_scheduler.WarmupLR(
+        decay_schedule, warmup_factor=0.0, warmup_iters=warmup, warmup_method="linear", warmup_prefix=True
+    )
     return optimizer, schedule
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Any, Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,10 @@ def resolve_device(name: str, fp16: bool = False) -> str:
     (mixed precision) needs CUDA."""
     device = _visible_device(name)
     if fp16 and not device.startswith("cuda"):
-        raise UsageError(f"--use_fp16 (USE_FP16) needs a GPU: OneFlow 0.9 has no float16 kernels on the CPU "
-                         f"(this run's device is {device}); leave it False")
+        raise UsageError(
+            f"--use_fp16 (USE_FP16) needs a GPU: OneFlow 0.9 has no float16 kernels on the CPU "
+            f"(this run's device is {device}); leave it False"
+        )
     return device
 
 
@@ -53,8 +56,10 @@ def _visible_device(name: str) -> str:
     if name not in ("cuda", *(f"cuda:{k}" for k in range(64))):
         raise UsageError(f"--device {name}: expected auto, cpu, cuda or cuda:K")
     if not flow.cuda.is_available():
-        raise UsageError(f"--device {name}, but OneFlow sees no GPU on this machine (CUDA_VISIBLE_DEVICES, driver); "
-                         "use --device cpu or auto")
+        raise UsageError(
+            f"--device {name}, but OneFlow sees no GPU on this machine (CUDA_VISIBLE_DEVICES, driver); "
+            "use --device cpu or auto"
+        )
     if ":" in name and int(name.split(":")[1]) >= flow.cuda.device_count():
         raise UsageError(f"--device {name}, but only {flow.cuda.device_count()} GPU(s) are visible")
     return name
@@ -81,7 +86,7 @@ class Placement:
         """Only rank 0 writes files."""
         return self.rank == 0
 
-    def ranks(self, device_type: str = "") -> "flow.placement":
+    def ranks(self, device_type: str = "") -> flow.placement:
         return flow.placement(device_type or self.device.split(":")[0], ranks=list(range(self.world_size)))
 
     def module(self, module: flow.nn.Module) -> flow.nn.Module:
@@ -96,7 +101,7 @@ class Placement:
             return module
         return module.to(self.device)
 
-    def batch(self, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+    def batch(self, batch: dict[str, flow.Tensor]) -> dict[str, flow.Tensor]:
         """A batch from the reader, on the device; with N processes it is already global, split on dim 0."""
         if self.distributed:
             return {k: v.to_global(placement=self.ranks(), sbp=flow.sbp.split(0)) for k, v in batch.items()}
@@ -106,7 +111,7 @@ class Placement:
         """Eager mixed precision under --use_fp16 (the graphs use nn.Graph AMP instead); else a no-op."""
         return flow.autocast(device_type="cuda", dtype=flow.float16) if self.fp16 else contextlib.nullcontext()
 
-    def reader(self) -> Dict:
+    def reader(self) -> dict:
         """The OFRecordReader's placement: each rank reads its own part files."""
         return {"placement": self.ranks("cpu"), "sbp": flow.sbp.split(0)} if self.distributed else {}
 
@@ -133,7 +138,7 @@ class Placement:
         mine = flow.tensor(rows[None]).to_global(placement=self.ranks("cpu"), sbp=flow.sbp.split(0))
         return mine.to_global(sbp=flow.sbp.broadcast).to_local().numpy()
 
-    def largest(self, values: Sequence[int]) -> List[int]:
+    def largest(self, values: Sequence[int]) -> list[int]:
         """Each of `values` maximised over all ranks (every rank passes as many)."""
         return [int(v) for v in self.everyones(np.asarray(values, dtype=np.int64)).max(axis=0)]
 

@@ -12,8 +12,9 @@ import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any
 
 from distil import crash
 from distil.data import ofrecord
@@ -41,10 +42,10 @@ class RunConfig:
     data_root: Path
     model_save_dir: Path
     settings: TrainSettings
-    options: Any                           # the algorithm's Options dataclass
-    result_dir: Optional[Path] = None      # None: results go into the model directory
+    options: Any  # the algorithm's Options dataclass
+    result_dir: Path | None = None  # None: results go into the model directory
     serve_for_online: bool = False
-    export_onnx: bool = False              # write model.onnx beside the final weights
+    export_onnx: bool = False  # write model.onnx beside the final weights
     overwrite: bool = False
     device: str = "cpu"
 
@@ -57,7 +58,7 @@ class Stage:
     name: str
     model_dir: Path
     settings: TrainSettings
-    init: Optional[Path] = None
+    init: Path | None = None
     final: bool = True
 
 
@@ -66,33 +67,36 @@ class Built:
     """What an algorithm's `build` returns: the model to train and save, and how one step computes its losses."""
 
     model: flow.nn.Module
-    model_config: Dict[str, Any]
+    model_config: dict[str, Any]
     step_module: flow.nn.Module
     vocab_file: Path
-    step_inputs: Optional[Callable[[int, int], Tuple]] = None
-    eager: bool = False            # True: steps run eagerly (Theseus samples a different network each step)
+    step_inputs: Callable[[int, int], tuple] | None = None
+    eager: bool = False  # True: steps run eagerly (Theseus samples a different network each step)
 
 
-def data_dirs(data_root: Path, task: TaskSpec, suffix: str = "", train_split: str = "train"
-              ) -> Tuple[Path, Dict[str, Path]]:
+def data_dirs(
+    data_root: Path, task: TaskSpec, suffix: str = "", train_split: str = "train"
+) -> tuple[Path, dict[str, Path]]:
     """(train split, {eval split name: dir}) under <data_root>/<TASK><suffix>/, with a clear error if absent."""
     folder = data_root / f"{task.name}{suffix}"
     evals = {name: folder / name for name in ("eval", "eval_mismatched") if name in task.splits}
     for split in (folder / train_split, *evals.values()):
         if not (split / ofrecord.META_FILE).is_file():
-            raise UsageError(f"no converted data at {split} (run: bash scripts/glue_process.sh {task.name}"
-                             f" with DATA_ROOT={data_root})")
+            raise UsageError(
+                f"no converted data at {split} (run: bash scripts/glue_process.sh {task.name}"
+                f" with DATA_ROOT={data_root})"
+            )
     return folder / train_split, evals
 
 
-def model_eval_dirs(config: Dict[str, Any], data_root: Path) -> Dict[str, Path]:
+def model_eval_dirs(config: dict[str, Any], data_root: Path) -> dict[str, Path]:
     """The dev split(s) a model directory's config points at: <data_root>/<its data folder>/eval…"""
     task = get_task(config["task"]["name"])
     folder = config.get("data", {}).get("folder", task.name)
-    return data_dirs(data_root, task, folder[len(task.name):])[1]
+    return data_dirs(data_root, task, folder[len(task.name) :])[1]
 
 
-def open_eval_splits(model_dir: Path, config: Dict[str, Any], data_root: Path) -> Dict[str, Split]:
+def open_eval_splits(model_dir: Path, config: dict[str, Any], data_root: Path) -> dict[str, Split]:
     """The dev split(s) of a fine-tuned model directory under `data_root`, checked against its vocabulary."""
     eval_splits = {name: open_split(path) for name, path in model_eval_dirs(config, data_root).items()}
     ofrecord.check_vocab(model_dir / io.VOCAB_FILE, eval_splits["eval"].meta, f"the model {model_dir}")
@@ -104,7 +108,7 @@ def _already_trained(model_dir: Path) -> bool:
     return (model_dir / io.WEIGHTS_DIR).is_dir() and (state is None or state.finished)
 
 
-def plot_history(history: Dict[str, Any], metric: str, path: Path) -> None:
+def plot_history(history: dict[str, Any], metric: str, path: Path) -> None:
     """A run's loss terms (each by name) and total against steps, and the per-epoch dev metric."""
     import matplotlib
 
@@ -132,7 +136,7 @@ def plot_history(history: Dict[str, Any], metric: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_results(results: Dict[str, Any], state: RunState, target: Path, metric: str) -> Path:
+def write_results(results: dict[str, Any], state: RunState, target: Path, metric: str) -> Path:
     """results_eval.json, train_history.json and the loss/metric curve train_curve.png."""
     target.mkdir(parents=True, exist_ok=True)
     history = {"epochs": state.history, "losses": state.losses}
@@ -142,15 +146,15 @@ def write_results(results: Dict[str, Any], state: RunState, target: Path, metric
     return target / RESULTS_FILE
 
 
-def train_algorithm(algorithm, run: RunConfig) -> Dict[str, Any]:
+def train_algorithm(algorithm, run: RunConfig) -> dict[str, Any]:
     """Train every stage of `algorithm`; returns the final metrics of the saved best model."""
-    results: Dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for index, stage in enumerate(algorithm.stages(run)):
         results = train_stage(algorithm, run, stage, clear=run.overwrite and index == 0)
     return results
 
 
-def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) -> Dict[str, Any]:
+def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) -> dict[str, Any]:
     """Train one stage. `clear`: remove the run's model directory once the inputs have been checked."""
     task = algorithm.task(run.task)
     model_dir, result_dir = stage.model_dir, run.result_dir if stage.final else None
@@ -164,8 +168,9 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
         results = (result_dir or model_dir) / RESULTS_FILE
         if results.is_file():
             return json.loads(results.read_text())
-        return evaluate_model_dir(model_dir, run.data_root, result_dir, run.settings.eval_batch_size, run.device,
-                                  fp16=run.settings.use_fp16)
+        return evaluate_model_dir(
+            model_dir, run.data_root, result_dir, run.settings.eval_batch_size, run.device, fp16=run.settings.use_fp16
+        )
     placement = Placement(run.device, fp16=stage.settings.use_fp16)
     suffix = algorithm.data_suffix(run.options)
     train_dir, eval_dirs = algorithm.data(run, task)
@@ -177,31 +182,63 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
     options = run.options.as_json()
     config = {
         "model": built.model_config,
-        "task": {"name": task.name, "labels": task.labels, "num_labels": task.num_labels,
-                 "metrics": list(task.metrics)},
-        "data": {"format": train_meta.get("format", "bert"), "folder": f"{task.name}{suffix}",
-                 "seq_length": train_meta.get("seq_length"), "do_lower_case": train_meta["vocab"].get("do_lower_case")},
-        "algorithm": {"name": algorithm.name, "model_id": run.model_save_dir.name, "stage": stage.name,
-                      "settings": dataclasses.asdict(stage.settings), "options": options},
+        "task": {
+            "name": task.name,
+            "labels": task.labels,
+            "num_labels": task.num_labels,
+            "metrics": list(task.metrics),
+        },
+        "data": {
+            "format": train_meta.get("format", "bert"),
+            "folder": f"{task.name}{suffix}",
+            "seq_length": train_meta.get("seq_length"),
+            "do_lower_case": train_meta["vocab"].get("do_lower_case"),
+        },
+        "algorithm": {
+            "name": algorithm.name,
+            "model_id": run.model_save_dir.name,
+            "stage": stage.name,
+            "settings": dataclasses.asdict(stage.settings),
+            "options": options,
+        },
     }
+
+    vocab_file = built.vocab_file
 
     def start() -> None:
         if clear and run.model_save_dir.exists():
             log.warning("--overwrite: removing the earlier run in %s", run.model_save_dir)
             shutil.rmtree(run.model_save_dir)
         io.write_config(model_dir, config)
-        io.copy_vocab(built.vocab_file, model_dir)
+        io.copy_vocab(vocab_file, model_dir)
 
     placement.write(start)
     crash.note_run(run.model_save_dir, model_dir)  # where crash.log goes, and the train_state/ a restart resumes
     # a resume must not change them (the options, a global batch, a data order)
     extra_state = {"options": options, "stage": stage.name, "processes": placement.world_size}
     evaluator = algorithm.evaluator(built, eval_splits["eval"], stage.settings, placement)
-    trainer = Trainer(built.model, built.step_module, stage.settings, train, eval_splits, task.metrics,
-                      model_dir, placement, built.step_inputs, extra_state, built.eager, evaluator)
+    trainer = Trainer(
+        built.model,
+        built.step_module,
+        stage.settings,
+        train,
+        eval_splits,
+        task.metrics,
+        model_dir,
+        placement,
+        built.step_inputs,
+        extra_state,
+        built.eager,
+        evaluator,
+    )
     state = trainer.fit()
-    results = {"task": task.name, "algorithm": algorithm.name, "model_id": run.model_save_dir.name,
-               "best_epoch": state.best_epoch, **trainer.evaluate_best()}
+    results = {
+        "task": task.name,
+        "algorithm": algorithm.name,
+        "model_id": run.model_save_dir.name,
+        "best_epoch": state.best_epoch,
+        **trainer.evaluate_best(),
+    }
 
     def finish() -> None:
         path = write_results(results, state, result_dir or model_dir, task.metrics[0])
@@ -219,20 +256,32 @@ def train_stage(algorithm, run: RunConfig, stage: Stage, clear: bool = False) ->
     return results
 
 
-def _check_model_exists(model_dir: Path, task: Optional[str]) -> None:
+def _check_model_exists(model_dir: Path, task: str | None) -> None:
     """A missing model id gets the list of the ids of that task that do exist beside it."""
     if model_dir.is_dir():
         return
     configs = model_dir.parent.glob(f"*/{io.CONFIG_FILE}") if model_dir.parent.is_dir() else []
-    ids = sorted(p.parent.name for p in configs
-                 if task is None or (json.loads(p.read_text()).get("task") or {}).get("name") == get_task(task).name)
-    raise UsageError(f"no model {model_dir.name} in {model_dir.parent}; "
-                     + (f"models there: {', '.join(ids)}" if ids else "it holds no model"))
+    ids = sorted(
+        p.parent.name
+        for p in configs
+        if task is None or (json.loads(p.read_text()).get("task") or {}).get("name") == get_task(task).name
+    )
+    raise UsageError(
+        f"no model {model_dir.name} in {model_dir.parent}; "
+        + (f"models there: {', '.join(ids)}" if ids else "it holds no model")
+    )
 
 
-def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Path], batch_size: int,
-                       device: str, task_name: Optional[str] = None, fp16: bool = False,
-                       length_buckets: str = "auto") -> Dict[str, Any]:
+def evaluate_model_dir(
+    model_dir: Path,
+    data_root: Path,
+    result_dir: Path | None,
+    batch_size: int,
+    device: str,
+    task_name: str | None = None,
+    fp16: bool = False,
+    length_buckets: str = "auto",
+) -> dict[str, Any]:
     """Evaluate a saved model on its task's dev split(s) and write results_eval.json (original: run_eval_*.sh)."""
     _check_model_exists(model_dir, task_name)
     config = io.read_config(model_dir)
@@ -244,9 +293,12 @@ def evaluate_model_dir(model_dir: Path, data_root: Path, result_dir: Optional[Pa
     eval_splits = open_eval_splits(model_dir, config, data_root)
     placement = Placement(device, fp16)
     model = io.load_model(model_dir)
-    results = {"task": task.name, "algorithm": config["algorithm"]["name"], "model_id": model_dir.name,
-               **evaluate(model, eval_splits, task.metrics, batch_size, placement, model_dir,
-                          length_buckets=length_buckets)}
+    results = {
+        "task": task.name,
+        "algorithm": config["algorithm"]["name"],
+        "model_id": model_dir.name,
+        **evaluate(model, eval_splits, task.metrics, batch_size, placement, model_dir, length_buckets=length_buckets),
+    }
     placement.release()
     target = result_dir or model_dir
 

@@ -8,9 +8,13 @@ from distil.data.buckets import check_mode
 from distil.errors import UsageError
 
 # The original's flag spellings, accepted next to ours.
-ALIASES = {"epochs": ("--num_epochs",), "weight_decay": ("--weight_decay_rate",),
-           "batch_size": ("--batch_size_per_device",), "eval_batch_size": ("--eval_batch_size_per_device",),
-           "log_every": ("--loss_print_every_n_iter",)}
+ALIASES = {
+    "epochs": ("--num_epochs",),
+    "weight_decay": ("--weight_decay_rate",),
+    "batch_size": ("--batch_size_per_device",),
+    "eval_batch_size": ("--eval_batch_size_per_device",),
+    "log_every": ("--loss_print_every_n_iter",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,18 +29,18 @@ class TrainSettings:
     eval_batch_size: int = 32
     seed: int = 42
     log_every: int = 20
-    max_steps: int = 0            # > 0: stop after this many steps (smoke runs); 0: all epochs
-    checkpoint_every: int = 0     # > 0: also save train_state/ every N steps (always at epoch ends)
+    max_steps: int = 0  # > 0: stop after this many steps (smoke runs); 0: all epochs
+    checkpoint_every: int = 0  # > 0: also save train_state/ every N steps (always at epoch ends)
     checkpoint_minutes: float = 10.0  # > 0: also save it at a logging step once this many minutes have passed
     clip_grad: float = 1.0
-    select_best: bool = True      # False: keep the last epoch (a stage whose dev metric means nothing yet)
-    shuffle: bool = True          # False: training records in file order (each rank: its shard in order)
-    use_fp16: bool = False        # mixed precision (nn.Graph AMP, dynamic loss scaling); CUDA only
-    teacher_cache: str = "auto"   # auto: the teacher's per-example outputs computed once (train/teacher_cache.py);
-                                  # onnxruntime: the same, its pass on onnxruntime (one CPU process); off
-    micro_batch_size: int = 0     # rows per forward/backward pass inside a step; 0: auto (micro_batch_count)
+    select_best: bool = True  # False: keep the last epoch (a stage whose dev metric means nothing yet)
+    shuffle: bool = True  # False: training records in file order (each rank: its shard in order)
+    use_fp16: bool = False  # mixed precision (nn.Graph AMP, dynamic loss scaling); CUDA only
+    teacher_cache: str = "auto"  # auto: the teacher's per-example outputs computed once (train/teacher_cache.py);
+    # onnxruntime: the same, its pass on onnxruntime (one CPU process); off
+    micro_batch_size: int = 0  # rows per forward/backward pass inside a step; 0: auto (micro_batch_count)
     length_buckets: str = "auto"  # auto: batches of similar length, cut to their bucket (data/buckets.py); off
-    tensorboard: str = ""         # a folder: TensorBoard event files of every loss term, the LR, dev metrics
+    tensorboard: str = ""  # a folder: TensorBoard event files of every loss term, the LR, dev metrics
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
@@ -45,11 +49,14 @@ class TrainSettings:
         if self.learning_rate <= 0 or not 0 <= self.warmup_proportion < 1 or self.weight_decay < 0:
             raise UsageError("--learning_rate must be > 0, --warmup_proportion in [0, 1), --weight_decay >= 0")
         if self.checkpoint_every < 0 or self.checkpoint_minutes < 0:
-            raise UsageError(f"--checkpoint_every and --checkpoint_minutes must be >= 0, got {self.checkpoint_every} "
-                             f"and {self.checkpoint_minutes}")
+            raise UsageError(
+                f"--checkpoint_every and --checkpoint_minutes must be >= 0, got {self.checkpoint_every} "
+                f"and {self.checkpoint_minutes}"
+            )
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
-            raise UsageError(f"--micro_batch_size must divide --batch_size ({self.batch_size}), got "
-                             f"{self.micro_batch_size}")
+            raise UsageError(
+                f"--micro_batch_size must divide --batch_size ({self.batch_size}), got {self.micro_batch_size}"
+            )
         check_mode(self.length_buckets)
         if self.teacher_cache not in CACHE_MODES:
             raise UsageError(f"--teacher_cache must be one of {', '.join(CACHE_MODES)}, got '{self.teacher_cache}'")

@@ -27,8 +27,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -61,15 +61,19 @@ def weights_digest(module: flow.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(step: DistillStep, train: Split, outputs: Sequence[str]) -> Dict[str, str]:
+def fingerprint(step: DistillStep, train: Split, outputs: Sequence[str]) -> dict[str, str]:
     """What a cache's values depend on; any difference means the cache is stale."""
     meta = (train.dir / ofrecord.META_FILE).read_bytes()
-    return {"format": FORMAT, "teacher_weights_sha256": weights_digest(step.teacher),
-            "train_meta_sha256": hashlib.sha256(meta).hexdigest(), "teacher_inputs": step.teacher_view or "student's",
-            "outputs": ",".join(outputs)}
+    return {
+        "format": FORMAT,
+        "teacher_weights_sha256": weights_digest(step.teacher),
+        "train_meta_sha256": hashlib.sha256(meta).hexdigest(),
+        "teacher_inputs": step.teacher_view or "student's",
+        "outputs": ",".join(outputs),
+    }
 
 
-def open_fresh(cache: Path, expected: Dict[str, str]) -> Optional[Split]:
+def open_fresh(cache: Path, expected: dict[str, str]) -> Split | None:
     """The cache opened, if it exists, was made from these inputs, and its part files still match its meta.json."""
     path = cache / FINGERPRINT_FILE
     if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != expected:
@@ -81,9 +85,16 @@ def open_fresh(cache: Path, expected: Dict[str, str]) -> Optional[Split]:
         return None
 
 
-def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placement: Placement,
-                 batch_size: int, work_dir: Path, on_onnxruntime: bool = False, cut: bool = True
-                 ) -> Dict[str, np.ndarray]:
+def teacher_pass(
+    step: DistillStep,
+    train: Split,
+    outputs: Sequence[str],
+    placement: Placement,
+    batch_size: int,
+    work_dir: Path,
+    on_onnxruntime: bool = False,
+    cut: bool = True,
+) -> dict[str, np.ndarray]:
     """{output: float32 array with one row per training example, in file order}: the teacher run once over
     the split, in OneFlow eagerly without autograd (lean whatever the teacher's size), each rank on its
     shard; or `on_onnxruntime`, exported and run by onnxruntime in this one CPU process. `cut`: batches of
@@ -91,20 +102,24 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
     names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
     if on_onnxruntime:
         if hasattr(step.teacher, "members"):  # a TeacherEnsemble: one ONNX file is one teacher
-            raise UsageError("--teacher_cache onnxruntime exports one teacher; with several teachers use "
-                             "--teacher_cache auto")
+            raise UsageError(
+                "--teacher_cache onnxruntime exports one teacher; with several teachers use --teacher_cache auto"
+            )
         if placement.distributed or placement.device != "cpu" or tuple(outputs) != ("logits",):
-            raise UsageError(f"--teacher_cache onnxruntime runs the teacher's logits in one CPU process; this run "
-                             f"has {placement.world_size} process(es) on {placement.device} and caches "
-                             f"{', '.join(outputs)}: use --teacher_cache auto")
+            raise UsageError(
+                f"--teacher_cache onnxruntime runs the teacher's logits in one CPU process; this run "
+                f"has {placement.world_size} process(es) on {placement.device} and caches "
+                f"{', '.join(outputs)}: use --teacher_cache auto"
+            )
         data = OFRecordDataset(train, batch_size, features=names)
         with _progress(data, placement) as progress:
-            return onnxruntime_pass(step.teacher, data, step.teacher_view, work_dir, placement,
-                                    lambda: progress.update(1), cut)
+            return onnxruntime_pass(
+                step.teacher, data, step.teacher_view, work_dir, placement, lambda: progress.update(1), cut
+            )
     data = OFRecordDataset(train, batch_size, features=names, placement=placement)
     placement.module(step)
 
-    def compute(teacher: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+    def compute(teacher: flow.nn.Module, batch: dict[str, flow.Tensor]) -> dict[str, flow.Tensor]:
         result = step.outputs(teacher, model_inputs(batch, step.teacher_view))
         return {name: result[name] for name in outputs}
 
@@ -115,16 +130,28 @@ def teacher_pass(step: DistillStep, train: Split, outputs: Sequence[str], placem
 
 @contextlib.contextmanager
 def _progress(data: OFRecordDataset, placement: Placement) -> Iterator[tqdm]:
-    progress = tqdm(total=math.ceil(data.num_examples / data.batch_size), desc="teacher cache", unit="batch",
-                    dynamic_ncols=True, disable=None if placement.writer else True)
+    progress = tqdm(
+        total=math.ceil(data.num_examples / data.batch_size),
+        desc="teacher cache",
+        unit="batch",
+        dynamic_ncols=True,
+        disable=None if placement.writer else True,
+    )
     try:
         yield progress
     finally:
         progress.close()
 
 
-def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, work_dir: Path, placement: Placement,
-                     on_batch: Callable[[], None], cut: bool = True) -> Dict[str, np.ndarray]:
+def onnxruntime_pass(
+    teacher: flow.nn.Module,
+    data: OFRecordDataset,
+    view: str,
+    work_dir: Path,
+    placement: Placement,
+    on_batch: Callable[[], None],
+    cut: bool = True,
+) -> dict[str, np.ndarray]:
     """{"logits": one row per example of `data`, in file order}, from the teacher exported to a temporary ONNX
     file in `work_dir` (checked against OneFlow within 1e-4 by the export) and run by onnxruntime; with the
     file's dynamic sequence axis (BERT), SplitPass sorts the examples by length and cuts each batch to its
@@ -141,17 +168,20 @@ def onnxruntime_pass(teacher: flow.nn.Module, data: OFRecordDataset, view: str, 
         path = Path(tmp) / "teacher.onnx"
         export_model(teacher, seq_length, path, "the teacher")
         engine = OnnxEngine(path)
-        log.info("teacher cache: the teacher's pass runs on onnxruntime (exported to a temporary %s; batches %s)",
-                 path.name, "cut to their length" if cut and engine.cuts else f"at the full {seq_length} positions")
+        log.info(
+            "teacher cache: the teacher's pass runs on onnxruntime (exported to a temporary %s; batches %s)",
+            path.name,
+            "cut to their length" if cut and engine.cuts else f"at the full {seq_length} positions",
+        )
 
-        def compute(_: flow.nn.Module, batch: Dict[str, flow.Tensor]) -> Dict[str, flow.Tensor]:
+        def compute(_: flow.nn.Module, batch: dict[str, flow.Tensor]) -> dict[str, flow.Tensor]:
             return {"logits": flow.tensor(engine({name: batch[f"{view}{name}"].numpy() for name in MODEL_INPUTS}))}
 
         values = SplitPass(compute, teacher, data, placement, cut=cut and engine.cuts).run(on_batch)
     return {"logits": values["logits"].astype(np.float32)}
 
 
-def write_cache(train: Split, cache: Path, values: Dict[str, np.ndarray], expected: Dict[str, str]) -> None:
+def write_cache(train: Split, cache: Path, values: dict[str, np.ndarray], expected: dict[str, str]) -> None:
     """The training split's part files record by record, each record with its example's cached outputs
     appended, then meta.json and fingerprint.json; written under a temporary name and renamed."""
     staged = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
@@ -163,24 +193,48 @@ def write_cache(train: Split, cache: Path, values: Dict[str, np.ndarray], expect
         for part in meta["parts"]:
             with open(staged / part["name"], "wb") as out:
                 for body in ofrecord.iter_frames(train.dir / part["name"]):
-                    extra = ofrecord.encode_record({f"{CACHED_PREFIX}{name}": ("float32", array[index].ravel().tolist())
-                                                    for name, array in values.items()})
+                    extra = ofrecord.encode_record(
+                        {
+                            f"{CACHED_PREFIX}{name}": ("float32", array[index].ravel().tolist())
+                            for name, array in values.items()
+                        }
+                    )
                     out.write(ofrecord.frame(body + extra))  # a protobuf map's entries may simply be appended
                     index += 1
-            parts.append({"name": part["name"], "records": part["records"],
-                          "bytes": (staged / part["name"]).stat().st_size, "sha256": file_sha256(staged / part["name"])})
-        features = {**meta["features"], **{f"{CACHED_PREFIX}{name}": {"shape": list(array.shape[1:]), "dtype": "float32"}
-                                           for name, array in values.items()}}
-        write_json_atomic(staged / ofrecord.META_FILE, {**meta, "features": features, "parts": parts,
-                                                        "teacher_cache_of": str(train.dir)})
+            parts.append(
+                {
+                    "name": part["name"],
+                    "records": part["records"],
+                    "bytes": (staged / part["name"]).stat().st_size,
+                    "sha256": file_sha256(staged / part["name"]),
+                }
+            )
+        features = {
+            **meta["features"],
+            **{
+                f"{CACHED_PREFIX}{name}": {"shape": list(array.shape[1:]), "dtype": "float32"}
+                for name, array in values.items()
+            },
+        }
+        write_json_atomic(
+            staged / ofrecord.META_FILE,
+            {**meta, "features": features, "parts": parts, "teacher_cache_of": str(train.dir)},
+        )
         write_json_atomic(staged / FINGERPRINT_FILE, expected)
         replace_dir(staged, cache)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def prepare(step: flow.nn.Module, train_split: SplitLike, model_dir: Path, placement: Placement, mode: str,
-            batch_size: int, cut: bool = True) -> Split:
+def prepare(
+    step: flow.nn.Module,
+    train_split: SplitLike,
+    model_dir: Path,
+    placement: Placement,
+    mode: str,
+    batch_size: int,
+    cut: bool = True,
+) -> Split:
     """The split a run trains on: `train_split`, or the teacher cache beside train_state/ when `mode` is
     "auto" or "onnxruntime" (the pass's engine) and the recipe's teacher outputs can be cached (built now if
     absent or stale; a cache made by either engine serves both).
@@ -191,8 +245,10 @@ def prepare(step: flow.nn.Module, train_split: SplitLike, model_dir: Path, place
     outputs = step.cacheable_outputs() if isinstance(step, DistillStep) else ()
     if mode == "off" or not outputs:
         if isinstance(step, DistillStep) and step.needs_teacher and mode != "off":
-            log.info("teacher cache: not used (%s need per-token teacher states, too large to store)",
-                     ", ".join(t.name for t in step.terms if t.operator not in ("hard_label", "pred_distill")))
+            log.info(
+                "teacher cache: not used (%s need per-token teacher states, too large to store)",
+                ", ".join(t.name for t in step.terms if t.operator not in ("hard_label", "pred_distill")),
+            )
         return train
     cache = model_dir / CACHE_DIR
     expected = fingerprint(step, train, outputs)
@@ -203,9 +259,13 @@ def prepare(step: flow.nn.Module, train_split: SplitLike, model_dir: Path, place
     else:
         values = teacher_pass(step, train, outputs, placement, batch_size, model_dir, mode == "onnxruntime", cut)
         placement.write(lambda: write_cache(train, cache, values, expected))
-        log.info("teacher cache: %d examples x %s in %s (%.1f MB); the teacher does not run in training steps",
-                 len(next(iter(values.values()))), "+".join(outputs), cache,
-                 sum(p.stat().st_size for p in cache.iterdir()) / 2**20)
+        log.info(
+            "teacher cache: %d examples x %s in %s (%.1f MB); the teacher does not run in training steps",
+            len(next(iter(values.values()))),
+            "+".join(outputs),
+            cache,
+            sum(p.stat().st_size for p in cache.iterdir()) / 2**20,
+        )
         cached = open_split(cache, verify_checksums=False)  # written just now, each part's checksum with it
     step.read_teacher_from_batch(outputs)
     return cached

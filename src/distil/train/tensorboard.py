@@ -9,7 +9,6 @@ scheduled temperature's range in the batch), and `dev/<metric>` at each epoch's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
 
 
 class EventLog:
@@ -22,7 +21,7 @@ class EventLog:
 
             self.writer = SummaryWriter(logdir=str(Path(root) / run_name), flush_secs=30)
 
-    def scalars(self, group: str, values: Dict[str, float], step: int) -> None:
+    def scalars(self, group: str, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(f"{group}/{name}", float(value), step)
@@ -31,4 +30,3 @@ class EventLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
