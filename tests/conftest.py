@@ -17,12 +17,9 @@ from _exit_status import pytest_sessionfinish, pytest_unconfigure  # noqa: F401 
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-# Every process the tests start with this PYTHONPATH (run() below, the bash scripts; tests that set PYTHONPATH
-# themselves add STARTUP) loads tests/startup/sitecustomize.py: the ranks of a multi-process job then reach
-# OneFlow's bootstrap after its master listens, not 10 s late (see there).
+# tests that start OneFlow's launcher directly (not through `python -m distil`, whose launch.watch_rank waits for
+# the master) put this folder on their PYTHONPATH: its sitecustomize.py makes their ranks wait the same way
 STARTUP = Path(__file__).resolve().parent / "startup"
-if str(STARTUP) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(STARTUP), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="session")

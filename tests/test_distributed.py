@@ -7,6 +7,8 @@ import json
 import re
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 
 import conftest
 from conftest import PYTHON, free_port
+from distil import launch
 from distil.data import ofrecord
 from distil.fileio import file_sha256
 from distil.launch import LAUNCHER_VARIABLES
@@ -398,6 +401,34 @@ def test_a_busy_master_port_is_a_usage_error(ws, tmp_path):
             [PYTHON, "-m", "distil", "eval", str(tmp_path / "m"), "--nproc_per_node", "2", "--master_port", str(port)]
         )
     assert result.returncode == 2 and f"--master_port (MASTER_PORT) {port} is in use" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rank", "local_rank", "waits"), [(1, 1, True), (0, 0, False), (3, 1, False)], ids=["local", "master", "remote"]
+)
+def test_a_rank_on_the_masters_node_starts_once_the_master_listens(monkeypatch, rank, local_rank, waits):
+    """OneFlow 0.9 makes a rank that reaches the master before it listens sleep 10 s: a rank > 0 on the master's
+    node waits for the listening port first; the master itself and ranks of other nodes do not wait."""
+    with socket.socket() as master:
+        master.bind(("127.0.0.1", 0))
+        port = master.getsockname()[1]
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        monkeypatch.setenv("MASTER_PORT", str(port))
+        threading.Timer(1.0, master.listen).start()
+        start = time.monotonic()
+        launch.wait_for_local_master(timeout=20)
+        waited = time.monotonic() - start
+    assert (1.0 <= waited < 10) if waits else waited < 0.5, waited
+
+
+def test_a_rank_whose_master_never_listens_stops_waiting_at_the_timeout(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    start = time.monotonic()
+    launch.wait_for_local_master(timeout=0.3)
+    assert 0.3 <= time.monotonic() - start < 2
 
 
 def worker_pids(marker: str) -> dict:

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import IO
 
 from distil import crash
@@ -126,9 +127,7 @@ def launch(args: argparse.Namespace, argv: list[str], env: dict[str, str] | None
     """Start this node's processes, each `python -m distil.launch <argv>` watching its rank's `python -m distil
     <argv>`; return the job's exit status. `env`: extra environment for them (a supervisor's)."""
     # on a restart the port may still be held by the killed job's sockets: not probed then
-    master = _check(
-        args, probe_port=crash.attempt(env or {}) == 0
-    )  # a restart's port may still be held by the killed job's sockets
+    master = _check(args, probe_port=crash.attempt(env or {}) == 0)
     # `python -m distil.crash`: the launcher dies with this process, and its ranks with it (no orphans)
     command = [
         sys.executable,
@@ -211,10 +210,49 @@ def finish_rank(status: int) -> None:
     os.dup2(devnull, 2)
 
 
+MASTER_WAIT_SECONDS = 60.0
+
+
+def _listening(port: int) -> bool:
+    """Whether a TCP socket of this machine listens on `port` (read from /proc, without connecting to it)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        return True
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    return False
+
+
+def wait_for_local_master(timeout: float = MASTER_WAIT_SECONDS) -> None:
+    """In a rank > 0 on the master's node, before its `python -m distil` starts: wait (at most `timeout` s) until
+    the master's bootstrap server listens on MASTER_PORT.
+
+    OneFlow 0.9 connects to that server as it is imported, and a rank that gets there before the master listens
+    is refused and sleeps 10 s before it tries again (RpcClient::LoadServer). The launcher starts the ranks
+    together, and rank 1 lost that race in 5 of 6 launches on a quiet 2-core machine (a 2-process eval: 14-16 s,
+    5-7 s after the wait). Ranks on other nodes (RANK != LOCAL_RANK) cannot see the master's sockets: they keep
+    OneFlow's own retry, as does a rank whose master never listens within `timeout`."""
+    try:
+        rank, local_rank, port = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "MASTER_PORT"))
+    except (KeyError, ValueError):
+        return
+    if rank == 0 or rank != local_rank or not os.path.exists("/proc/net/tcp"):
+        return
+    deadline = time.monotonic() + timeout
+    while not _listening(port) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def watch_rank(command: list[str]) -> int:
     """One launched process: run this rank's `command` (`python -m distil ...`) watched (`crash.watch`), so that
     a rank that fails or is killed outright (out of memory, SIGKILL, SIGSEGV) is named; 0, or non-zero for the
-    launcher."""
+    launcher. A rank on the master's node starts once the master listens (`wait_for_local_master`)."""
+    wait_for_local_master()
     status = crash.watch(
         command, f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}", name_failures=True
     )

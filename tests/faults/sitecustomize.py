@@ -7,11 +7,7 @@ sends itself (SIGSEGV, SIGKILL, ...) or RuntimeError, which it raises. Nothing h
 """
 
 import os
-import runpy
 import signal
-
-# this folder's sitecustomize hides tests/startup's (conftest.py puts that one on every test's PYTHONPATH): load it too
-runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "startup", "sitecustomize.py"))
 
 _SPEC = os.environ.get("DISTIL_TEST_FAULT", "")
 
