@@ -108,6 +108,8 @@ class TeacherEnsemble(flow.nn.Module):
     normalised to sum to 1 (equal by default), as TextBrewer's MultiTeacherDistiller averages them. It has
     logits only: hidden-state and attention terms compare against one teacher's layers."""
 
+    exportable = False  # one ONNX file holds one teacher: --teacher_cache onnxruntime refuses an ensemble
+
     def __init__(self, teachers: list[flow.nn.Module], weights: list[float] | None, names: list[Path]):
         super().__init__()
         weights = list(weights) if weights else [1.0] * len(teachers)

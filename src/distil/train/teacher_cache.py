@@ -101,7 +101,7 @@ def teacher_pass(
     examples of similar length cut to their length (--length_buckets auto)."""
     names = tuple(f"{step.teacher_view}{name}" for name in MODEL_INPUTS)
     if on_onnxruntime:
-        if hasattr(step.teacher, "members"):  # a TeacherEnsemble: one ONNX file is one teacher
+        if not getattr(step.teacher, "exportable", True):  # e.g. a TeacherEnsemble: one ONNX file is one teacher
             raise UsageError(
                 "--teacher_cache onnxruntime exports one teacher; with several teachers use --teacher_cache auto"
             )
