@@ -10,6 +10,7 @@ import pytest
 
 from distil.ops.distill import flow
 from distil.ops.general import attention_transfer, self_relation, value_relation
+from loss_checks import np_log_softmax, scramble_padded_rows, scramble_padded_scores
 
 B, S, HEADS = 3, 7, 2
 LENGTHS = (5, 2, 7)  # one row without padding
@@ -22,11 +23,6 @@ TOL = dict(rtol=1e-6, atol=1e-7)
 # ---------------------------------------------------------------- NumPy references (float64)
 def keep(mask, b):
     return np.ones(S, bool) if mask is None else np.asarray(mask[b], bool)
-
-
-def np_log_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def np_mean_kl(student_rows, teacher_rows):
@@ -153,12 +149,11 @@ def perturb_padding(x, rng):
     y = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in x.items()}
     for b, n in enumerate(x["lengths"]):
         for key in ("sv", "tv"):
-            y[key][b, :, n:] = rng.normal(0.0, 30.0, y[key][b, :, n:].shape)
+            scramble_padded_rows(y[key], b, n, rng, axis=2)
         for key in ("sx", "tx"):
-            y[key][b, n:] = rng.normal(0.0, 30.0, y[key][b, n:].shape)
+            scramble_padded_rows(y[key], b, n, rng)
         for key in ("sa", "ta"):
-            y[key][b, :, n:, :] = rng.normal(0.0, 30.0, y[key][b, :, n:, :].shape)
-            y[key][b, :, :, n:] = -10000.0 + rng.normal(0.0, 30.0, y[key][b, :, :, n:].shape)
+            scramble_padded_scores(y[key], b, n, rng)
     return y
 
 

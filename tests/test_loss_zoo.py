@@ -12,6 +12,7 @@ import pytest
 
 from distil.ops.distill import flow
 from distil.ops.zoo import att_ce, fsp, gram, hidden_cos, mmd, nst
+from loss_checks import np_log_softmax, scramble_padded_rows, scramble_padded_scores
 
 B, S, H, H6, HEADS, L_S, L_T = 3, 7, 8, 6, 2, 3, 4
 LENGTHS = (5, 2, 4)  # the longest real length, 5, is shorter than S: cutting removes columns
@@ -33,11 +34,6 @@ def np_cos(s, t, mapping, mask):
         cos = (x * y).sum(-1) / np.sqrt(((x * x).sum(-1) + 1e-12) * ((y * y).sum(-1) + 1e-12))  # (B, S)
         total += (1.0 - cos).mean() if mask is None else (1.0 - cos)[np.asarray(mask, bool)].mean()
     return total
-
-
-def np_log_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def np_att_ce(s, t, mapping, mask):
@@ -150,11 +146,10 @@ def perturb_padding(x, rng):
     for b, n in enumerate(LENGTHS):
         for key in ("sh", "th", "sh6"):
             for a in y[key]:
-                a[b, n:] = rng.normal(0.0, 30.0, a[b, n:].shape)
+                scramble_padded_rows(a, b, n, rng)
         for key in ("sa", "ta"):
             for a in y[key]:
-                a[b, :, n:, :] = rng.normal(0.0, 30.0, a[b, :, n:, :].shape)
-                a[b, :, :, n:] = -10000.0 + rng.normal(0.0, 30.0, a[b, :, :, n:].shape)
+                scramble_padded_scores(a, b, n, rng)
     return y
 
 
