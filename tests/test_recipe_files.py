@@ -234,6 +234,11 @@ def test_tensorboard_event_files_hold_every_term_the_lr_and_dev_metrics(ws, tmp_
             r"bad.toml:5: stage\[0\]\.term\[0\]\.temperature: schedule 'flsw' takes value, beta, gamma; missing gamma",
         ),
         ('[[stage]]\nname = "s"\n[[stage.term]\noperator = "hard_label"\n', r"bad.toml:3: TOML syntax error"),
+        (
+            '[[stage]]\nname = "s"\n[[stage.term]]\noperator = "att_distill"\n',
+            r"bad.toml:3: stage\[0\]\.term\[0\]\.layer_map: TinyBERT compares attention head by head: the student "
+            r"has 2 heads, the teacher 4",
+        ),
     ],
 )
 def test_a_bad_recipe_is_an_error_naming_file_line_and_key(ws, tmp_path, text, where):
@@ -259,6 +264,7 @@ def test_a_bad_recipe_is_an_error_naming_file_line_and_key(ws, tmp_path, text, w
             "--device",
             "cpu",
             *sum(([f"--{k}", str(v)] for k, v in SMALL.items()), []),
+            *(["--student_num_attention_heads", "2"] if "head by head" in where else []),
         ]
     )
     with pytest.raises(UsageError, match=where):

@@ -82,16 +82,11 @@ class GeneralTinyBert(General):
 
     def build(self, run: RunConfig, stage: Stage, task: TaskSpec, train_meta: dict[str, Any]) -> Built:
         from distil.algorithms.options import parse_layer_map
-        from distil.algorithms.students import check_layer_mapping, fit_dense
+        from distil.algorithms.students import check_layer_mapping, check_same_heads, fit_dense
         from distil.train.step import DistillStep, attention, hidden_states
 
         teacher, teacher_config, student, config, vocab, projection = self.pair(run, stage, train_meta)
-        heads = (config["num_attention_heads"], teacher_config["num_attention_heads"])
-        if heads[0] != heads[1]:
-            raise UsageError(
-                f"TinyBERT compares attention head by head: the student has {heads[0]} heads, the "
-                f"teacher {heads[1]} (--student_num_attention_heads)"
-            )
+        check_same_heads(config, teacher_config, "--student_num_attention_heads")
         mapping = parse_layer_map(run.options.layer_map, "--layer_map")
         check_layer_mapping(config, teacher_config, mapping, "--layer_map (e.g. 0,2,3,5,6 for 4 of 6 layers)")
         fit = fit_dense(

@@ -407,7 +407,13 @@ class Recipe(Algorithm):
         teacher_config: dict[str, Any],
     ) -> Built:
         from distil.algorithms.kd import TINY_STUDENT
-        from distil.algorithms.students import build_bert_student, check_layer_mapping, fit_dense, teacher_dirs
+        from distil.algorithms.students import (
+            build_bert_student,
+            check_layer_mapping,
+            check_same_heads,
+            fit_dense,
+            teacher_dirs,
+        )
         from distil.models import io
         from distil.train.step import READS, DistillStep
 
@@ -422,14 +428,9 @@ class Recipe(Algorithm):
             )
         for j, term in enumerate(terms):
             try:
-                if (
-                    READS[term.operator] == "attention_scores"
-                    and config["num_attention_heads"] != teacher_config["num_attention_heads"]
-                ):
-                    raise ValueError(
-                        f"attention is compared head by head: the student has "
-                        f"{config['num_attention_heads']} heads, the teacher "
-                        f"{teacher_config['num_attention_heads']}"
+                if READS[term.operator] == "attention_scores":
+                    check_same_heads(
+                        config, teacher_config, "[student] num_attention_heads or --student_num_attention_heads"
                     )
                 if term.operator != "fsp" and READS[term.operator] != "logits":
                     check_layer_mapping(config, teacher_config, term.mapping, "layer_map")

@@ -198,6 +198,16 @@ def check_layer_mapping(
         ) from None
 
 
+def check_same_heads(student_config: dict[str, Any], teacher_config: dict[str, Any], flag: str) -> None:
+    """Fail before training when attention is to be compared head by head and the head counts differ."""
+    heads = (student_config["num_attention_heads"], teacher_config["num_attention_heads"])
+    if heads[0] != heads[1]:
+        raise UsageError(
+            f"TinyBERT compares attention head by head: the student has {heads[0]} heads, the teacher {heads[1]} "
+            f"({flag})"
+        )
+
+
 def student_from_teacher(
     teacher: flow.nn.Module, teacher_config: dict[str, Any], layers: list[int]
 ) -> tuple[flow.nn.Module, dict[str, Any]]:

@@ -19,9 +19,14 @@ from typing import Any
 from distil.algorithms.base import Algorithm, Built, RunConfig, Stage, table
 from distil.algorithms.kd import TINY_STUDENT
 from distil.algorithms.options import TinyBertOptions
-from distil.algorithms.students import build_bert_student, check_layer_mapping, fit_dense, load_teacher
+from distil.algorithms.students import (
+    build_bert_student,
+    check_layer_mapping,
+    check_same_heads,
+    fit_dense,
+    load_teacher,
+)
 from distil.data.tasks import TaskSpec
-from distil.errors import UsageError
 from distil.train.step import DistillStep, attention, hidden_states, soft_labels
 
 INTERMEDIATE_EPOCHS = {"CoLA": 50, "MNLI": 10, "QQP": 10, "QNLI": 10}  # paper §4.2; other tasks 20
@@ -59,11 +64,7 @@ class TinyBert(Algorithm):
         student, config, vocab, projection = build_bert_student(
             options, teacher_config, task, TINY_STUDENT, train_meta, init=stage.init
         )
-        if config["num_attention_heads"] != teacher_config["num_attention_heads"]:
-            raise UsageError(
-                f"TinyBERT compares attention head by head: the student has "
-                f"{config['num_attention_heads']} heads, the teacher {teacher_config['num_attention_heads']}"
-            )
+        check_same_heads(config, teacher_config, "--student_num_attention_heads")
         check_layer_mapping(config, teacher_config)
         terms = [] if stage.name == "prediction" else [attention(), hidden_states(1.0)]
         if stage.name != "intermediate":
