@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_port
 from distil.algorithms import get_algorithm
 from distil.data import ofrecord
 from distil.data.convert import ConvertConfig, convert_task
@@ -133,7 +134,7 @@ def test_general_distillation_refuses_task_data_a_fine_tuned_layout_and_unmatche
     assert not (tmp_path / "x").exists()
 
 
-def test_the_script_runs_general_distillation_from_its_variables(ws, tmp_path):
+def test_the_script_runs_general_distillation_from_its_variables_in_two_processes(ws, tmp_path):
     env = {
         **os.environ,
         "CORPUS_DIR": str(ws / "corpus"),
@@ -142,6 +143,8 @@ def test_the_script_runs_general_distillation_from_its_variables(ws, tmp_path):
         "STUDENT_DIR": str(tmp_path / "student"),
         "BATCH_SIZE": "8",
         "GPU": "",
+        "GPU_NUM_PER_NODE": "2",
+        "MASTER_PORT": str(free_port()),
     }
     done = subprocess.run(
         [
@@ -160,3 +163,4 @@ def test_the_script_runs_general_distillation_from_its_variables(ws, tmp_path):
     config = io.read_config(tmp_path / "student")
     assert config["algorithm"]["name"] == "general_minilm" and config["model"]["hidden_size"] == 16
     assert json.loads((tmp_path / "student" / RESULTS_FILE).read_text())["dev_loss"] > 0
+    assert "2 processes, 8 examples per process and step: global batch 16" in done.stderr
