@@ -19,6 +19,11 @@ from distil.algorithms.options import OPTIONS, str2bool
 from distil.errors import UsageError
 
 log = logging.getLogger("distil")
+DESCRIPTION = (
+    "炼知 (distil): fine-tune a BERT teacher on a GLUE task and distil it into small students (KD, Distilled-BiLSTM, "
+    "BERT-PKD, TinyBERT, BERT-of-Theseus, recipes, general distillation) on OneFlow. COMMAND -h lists a command's "
+    "flags."
+)
 
 # Modules of the package's extras (pyproject.toml; requirements-<extra>.txt), imported only by the commands that need them
 EXTRA_OF_MODULE = {
@@ -719,7 +724,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     prog = "distil" if os.path.basename(sys.argv[0]) == "distil" else "python -m distil"
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
