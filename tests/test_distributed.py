@@ -415,10 +415,13 @@ def test_a_rank_on_the_masters_node_starts_once_the_master_listens(monkeypatch, 
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("LOCAL_RANK", str(local_rank))
         monkeypatch.setenv("MASTER_PORT", str(port))
-        threading.Timer(1.0, master.listen).start()
+        listen = threading.Timer(1.0, master.listen)
+        listen.start()
         start = time.monotonic()
         launch.wait_for_local_master(timeout=20)
         waited = time.monotonic() - start
+        listen.cancel()  # (a rank that did not wait: the socket closes before the timer would fire)
+        listen.join()
     assert (1.0 <= waited < 10) if waits else waited < 0.5, waited
 
 
