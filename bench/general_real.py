@@ -15,8 +15,9 @@ Everything under --work (nothing is committed):
      the 6-layer MiniLM fine-tuned with seed 42), students from (a) a random init of the same 4L-312 shape,
      (b) each general student, (c) the first 3 MiniLM layers; each with every seed, --jobs runs at a time.
 Prints the best dev accuracy per run and mean ± std per start, the general runs' loss curves (the summed loss every
-tenth of the run and the held-out dev_loss at the end), and writes <work>/results.json and
-<work>/general_loss.png. Finished runs are reused; a killed run resumes.
+tenth of the run and the held-out dev_loss at the end; every term's curve is each run's own
+<work>/general/<method>/train_curve.png), and writes <work>/results.json. Finished runs are reused; a killed run
+resumes.
 """
 
 from __future__ import annotations
@@ -100,28 +101,7 @@ def loss_curve(student: Path) -> dict:
     return {
         "train": [{"step": e["step"], "loss": e["loss"]} for e in picks],
         "dev_loss": history["epochs"][-1]["metrics"]["dev_loss"],
-        "all": losses,
     }
-
-
-def plot_curves(curves: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
-    for axis, (method, curve) in zip(axes[0], curves.items()):
-        steps = [e["step"] for e in curve["all"]]
-        for name in sorted(k for k in curve["all"][0] if k.endswith("loss")):
-            axis.plot(steps, [e.get(name) for e in curve["all"]], label=name, linewidth=1)
-        axis.set_yscale("log")
-        axis.set_title(f"general_{method} (dev_loss at the end {curve['dev_loss']:.4f})")
-        axis.set_xlabel("step")
-        axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -149,7 +129,6 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         generals = dict(zip(methods, pool.map(lambda m: general_student(work, corpus, m, args), methods)))
     curves = {m: loss_curve(d) for m, d in generals.items()}
-    plot_curves(curves, work / "general_loss.png")
 
     _, minilm_l3, env = prepare_runs(work, args)
     models = work / "models"
@@ -172,7 +151,7 @@ def main() -> None:
     results: dict = {
         "settings": {k: str(v) for k, v in vars(args).items()},
         "teacher_accuracy": json.loads((teacher / "results_eval.json").read_text())["accuracy"],
-        "general": {m: {k: v for k, v in c.items() if k != "all"} for m, c in curves.items()},
+        "general": curves,
         "kd": {s: summary([accuracy[(s, seed)] for seed in seeds]) for s in starts},
     }
     (work / "results.json").write_text(json.dumps(results, indent=2))
