@@ -212,61 +212,68 @@ def test_tensorboard_event_files_hold_every_term_the_lr_and_dev_metrics(ws, tmp_
     assert [e.step for e in events.Scalars("dev/accuracy")] == [6]
 
 
+def recipe_train_argv(ws: Path, recipe: Path, out: Path) -> list[str]:
+    """`train --algorithm recipe` on the module's data and teacher, on the CPU (the command line after `distil`)."""
+    return [
+        "train",
+        "--algorithm",
+        "recipe",
+        "--recipe",
+        str(recipe),
+        "--task",
+        "SST-2",
+        "--data_root",
+        str(ws / "data"),
+        "--teacher_model",
+        str(ws / "teacher"),
+        "--model_save_dir",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+
+
 @pytest.mark.parametrize(
-    "text, where",
+    "text, where, flags",
     [
         (
             '[[stage]]\nname = "s"\n[[stage.term]]\noperator = "mystery"\n',
             r"bad.toml:4: stage\[0\]\.term\[0\]\.operator: "
             r"unknown operator 'mystery'",
+            [],
         ),
         (
             '[student]\nhidden_size = 16\nwidth = 3\n[[stage]]\nname = "s"\n[[stage.term]]\noperator = "hard_label"\n',
             r"bad.toml:3: student\.width: unknown key",
+            [],
         ),
         (
             '[[stage]]\nname = "s"\n[[stage.term]]\noperator = "layer_distill"\nlayer_map = [0, 1, 99]\n',
             r"bad.toml:5: stage\[0\]\.term\[0\]\.layer_map: ",
+            [],
         ),
         (
             '[[stage]]\nname = "s"\n[[stage.term]]\noperator = "pred_distill"\n'
             'temperature = {value = 2.0, schedule = "flsw", beta = 1.0}\n',
             r"bad.toml:5: stage\[0\]\.term\[0\]\.temperature: schedule 'flsw' takes value, beta, gamma; missing gamma",
+            [],
         ),
-        ('[[stage]]\nname = "s"\n[[stage.term]\noperator = "hard_label"\n', r"bad.toml:3: TOML syntax error"),
+        ('[[stage]]\nname = "s"\n[[stage.term]\noperator = "hard_label"\n', r"bad.toml:3: TOML syntax error", []),
         (
             '[[stage]]\nname = "s"\n[[stage.term]]\noperator = "att_distill"\n',
             r"bad.toml:3: stage\[0\]\.term\[0\]\.layer_map: TinyBERT compares attention head by head: the student "
             r"has 2 heads, the teacher 4",
+            ["--student_num_attention_heads", "2"],  # (after SMALL's 4, the teacher's count: the last one counts)
         ),
     ],
 )
-def test_a_bad_recipe_is_an_error_naming_file_line_and_key(ws, tmp_path, text, where):
+def test_a_bad_recipe_is_an_error_naming_file_line_and_key(ws, tmp_path, text, where, flags):
     from distil.cli import build_parser
 
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
-    args = build_parser().parse_args(
-        [
-            "train",
-            "--algorithm",
-            "recipe",
-            "--recipe",
-            str(bad),
-            "--task",
-            "SST-2",
-            "--data_root",
-            str(ws / "data"),
-            "--teacher_model",
-            str(ws / "teacher"),
-            "--model_save_dir",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            *sum(([f"--{k}", str(v)] for k, v in SMALL.items()), []),
-            *(["--student_num_attention_heads", "2"] if "head by head" in where else []),
-        ]
-    )
+    small = sum(([f"--{k}", str(v)] for k, v in SMALL.items()), [])
+    args = build_parser().parse_args([*recipe_train_argv(ws, bad, tmp_path / "out"), *small, *flags])
     with pytest.raises(UsageError, match=where):
         args.run(args)
     assert not (tmp_path / "out" / "weights").exists()
@@ -276,26 +283,7 @@ def test_the_train_command_exits_2_on_a_bad_recipe(ws, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[stage]]\nname = "s"\n[[stage.term]]\noperator = "hard_label"\ncolour = "red"\n')
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distil",
-            "train",
-            "--algorithm",
-            "recipe",
-            "--recipe",
-            str(bad),
-            "--task",
-            "SST-2",
-            "--data_root",
-            str(ws / "data"),
-            "--teacher_model",
-            str(ws / "teacher"),
-            "--model_save_dir",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-        ],
+        [sys.executable, "-m", "distil", *recipe_train_argv(ws, bad, tmp_path / "out")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
